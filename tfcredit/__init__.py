@@ -1,0 +1,43 @@
+"""tfcredit: train Keras recurrent networks with alternative temporal credit assignment.
+
+The public API, and the gin registrations that make it configurable: a gin file
+names ``@TruncatedBPTT``, ``@AddingTask``, ``@RecurrentModel``, ``@StepDecay``,
+``@keras.optimizers.SGD``... and binds their arguments.
+"""
+
+import gin
+import keras
+
+from tfcredit import errors
+from tfcredit.errors import ConfigurationError
+from tfcredit.errors import DataError
+from tfcredit.errors import TrainingError
+from tfcredit.methods import BPTT
+from tfcredit.methods import Method
+from tfcredit.methods import TruncatedBPTT
+from tfcredit.models import RecurrentModel
+from tfcredit.tasks.base import Task
+from tfcredit.tasks.language_modeling import LanguageModelTask
+from tfcredit.tasks.synthetic import AddingTask
+from tfcredit.tasks.synthetic import CopyTask
+from tfcredit.training import schedules
+from tfcredit.training.trainer import train
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DataError',
+    'LanguageModelTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
+    'TruncatedBPTT', 'train',
+]
+
+for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
+                      LanguageModelTask, schedules.Constant, schedules.StepDecay,
+                      schedules.MultiStepDecay, schedules.PlateauDecay,
+                      schedules.CosineRestarts):
+  gin.external_configurable(_configurable, module='tfcredit')
+
+for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,
+                   keras.optimizers.Adagrad, keras.optimizers.RMSprop,
+                   keras.optimizers.AdamW):
+  gin.external_configurable(_optimizer, module='keras.optimizers')

@@ -1,0 +1,5 @@
+"""How credit is assigned: one module per method, one shared base."""
+
+from tfcredit.methods.base import Method
+from tfcredit.methods.truncated_bptt import BPTT
+from tfcredit.methods.truncated_bptt import TruncatedBPTT

@@ -1,0 +1,169 @@
+"""Truncated and full backpropagation through time (papers/README.md, section 1).
+
+Truncated BPTT (Williams & Peng 1990; the baseline of every paper here): windows of
+``K`` consecutive steps, the state carried from window to window with its gradient
+stopped, one parameter update per window. Stream tasks take ``windows_per_call``
+windows per host call; episodic tasks take a whole batch of sequences per call, with
+the state starting at zero. With a loss only at the last step, only the last window
+of a sequence receives gradient; earlier windows just run forward (an update with a
+zero gradient would still move momentum-based optimizers).
+
+Full BPTT is the case ``K = T``: one window over the whole segment.
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+
+from tfcredit.errors import ConfigurationError
+from tfcredit.methods import base
+from tfcredit.tasks import base as task_base
+
+
+class TruncatedBPTT(base.Method):
+  """Truncated BPTT with windows of ``window`` steps."""
+
+  def __init__(self, *, model, task, optimizer, window: int = 35,
+               windows_per_call: int = 10, clip_norm: Optional[float] = None,
+               use_tf_function: bool = True, name: Optional[str] = None):
+    """Binds the method.
+
+    Args:
+      model: the model.
+      task: the task.
+      optimizer: the Keras optimizer.
+      window: steps per truncation window (``K``); 35 is the PyTorch word-LM
+        default, Zaremba et al. 2014 use 20 (set in their gin file).
+      windows_per_call: stream tasks: windows per ``train_segment`` call.
+      clip_norm: global-norm clipping threshold, or None.
+      use_tf_function: compile (turn off to debug eagerly).
+      name: module name.
+    """
+    self.window = self._check_window(window)
+    self.windows_per_call = task_base.check_positive_int(
+        'TruncatedBPTT.windows_per_call', windows_per_call)
+    super().__init__(model=model, task=task, optimizer=optimizer,
+                     clip_norm=clip_norm, use_tf_function=use_tf_function,
+                     name=name or type(self).__name__)
+
+  def _check_window(self, window):
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+      raise ConfigurationError(
+          f'TruncatedBPTT.window must be a positive integer number of steps, got '
+          f'{window!r}: set e.g. TruncatedBPTT.window = 35')
+    return window
+
+  def segment_length(self) -> Optional[int]:
+    return self.window * self.windows_per_call
+
+  def _window_ends(self, length):
+    window = length if self.window is None else tf.constant(self.window)
+    return self.fixed_window_ends(length, window)
+
+  def _nominal_window(self, length):
+    return length if self.window is None else self.window
+
+  def _train_segment(self, segment, state):
+    length = tf.shape(segment[0])[1]
+    nominal = self._nominal_window(length)
+
+    def body(index, inputs, targets, state, start, end, totals):
+      del index, start
+
+      def update():
+        gradients, new_state, loss_sum = self.window_gradients(
+            inputs, targets, state, nominal)
+        norm = self.apply_gradients(gradients)
+        return new_state, loss_sum, norm, tf.constant(1.0)
+
+      def forward_only():
+        return self.forward(inputs, state), 0.0, 0.0, tf.constant(0.0)
+
+      if self.task.readout == task_base.TERMINAL:
+        new_state, loss_sum, norm, updates = tf.cond(
+            self.window_has_loss(end, length), update, forward_only)
+      else:
+        new_state, loss_sum, norm, updates = update()
+      loss_total, norm_total, update_total = totals
+      return new_state, (loss_total + loss_sum, norm_total + norm,
+                         update_total + updates)
+
+    zero = tf.constant(0.0)
+    state, (loss_sum, norm_sum, updates) = self.for_each_window(
+        segment, state, self._window_ends(length), body, (zero, zero, zero))
+    metrics = {'loss_sum': loss_sum,
+               'count': task_base.count_of(self.task, segment[1]),
+               'grad_norm_sum': norm_sum, 'updates': updates}
+    return state, metrics
+
+  def _estimate_gradients(self, segment, state):
+    length = tf.shape(segment[0])[1]
+    variables = self.trainable_variables
+
+    def body(index, inputs, targets, state, start, end, totals):
+      del index, start
+
+      def backprop():
+        gradients, new_state, _ = self.window_gradients(inputs, targets, state, 1)
+        return [new_state] + base.densify(gradients, variables)
+
+      def forward_only():
+        return [self.forward(inputs, state)] + base.zeros_like_variables(variables)
+
+      if self.task.readout == task_base.TERMINAL:
+        results = tf.cond(self.window_has_loss(end, length), backprop, forward_only)
+      else:
+        results = backprop()
+      new_state, gradients = results[0], results[1:]
+      return new_state, [t + g for t, g in zip(totals, gradients)]
+
+    state, totals = self.for_each_window(
+        segment, state, self._window_ends(length), body,
+        base.zeros_like_variables(variables))
+    return totals, state
+
+
+class BPTT(TruncatedBPTT):
+  """Full BPTT: one window over the whole segment.
+
+  Episodic tasks: one window per batch of whole sequences. Stream tasks: windows of
+  ``sequence_length`` steps (so full BPTT of a stream is truncated BPTT with that
+  window; the name says the gradient is exact within each training sequence).
+  """
+
+  def __init__(self, *, model, task, optimizer, sequence_length: Optional[int] = None,
+               clip_norm: Optional[float] = None, use_tf_function: bool = True,
+               name: Optional[str] = None):
+    """Binds the method.
+
+    Args:
+      model: the model.
+      task: the task.
+      optimizer: the Keras optimizer.
+      sequence_length: stream tasks only: steps per training sequence (required
+        there); must be None for episodic tasks, whose sequences are whole.
+      clip_norm: global-norm clipping threshold, or None.
+      use_tf_function: compile (turn off to debug eagerly).
+      name: module name.
+    """
+    if task.regime == task_base.STREAM and sequence_length is None:
+      raise ConfigurationError(
+          'BPTT.sequence_length is required for stream tasks (the stream is one '
+          'long sequence): set BPTT.sequence_length, e.g. to 35')
+    if task.regime == task_base.EPISODIC and sequence_length is not None:
+      raise ConfigurationError(
+          f'BPTT.sequence_length={sequence_length!r} applies to stream tasks only; '
+          'episodic sequences are whole: remove the binding')
+    self.sequence_length = sequence_length
+    super().__init__(model=model, task=task, optimizer=optimizer,
+                     window=sequence_length, windows_per_call=1,
+                     clip_norm=clip_norm, use_tf_function=use_tf_function,
+                     name=name or 'BPTT')
+
+  def _check_window(self, window):
+    if window is None:
+      return None
+    return super()._check_window(window)
+
+  def segment_length(self) -> Optional[int]:
+    return self.sequence_length

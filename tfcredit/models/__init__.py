@@ -1,0 +1,5 @@
+"""What computes: the recurrent model and its cell utilities."""
+
+from tfcredit.models.recurrent import ForgetGateBias
+from tfcredit.models.recurrent import RecurrentModel
+from tfcredit.models.recurrent import scale_gradient

@@ -1,0 +1,65 @@
+"""Where a run is, as variables a checkpoint saves: epoch, data position, counters.
+
+Resuming from a checkpoint must continue exactly where an uninterrupted run would
+be, so the position in the data, the carried recurrent state of stream tasks and the
+dropout RNG state are saved along with the weights and the optimizer.
+"""
+
+import os
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+
+
+class Progress(tf.Module):
+  """Counters and the carried state of a run, saved in every checkpoint."""
+
+  def __init__(self, state_spec=None, batch_size: Optional[int] = None):
+    super().__init__(name='progress')
+    int64 = lambda: tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.epoch = int64()           # completed epochs
+    self.position = int64()        # stream: next column; episodic: next batch index
+    self.calls = int64()           # training calls so far
+    self.units_seen = int64()      # tokens (stream) or sequences (episodic) trained on
+    self.best_valid = tf.Variable(float('inf'), dtype=tf.float64, trainable=False)
+    self.carried_state = None
+    if state_spec is not None:
+      self.carried_state = tf.nest.map_structure(
+          lambda spec: tf.Variable(tf.zeros([batch_size] + spec.shape[1:].as_list()),
+                                   trainable=False), state_spec)
+
+  def save_state(self, state) -> None:
+    if self.carried_state is not None:
+      tf.nest.map_structure(lambda var, value: var.assign(value),
+                            self.carried_state, state)
+
+  def load_state(self):
+    return tf.nest.map_structure(tf.convert_to_tensor, self.carried_state)
+
+
+class Checkpointer:
+  """``tf.train.CheckpointManager`` over everything a run needs to resume.
+
+  Checkpoints are written to a temporary prefix by TensorFlow and only then
+  recorded in the ``checkpoint`` index file, so a run killed mid-write resumes from
+  the previous complete checkpoint.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int = 3, **objects: Any):
+    self.checkpoint = tf.train.Checkpoint(**objects)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(directory, 'checkpoints'),
+        max_to_keep=max_to_keep)
+
+  def restore_latest(self) -> Optional[str]:
+    path = self.manager.latest_checkpoint
+    if path:
+      self.checkpoint.restore(path).assert_existing_objects_matched()
+    return path
+
+  def save(self, step: int) -> str:
+    return self.manager.save(checkpoint_number=step)
+
+  @property
+  def latest(self) -> Optional[str]:
+    return self.manager.latest_checkpoint

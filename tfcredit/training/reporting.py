@@ -1,0 +1,107 @@
+"""What a run shows while it trains: a progress line and TensorBoard summaries.
+
+TensorBoard steps count training units (tokens for stream tasks, sequences for
+episodic ones), not parameter updates, so curves of methods that update at different
+rates line up on the data they have consumed.
+"""
+
+import datetime
+import os
+import sys
+import time
+from typing import Dict, Optional
+
+import tensorflow as tf
+
+
+class Reporter:
+  """Accumulates training metrics, prints a line now and then, writes summaries."""
+
+  def __init__(self, model_dir: str, metric_name: str, unit_name: str,
+               metric_fn, total_units: int, log_every_seconds: float = 10.0,
+               summary_every_calls: int = 10, stream=None, write_summaries=True):
+    self.metric_name = metric_name
+    self.unit_name = unit_name
+    self.metric_fn = metric_fn
+    self.total_units = total_units
+    self.log_every_seconds = log_every_seconds
+    self.summary_every_calls = summary_every_calls
+    self.stream = stream or sys.stdout
+    self._writers = {}
+    if write_summaries:
+      for split in ('train', 'valid'):
+        self._writers[split] = tf.summary.create_file_writer(
+            os.path.join(model_dir, split))
+    self._reset_window()
+    self._last_log = time.time()
+    self._log_window = {'units': 0, 'time': time.time()}
+
+  def _reset_window(self):
+    self._window = {'loss_sum': 0.0, 'count': 0.0, 'grad_norm_sum': 0.0,
+                    'updates': 0.0, 'units': 0, 'calls': 0, 'start': time.time()}
+
+  def text(self, name: str, text: str, step: int = 0) -> None:
+    if 'train' in self._writers:
+      with self._writers['train'].as_default():
+        tf.summary.text(name, text, step=step)
+
+  def record_training(self, metrics: Dict[str, float], units: int, learning_rate: float,
+                      units_seen: int, epoch: int, epochs: int,
+                      units_done_overall: int) -> None:
+    """Adds one training call's metrics; writes/prints when an interval is over."""
+    window = self._window
+    for key in ('loss_sum', 'count', 'grad_norm_sum', 'updates'):
+      window[key] += metrics[key]
+    window['units'] += units
+    window['calls'] += 1
+    if window['calls'] >= self.summary_every_calls:
+      self._write_training(learning_rate, units_seen)
+    now = time.time()
+    if now - self._last_log >= self.log_every_seconds:
+      self._print_line(epoch, epochs, units_done_overall, now)
+
+  def _write_training(self, learning_rate: float, units_seen: int) -> None:
+    window = self._window
+    elapsed = max(time.time() - window['start'], 1e-9)
+    if window['count'] > 0 and 'train' in self._writers:
+      loss = window['loss_sum'] / window['count']
+      with self._writers['train'].as_default(step=units_seen):
+        tf.summary.scalar('loss', loss)
+        tf.summary.scalar(self.metric_name, self.metric_fn(loss))
+        tf.summary.scalar('learning_rate', learning_rate)
+        if window['updates'] > 0:
+          tf.summary.scalar('grad_norm', window['grad_norm_sum'] / window['updates'])
+        tf.summary.scalar(f'{self.unit_name}_per_second', window['units'] / elapsed)
+    self._last_train_loss = (window['loss_sum'] / window['count']
+                             if window['count'] else float('nan'))
+    self._reset_window()
+
+  def _print_line(self, epoch: int, epochs: int, units_done_overall: int,
+                  now: float) -> None:
+    interval = now - self._log_window['time']
+    rate = (units_done_overall - self._log_window['units']) / max(interval, 1e-9)
+    remaining = max(self.total_units - units_done_overall, 0)
+    eta = datetime.timedelta(seconds=int(remaining / rate)) if rate > 0 else '?'
+    window = self._window
+    loss = (window['loss_sum'] / window['count'] if window['count']
+            else getattr(self, '_last_train_loss', float('nan')))
+    fraction = units_done_overall / max(self.total_units, 1)
+    print(f'epoch {epoch + 1}/{epochs}  {100 * fraction:5.1f}%  loss {loss:.4f}  '
+          f'{self.metric_name} {self.metric_fn(loss):.4g}  '
+          f'{rate:,.0f} {self.unit_name}/s  ETA {eta}', file=self.stream, flush=True)
+    self._last_log = now
+    self._log_window = {'units': units_done_overall, 'time': now}
+
+  def record_evaluation(self, split: str, result: Dict[str, float], units_seen: int,
+                        epoch: int) -> None:
+    if split in self._writers:
+      with self._writers[split].as_default(step=units_seen):
+        for key, value in result.items():
+          if key != 'count':
+            tf.summary.scalar(key, value)
+    shown = '  '.join(f'{k} {v:.4f}' for k, v in result.items() if k != 'count')
+    print(f'epoch {epoch + 1} {split}: {shown}', file=self.stream, flush=True)
+
+  def flush(self) -> None:
+    for writer in self._writers.values():
+      writer.flush()

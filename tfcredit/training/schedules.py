@@ -1,0 +1,294 @@
+"""Learning-rate schedules the trainer evaluates on the host once per call.
+
+Implements:
+  * `StepDecay`: Zaremba, Sutskever & Vinyals (2014), "Recurrent Neural
+    Network Regularization", arXiv:1409.2329, Sec. 4.1 (the small PTB model
+    trains at 1 for 4 epochs, then halves the rate every epoch).
+  * `MultiStepDecay`: decay at fixed milestones, as in the sequential-image
+    runs of Kag & Saligrama (2021), "Training Recurrent Neural Networks via
+    Forward Propagation Through Time", ICML (halving at epochs 60/90/120).
+  * `PlateauDecay`: the PyTorch word-language-model example
+    (github.com/pytorch/examples, word_language_model/main.py), which divides
+    the rate by 4 after an epoch whose validation loss did not improve.
+  * `CosineRestarts`: SGDR, Loshchilov & Hutter (2017), "SGDR: Stochastic
+    Gradient Descent with Warm Restarts", ICLR, arXiv:1608.03983, Eq. (5).
+
+`epoch` is a float: completed epochs plus the fraction of the current one
+(2.5 is halfway through the third epoch). Schedules are `tf.Module`s so that
+`tf.train.Checkpoint(schedule=...)` saves whatever state they keep.
+"""
+
+from collections.abc import Sequence
+import math
+import numbers
+
+import tensorflow as tf
+
+from tfcredit.errors import ConfigurationError
+
+# Relative tolerance for cycle boundaries: the trainer's fractional epochs and
+# non-integer periods carry rounding error, and an epoch that is a boundary up
+# to rounding must count as the start of the new cycle, not the end of the old.
+_BOUNDARY_RTOL = 1e-12
+
+
+def _number(owner: str, name: str, value, fix: str) -> float:
+  """Returns `value` as a float, or raises if it is not a finite real number."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not math.isfinite(value)):
+    raise ConfigurationError(
+        f'{owner}: {name}={value!r} is not a finite number; {fix}.')
+  return float(value)
+
+
+def _check(ok: bool, owner: str, name: str, value, requirement: str,
+           fix: str) -> None:
+  """Raises a `ConfigurationError` naming the parameter unless `ok`."""
+  if not ok:
+    raise ConfigurationError(
+        f'{owner}: {name}={value!r} is invalid: it must be {requirement}; '
+        f'{fix}.')
+
+
+class LearningRateSchedule(tf.Module):
+  """Base class: maps a (fractional) epoch to a learning rate.
+
+  Subclasses override `_rate`; `__call__` validates the epoch first. State
+  that must survive a checkpoint lives in `tf.Variable`s made in `__init__`.
+  """
+
+  def __init__(self, *, base: float):
+    """Validates and stores the base learning rate.
+
+    Args:
+      base: The initial (and, for most schedules, maximal) learning rate, > 0.
+
+    Raises:
+      ConfigurationError: If `base` is not a finite number > 0.
+    """
+    super().__init__()
+    owner = type(self).__name__
+    fix = 'pass a positive learning rate such as base=1.0'
+    self._base = _number(owner, 'base', base, fix)
+    _check(self._base > 0, owner, 'base', base, '> 0', fix)
+
+  @property
+  def base(self) -> float:
+    """The base learning rate."""
+    return self._base
+
+  def __call__(self, epoch: float) -> float:
+    """Returns the learning rate at `epoch` (completed epochs + fraction).
+
+    Raises:
+      ConfigurationError: If `epoch` is not a finite number >= 0.
+    """
+    return float(self._rate(self._epoch(epoch)))
+
+  def observe_validation(self, epoch: int, loss: float) -> None:
+    """Hears the validation loss after 0-based `epoch`; ignored by default."""
+    del epoch, loss
+
+  def _epoch(self, epoch: float) -> float:
+    """Returns `epoch` as a float, or raises unless it is finite and >= 0."""
+    owner = type(self).__name__
+    fix = 'pass completed epochs plus the fraction of the current epoch'
+    value = _number(owner, 'epoch', epoch, fix)
+    _check(value >= 0, owner, 'epoch', epoch, '>= 0', fix)
+    return value
+
+  def _rate(self, epoch: float) -> float:
+    raise NotImplementedError
+
+
+class Constant(LearningRateSchedule):
+  """The base learning rate at every epoch."""
+
+  def _rate(self, epoch: float) -> float:
+    return self._base
+
+
+class StepDecay(LearningRateSchedule):
+  """Zaremba et al. (2014): constant, then multiplied by `factor` each epoch.
+
+  During 0-based epoch i the rate is `base * factor ** max(i + 1 -
+  start_epoch, 0)`, so the first `start_epoch` epochs run at `base`. The
+  paper's small model uses factor 0.5 after 4 epochs, the medium 1/1.2 after
+  6 and the large 1/1.15 after 14.
+  """
+
+  def __init__(self, *, base: float, factor: float = 0.5,
+               start_epoch: int = 4):
+    """Args: see the class docstring; `start_epoch` is an integer >= 1.
+
+    Raises:
+      ConfigurationError: If an argument is out of range.
+    """
+    super().__init__(base=base)
+    owner = type(self).__name__
+    fix = 'pass a decay factor in (0, 1] such as factor=0.5'
+    self._factor = _number(owner, 'factor', factor, fix)
+    _check(0 < self._factor <= 1, owner, 'factor', factor, 'in (0, 1]', fix)
+    _check(isinstance(start_epoch, numbers.Integral) and
+           not isinstance(start_epoch, bool) and start_epoch >= 1,
+           owner, 'start_epoch', start_epoch, 'an integer >= 1',
+           'pass the number of epochs to run at base, e.g. start_epoch=4')
+    self._start_epoch = int(start_epoch)
+
+  def _rate(self, epoch: float) -> float:
+    decays = max(math.floor(epoch) + 1 - self._start_epoch, 0)
+    return self._base * self._factor**decays
+
+
+class MultiStepDecay(LearningRateSchedule):
+  """Multiplies the rate by `factor` once per milestone epoch reached.
+
+  With milestones (60, 90, 120), 0-based epochs 0..59 run at `base`, epochs
+  60..89 at `base * factor`, and so on (as PyTorch's `MultiStepLR`).
+  """
+
+  def __init__(self, *, base: float,
+               milestones: Sequence[float] = (60, 90, 120),
+               factor: float = 0.5):
+    """Args: see the class docstring; milestones are > 0, strictly increasing.
+
+    Raises:
+      ConfigurationError: If an argument is out of range.
+    """
+    super().__init__(base=base)
+    owner = type(self).__name__
+    fix = 'pass a decay factor in (0, 1] such as factor=0.5'
+    self._factor = _number(owner, 'factor', factor, fix)
+    _check(0 < self._factor <= 1, owner, 'factor', factor, 'in (0, 1]', fix)
+    fix = 'pass increasing positive epochs such as milestones=(60, 90, 120)'
+    _check(isinstance(milestones, Sequence) and not isinstance(milestones, str),
+           owner, 'milestones', milestones, 'a sequence of epochs', fix)
+    values = tuple(_number(owner, 'milestones', m, fix) for m in milestones)
+    _check(all(m > 0 for m in values), owner, 'milestones', milestones,
+           'positive', fix)
+    _check(all(a < b for a, b in zip(values, values[1:])), owner,
+           'milestones', milestones, 'strictly increasing', fix)
+    self._milestones = values
+
+  def _rate(self, epoch: float) -> float:
+    passed = sum(1 for m in self._milestones if epoch >= m)
+    return self._base * self._factor**passed
+
+
+class PlateauDecay(LearningRateSchedule):
+  """Multiplies the rate by `factor` after each non-improving validation.
+
+  An epoch improves if its loss is below `best - min_delta` (the first
+  finite loss always does); otherwise the scale is multiplied by `factor`
+  (the PyTorch example's `lr /= 4`). A non-finite loss never improves. The
+  scale, best loss and last observed epoch are `tf.Variable`s, so a
+  checkpoint restores them, and an epoch observed twice (e.g. re-validated
+  after a resume) is counted once.
+  """
+
+  def __init__(self, *, base: float, factor: float = 0.25,
+               min_delta: float = 0.0):
+    """Args: see the class docstring; `min_delta` is >= 0.
+
+    Raises:
+      ConfigurationError: If an argument is out of range.
+    """
+    super().__init__(base=base)
+    owner = type(self).__name__
+    fix = 'pass a decay factor in (0, 1] such as factor=0.25'
+    self._factor = _number(owner, 'factor', factor, fix)
+    _check(0 < self._factor <= 1, owner, 'factor', factor, 'in (0, 1]', fix)
+    fix = 'pass the least loss decrease that counts, e.g. min_delta=0.0'
+    self._min_delta = _number(owner, 'min_delta', min_delta, fix)
+    _check(self._min_delta >= 0, owner, 'min_delta', min_delta, '>= 0', fix)
+    # float64 so the best loss round-trips exactly through a checkpoint.
+    self.scale = tf.Variable(1.0, dtype=tf.float64, trainable=False,
+                             name='scale')
+    self.best_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False,
+                                 name='best_loss')
+    self.last_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                  name='last_epoch')
+
+  def observe_validation(self, epoch: int, loss: float) -> None:
+    """Decays the scale unless `loss` beats the best loss by `min_delta`."""
+    epoch = int(epoch)
+    if epoch <= int(self.last_epoch.numpy()):
+      return
+    self.last_epoch.assign(epoch)
+    loss = float(loss)
+    threshold = float(self.best_loss.numpy()) - self._min_delta
+    if math.isfinite(loss) and loss < threshold:
+      self.best_loss.assign(loss)
+    else:
+      self.scale.assign(self.scale * self._factor)
+
+  def _rate(self, epoch: float) -> float:
+    return self._base * float(self.scale.numpy())
+
+
+class CosineRestarts(LearningRateSchedule):
+  """SGDR: cosine annealing from `base` to `minimum` with warm restarts.
+
+  Cycle i lasts `T_i = period_epochs * t_mult**i` epochs; with `t_cur` epochs
+  into it the rate is `minimum + (base - minimum) * (1 + cos(pi * t_cur /
+  T_i)) / 2` (Loshchilov & Hutter 2017, Eq. 5).
+  """
+
+  def __init__(self, *, base: float, period_epochs: float = 1.0,
+               t_mult: float = 2.0, minimum: float = 0.0):
+    """Args: see the class docstring; `t_mult` >= 1, 0 <= `minimum` <= base.
+
+    Raises:
+      ConfigurationError: If an argument is out of range.
+    """
+    super().__init__(base=base)
+    owner = type(self).__name__
+    fix = 'pass the first cycle length in epochs, e.g. period_epochs=1.0'
+    self._period = _number(owner, 'period_epochs', period_epochs, fix)
+    _check(self._period > 0, owner, 'period_epochs', period_epochs, '> 0', fix)
+    fix = 'pass the cycle growth factor, e.g. t_mult=2.0 (1.0 for equal cycles)'
+    self._t_mult = _number(owner, 't_mult', t_mult, fix)
+    _check(self._t_mult >= 1, owner, 't_mult', t_mult, '>= 1', fix)
+    fix = f'pass a floor between 0 and base={self._base}, e.g. minimum=0.0'
+    self._minimum = _number(owner, 'minimum', minimum, fix)
+    _check(0 <= self._minimum <= self._base, owner, 'minimum', minimum,
+           f'in [0, base={self._base}]', fix)
+
+  def _cycle_start(self, index: int) -> float:
+    """The epoch at which cycle `index` starts."""
+    if self._t_mult == 1:
+      return self._period * index
+    return self._period * (self._t_mult**index - 1) / (self._t_mult - 1)
+
+  def _reached(self, epoch: float, index: int) -> bool:
+    """Whether `epoch` is at or past the start of cycle `index`."""
+    start = self._cycle_start(index)
+    return epoch >= start - _BOUNDARY_RTOL * max(1.0, abs(start))
+
+  def cycle_index(self, epoch: float) -> int:
+    """Returns the 0-based cycle that `epoch` falls in; boundaries start one.
+
+    Raises:
+      ConfigurationError: If `epoch` is not a finite number >= 0.
+    """
+    epoch = self._epoch(epoch)
+    # Closed-form guess, then step to the exact answer: the logarithm may be
+    # off by one at boundaries, and `_reached` is the single source of truth.
+    if self._t_mult == 1:
+      guess = epoch / self._period
+    else:
+      guess = math.log1p(epoch * (self._t_mult - 1) / self._period) / math.log(
+          self._t_mult)
+    index = max(int(math.floor(guess)), 0)
+    while index > 0 and not self._reached(epoch, index):
+      index -= 1
+    while self._reached(epoch, index + 1):
+      index += 1
+    return index
+
+  def _rate(self, epoch: float) -> float:
+    index = self.cycle_index(epoch)
+    length = self._period * self._t_mult**index
+    t_cur = min(max(epoch - self._cycle_start(index), 0.0), length)
+    cosine = (1 + math.cos(math.pi * t_cur / length)) / 2
+    return self._minimum + (self._base - self._minimum) * cosine

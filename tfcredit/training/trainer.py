@@ -1,0 +1,265 @@
+"""The training loop: the gin root ``train(...)`` (DESIGN.md, "Trainer").
+
+``train`` builds the task, the model, the optimizer and the method; loops over epochs
+and segments; evaluates on the validation split after every epoch; writes
+TensorBoard summaries; saves and restores checkpoints (weights, optimizer, method
+state, data position, carried state, RNG state, counters); stops on a non-finite loss
+without overwriting the last good checkpoint; evaluates the test split; exports a
+SavedModel. It knows nothing about any particular method: everything method-specific
+happens behind ``Method.train_segment``.
+
+Loss convention: every method divides a window's summed per-step losses by
+``batch × nominal window length`` and averages terminal losses over the batch
+(``tfcredit.methods.base``); evaluation sums the loss over every token or sequence
+of a split and divides by their number.
+"""
+
+import inspect
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Optional
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcredit import export as export_lib
+from tfcredit.errors import ConfigurationError, TrainingError
+from tfcredit.models.recurrent import RecurrentModel
+from tfcredit.tasks import base as task_base
+from tfcredit.training import progress as progress_lib
+from tfcredit.training import reporting
+from tfcredit.training import schedules
+
+
+def _build(factory: Callable, what: str, **kwargs):
+  """Calls a gin-bound factory with the keyword arguments it accepts."""
+  if not callable(factory):
+    raise ConfigurationError(
+        f'train.{what} must be a configurable class such as @{what.title()}, got '
+        f'{factory!r}')
+  # Gin wraps a configurable class in a subclass whose own signature is
+  # (*args, **kwargs); the constructor keeps the real one.
+  target = factory.__init__ if isinstance(factory, type) else factory
+  try:
+    parameters = inspect.signature(target).parameters
+  except (TypeError, ValueError):
+    parameters = {}
+  if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+    kwargs = {k: v for k, v in kwargs.items() if k in parameters}
+  return factory(**kwargs)
+
+
+@gin.configurable(denylist=['model_dir', 'data_dir', 'export_dir', 'stop_after_calls'])
+def train(model_dir: str, data_dir: Optional[str] = None,
+          export_dir: Optional[str] = 'saved_models', *,
+          # What is learned and how.
+          task: Callable[..., task_base.Task] = gin.REQUIRED,
+          method: Callable = gin.REQUIRED,
+          model: Callable[..., keras.Model] = RecurrentModel,
+          # Optimisation.
+          optimizer: Callable = keras.optimizers.SGD,
+          learning_rate: float = 1.0,
+          lr_schedule: Callable = schedules.Constant,
+          epochs: int = 1,
+          batch_size: int = 20,
+          eval_batch_size: int = 10,
+          # Reproducibility.
+          seed: int = 0,
+          deterministic: bool = False,
+          # Bookkeeping.
+          checkpoint_every_calls: int = 500,
+          log_every_seconds: float = 10.0,
+          summary_every_calls: int = 10,
+          evaluate_test: bool = True,
+          stop_after_calls: Optional[int] = None) -> Dict[str, Any]:
+  """Trains a model on a task with a credit-assignment method.
+
+  Args:
+    model_dir: where checkpoints, summaries and configs go; running again with the
+      same directory resumes from its last checkpoint.
+    data_dir: the data directory (``--data_dir``), passed to tasks that read data.
+    export_dir: the root the SavedModel is exported under, as
+      ``<export_dir>/<basename of model_dir>/<n>``; None skips the export.
+    task: the task class (gin: ``@AddingTask``, ``@LanguageModelTask``).
+    method: the method class (gin: ``@TruncatedBPTT``).
+    model: the model class; it receives ``task.model_spec()``.
+    optimizer: a Keras optimizer class; it receives ``learning_rate``.
+    learning_rate: the base learning rate the schedule starts from.
+    lr_schedule: a schedule class from ``tfcredit.training.schedules``; it receives
+      ``base=learning_rate``.
+    epochs: passes over the training data.
+    batch_size: training columns (stream) or sequences per batch (episodic).
+    eval_batch_size: the same for validation and test.
+    seed: seeds weights, dropout and data order.
+    deterministic: enable TensorFlow's deterministic ops (bit-exact resumes).
+    checkpoint_every_calls: training calls between checkpoints (and at each epoch
+      end).
+    log_every_seconds: seconds between progress lines.
+    summary_every_calls: training calls averaged into one TensorBoard point.
+    evaluate_test: evaluate the test split at the end.
+    stop_after_calls: stop (with a checkpoint) after this many training calls in
+      this invocation; for tests of interruption and resumption.
+
+  Returns:
+    The final metrics, ``model_dir`` and ``saved_model`` path.
+
+  Raises:
+    ConfigurationError: a setting is invalid.
+    TrainingError: the loss became non-finite.
+  """
+  for name, value in (('epochs', epochs), ('batch_size', batch_size),
+                      ('eval_batch_size', eval_batch_size),
+                      ('checkpoint_every_calls', checkpoint_every_calls),
+                      ('summary_every_calls', summary_every_calls)):
+    task_base.check_positive_int(f'train.{name}', value)
+  if not learning_rate > 0:
+    raise ConfigurationError(
+        f'train.learning_rate must be positive, got {learning_rate!r}')
+  os.makedirs(model_dir, exist_ok=True)
+  keras.utils.set_random_seed(seed)
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
+
+  task_obj = _build(task, 'task', data_dir=data_dir)
+  if not isinstance(task_obj, task_base.Task):
+    raise ConfigurationError(
+        f'train.task must build a tfcredit Task, got {type(task_obj).__name__}')
+  stream = task_obj.regime == task_base.STREAM
+  strategy = tf.distribute.get_strategy()
+  with strategy.scope():
+    model_obj = _build(model, 'model', **task_obj.model_spec())
+    example = _example_inputs(task_obj, batch_size)
+    model_obj.build_for(example)
+    optimizer_obj = _build(optimizer, 'optimizer', learning_rate=learning_rate)
+    optimizer_obj.build(model_obj.trainable_variables)
+    method_obj = _build(method, 'method', model=model_obj, task=task_obj,
+                        optimizer=optimizer_obj)
+    schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
+    progress = progress_lib.Progress(
+        model_obj.state_spec() if stream else None, batch_size)
+  checkpointer = progress_lib.Checkpointer(
+      model_dir, model=model_obj, optimizer=optimizer_obj, method=method_obj,
+      schedule=schedule, progress=progress, rng=model_obj.rng_variables())
+  restored = checkpointer.restore_latest()
+  if restored:
+    print(f'resumed from {restored} (epoch {int(progress.epoch) + 1}, '
+          f'position {int(progress.position)})', flush=True)
+
+  units_per_epoch = task_obj.units_per_epoch(batch_size)
+  unit_name = 'tokens' if stream else 'sequences'
+  reporter = reporting.Reporter(
+      model_dir, task_obj.metric_name, unit_name, task_obj.metric_from_loss,
+      total_units=units_per_epoch * epochs, log_every_seconds=log_every_seconds,
+      summary_every_calls=summary_every_calls)
+  predict = _predictor(model_obj, task_obj)
+  evaluate = lambda split: task_base.evaluate(
+      task_obj, predict, model_obj.initial_state, split, eval_batch_size)
+
+  calls_here = 0
+  operative_written = False
+  valid_result: Dict[str, float] = {}
+  while int(progress.epoch) < epochs:
+    epoch = int(progress.epoch)
+    for segment, units, fraction in _segments(task_obj, method_obj, progress,
+                                              batch_size):
+      if int(progress.position) == 0 or not stream:
+        state = model_obj.initial_state(batch_size)
+      elif calls_here == 0:
+        state = progress.load_state()
+      rate = schedule(epoch + fraction)
+      optimizer_obj.learning_rate.assign(rate)
+      state, metrics = method_obj.train_segment(segment, state)
+      metrics = {key: float(value) for key, value in metrics.items()}
+      if not math.isfinite(metrics['loss_sum']):
+        raise TrainingError(
+            f'non-finite training loss at training call {int(progress.calls) + 1} '
+            f'(epoch {epoch + 1}, after {int(progress.units_seen)} {unit_name}); the '
+            f'last good checkpoint is kept: {checkpointer.latest}. Lower '
+            'train.learning_rate or set clip_norm on the method.')
+      progress.position.assign_add(1 if not stream else units // batch_size)
+      progress.calls.assign_add(1)
+      progress.units_seen.assign_add(units)
+      calls_here += 1
+      if stream:
+        progress.save_state(state)
+      if not operative_written:
+        _write_operative_config(model_dir, reporter)
+        operative_written = True
+      done = (epoch * units_per_epoch + fraction * units_per_epoch + units)
+      reporter.record_training(metrics, units, rate, int(progress.units_seen),
+                               epoch, epochs, int(done))
+      if int(progress.calls) % checkpoint_every_calls == 0:
+        checkpointer.save(int(progress.calls))
+      if stop_after_calls is not None and calls_here >= stop_after_calls:
+        checkpointer.save(int(progress.calls))
+        reporter.flush()
+        return {'stopped_after_calls': calls_here, 'model_dir': model_dir}
+    method_obj.on_epoch_end()
+    valid_result = evaluate('valid')
+    reporter.record_evaluation('valid', valid_result, int(progress.units_seen), epoch)
+    schedule.observe_validation(epoch, valid_result['loss'])
+    progress.best_valid.assign(min(float(progress.best_valid), valid_result['loss']))
+    progress.epoch.assign_add(1)
+    progress.position.assign(0)
+    checkpointer.save(int(progress.calls))
+  reporter.flush()
+
+  if not valid_result:  # Resumed after the last epoch had finished.
+    valid_result = evaluate('valid')
+  final = {f'valid_{k}': v for k, v in valid_result.items() if k != 'count'}
+  if evaluate_test:
+    test_result = evaluate('test')
+    final.update({f'test_{k}': v for k, v in test_result.items() if k != 'count'})
+  saved_model = None
+  if export_dir is not None:
+    saved_model = export_lib.export(
+        model_obj, task_obj, os.path.join(export_dir, os.path.basename(
+            os.path.normpath(model_dir))), eval_batch_size=eval_batch_size)
+  final.update({'epochs': int(progress.epoch), 'model_dir': model_dir,
+                'saved_model': saved_model})
+  with open(os.path.join(model_dir, 'final_metrics.json'), 'w') as f:
+    json.dump(final, f, indent=1)
+  return final
+
+
+def _example_inputs(task: task_base.Task, batch_size: int) -> tf.Tensor:
+  spec = task.segment_spec()[0]
+  shape = [batch_size, 1] + spec.shape[2:].as_list()
+  return tf.zeros(shape, spec.dtype)
+
+
+def _predictor(model: keras.Model, task: task_base.Task):
+  """The compiled ``(inputs, state) -> (outputs, state)`` used for evaluation."""
+  return tf.function(lambda inputs, state: model.unroll(inputs, state, training=False),
+                     input_signature=[task.segment_spec()[0], model.state_spec()])
+
+
+def _segments(task: task_base.Task, method, progress, batch_size: int):
+  """Yields ``(segment, units, fraction of the epoch done before it)``."""
+  if task.regime == task_base.STREAM:
+    data = task.stream('train', batch_size)
+    length = data.shape[1] - 1
+    while int(progress.position) < length:
+      start = int(progress.position)
+      end = min(start + method.segment_length(), length)
+      segment = (tf.constant(data[:, start:end]), tf.constant(data[:, start + 1:end + 1]))
+      yield segment, batch_size * (end - start), start / length
+  else:
+    count = task.batches_per_epoch('train', batch_size)
+    epoch = int(progress.epoch)
+    while int(progress.position) < count:
+      index = int(progress.position)
+      inputs, targets = task.batch('train', epoch, index, batch_size)
+      yield (tf.constant(inputs), tf.constant(targets)), batch_size, index / count
+
+
+def _write_operative_config(model_dir: str, reporter: reporting.Reporter) -> None:
+  text = gin.operative_config_str()
+  with open(os.path.join(model_dir, 'operative_config.gin'), 'w') as f:
+    f.write(text)
+  reporter.text('operative_config', gin.markdown(text) if hasattr(gin, 'markdown')
+                else text)
