@@ -8,6 +8,7 @@ names ``@TruncatedBPTT``, ``@AddingTask``, ``@RecurrentModel``, ``@StepDecay``,
 import gin
 import keras
 
+from tfcredit import config
 from tfcredit import errors
 from tfcredit.errors import ConfigurationError
 from tfcredit.errors import DataError
@@ -18,6 +19,7 @@ from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import RecurrentModel
 from tfcredit.tasks.base import Task
 from tfcredit.tasks.language_modeling import LanguageModelTask
+from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.tasks.synthetic import CopyTask
 from tfcredit.training import schedules
@@ -27,12 +29,12 @@ __version__ = '0.1.0'
 
 __all__ = [
     'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DataError',
-    'LanguageModelTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
+    'LanguageModelTask', 'MarkovLanguageTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
     'TruncatedBPTT', 'train',
 ]
 
 for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
-                      LanguageModelTask, schedules.Constant, schedules.StepDecay,
+                      LanguageModelTask, MarkovLanguageTask, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,
                       schedules.CosineRestarts):
   gin.external_configurable(_configurable, module='tfcredit')

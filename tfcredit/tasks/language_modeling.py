@@ -1,9 +1,14 @@
 """Language modelling on a token stream (the stream regime of DESIGN.md).
 
-Next-token prediction with per-step cross-entropy. The split is laid out as ``B``
+Next-token prediction with per-step cross-entropy. Each split is laid out as ``B``
 parallel columns (``batchify``); the trainer carries the state from one call to the
-next and resets it at each epoch's start. Word corpora report perplexity
-``exp(mean NLL)``; character corpora bits per character ``mean NLL / ln 2``.
+next and resets it at each epoch's start. Word-level data report perplexity
+``exp(mean NLL)``; character-level data bits per character ``mean NLL / ln 2``.
+
+* ``LanguageModelTask``: a real corpus (PTB word or char, WikiText-2, text8).
+* ``MarkovLanguageTask``: a stream drawn from a random sparse Markov chain, made on
+  the fly: a stream task with no download, whose best achievable perplexity is
+  known (the chain's entropy rate), for smoke runs and tests.
 """
 
 import math
@@ -17,36 +22,28 @@ from tfcredit.tasks import base
 from tfcredit.tasks import corpora
 
 _CHARACTER_CORPORA = ('ptb_char', 'text8')
+_SPLITS = ('train', 'valid', 'test')
 
 
-class LanguageModelTask(base.Task):
-  """Next-token prediction on one of the corpora of ``tfcredit.tasks.corpora``."""
+class _TokenStreamTask(base.Task):
+  """Shared by stream language tasks: loss, metric, batchified splits."""
 
   regime = base.STREAM
   readout = base.PER_STEP
+  metric_name = 'perplexity'
 
-  def __init__(self, *, corpus: str = 'ptb', data_dir: Optional[str] = None,
-               download: bool = True):
-    """Loads (and if needed downloads) the corpus.
-
-    Args:
-      corpus: ``'ptb'``, ``'ptb_char'``, ``'wikitext2'`` or ``'text8'``.
-      data_dir: the data directory (``--data_dir``; run plumbing, not gin).
-      download: fetch absent files from their canonical source.
-    """
-    self.corpus_name = corpus
-    self.data_dir = data_dir
-    self._corpus = corpora.load_corpus(corpus, data_dir=data_dir, download=download)
-    self.name = f'lm_{corpus}'
-    self.metric_name = 'bpc' if corpus in _CHARACTER_CORPORA else 'perplexity'
+  def __init__(self):
     self._streams: Dict[Tuple[str, int], np.ndarray] = {}
 
+  def _ids(self, split: str) -> np.ndarray:
+    raise NotImplementedError
+
   @property
-  def vocabulary(self) -> 'corpora.Vocabulary':
-    return self._corpus.vocab
+  def vocabulary_size(self) -> int:
+    raise NotImplementedError
 
   def model_spec(self) -> Dict[str, Any]:
-    size = len(self.vocabulary)
+    size = self.vocabulary_size
     return {'input_vocab_size': size, 'output_dim': size, 'readout': self.readout}
 
   def segment_spec(self):
@@ -63,17 +60,114 @@ class LanguageModelTask(base.Task):
     return math.exp(min(mean_loss, 700.0))
 
   def stream(self, split: str, batch_size: int) -> np.ndarray:
+    if split not in _SPLITS:
+      raise ConfigurationError(f'split must be one of {_SPLITS}, got {split!r}')
     key = (split, batch_size)
     if key not in self._streams:
-      if split not in ('train', 'valid', 'test'):
-        raise ConfigurationError(
-            f'split must be train, valid or test, got {split!r}')
-      self._streams[key] = corpora.batchify(getattr(self._corpus, split),
-                                            batch_size)
+      self._streams[key] = corpora.batchify(self._ids(split), batch_size)
     return self._streams[key]
+
+
+class LanguageModelTask(_TokenStreamTask):
+  """Next-token prediction on a corpus of ``tfcredit.tasks.corpora``."""
+
+  def __init__(self, *, corpus: str = 'ptb', data_dir: Optional[str] = None,
+               download: bool = True):
+    """Loads (and if needed downloads) the corpus.
+
+    Args:
+      corpus: ``'ptb'``, ``'ptb_char'``, ``'wikitext2'`` or ``'text8'``.
+      data_dir: the data directory (``--data_dir``; run plumbing, not gin).
+      download: fetch absent files from their canonical source.
+    """
+    super().__init__()
+    self.corpus_name = corpus
+    self._corpus = corpora.load_corpus(corpus, data_dir=data_dir, download=download)
+    self.name = f'lm_{corpus}'
+    self.metric_name = 'bpc' if corpus in _CHARACTER_CORPORA else 'perplexity'
+
+  @property
+  def vocabulary(self) -> corpora.Vocabulary:
+    return self._corpus.vocab
+
+  @property
+  def vocabulary_size(self) -> int:
+    return len(self.vocabulary)
+
+  def _ids(self, split: str) -> np.ndarray:
+    return getattr(self._corpus, split)
 
   def vocabulary_tokens(self):
     return list(self.vocabulary.tokens)
 
   def get_config(self) -> Dict[str, Any]:
     return {'corpus': self.corpus_name}
+
+
+class MarkovLanguageTask(_TokenStreamTask):
+  """A token stream from a random sparse first-order Markov chain.
+
+  Each token has ``branching`` possible successors with Dirichlet(1) probabilities.
+  The best achievable mean loss is the chain's entropy rate
+  ``Σ_i π_i H(P_i)`` (``π`` the stationary distribution), exposed as
+  ``optimal_perplexity``.
+  """
+
+  name = 'markov_lm'
+
+  def __init__(self, *, vocabulary_size: int = 16, branching: int = 3,
+               train_length: int = 20000, eval_length: int = 4000, seed: int = 0):
+    super().__init__()
+    self._size = base.check_positive_int('MarkovLanguageTask.vocabulary_size',
+                                         vocabulary_size)
+    self.branching = base.check_positive_int('MarkovLanguageTask.branching',
+                                             branching)
+    if self.branching > self._size:
+      raise ConfigurationError(
+          f'MarkovLanguageTask.branching={branching} exceeds vocabulary_size='
+          f'{vocabulary_size}: use branching <= vocabulary_size')
+    self.lengths = {
+        'train': base.check_positive_int('MarkovLanguageTask.train_length',
+                                         train_length),
+        'valid': base.check_positive_int('MarkovLanguageTask.eval_length',
+                                         eval_length),
+        'test': eval_length}
+    self.seed = int(seed)
+    rng = np.random.default_rng([self.seed, 0])
+    self.transitions = np.zeros((self._size, self._size))
+    for row in range(self._size):
+      successors = rng.choice(self._size, self.branching, replace=False)
+      self.transitions[row, successors] = rng.dirichlet(np.ones(self.branching))
+    self._cache: Dict[str, np.ndarray] = {}
+
+  @property
+  def vocabulary_size(self) -> int:
+    return self._size
+
+  @property
+  def optimal_perplexity(self) -> float:
+    values, vectors = np.linalg.eig(self.transitions.T)
+    stationary = np.real(vectors[:, np.argmin(np.abs(values - 1.0))])
+    stationary = stationary / stationary.sum()
+    with np.errstate(divide='ignore', invalid='ignore'):
+      logs = np.where(self.transitions > 0, np.log(self.transitions), 0.0)
+    entropy = -np.sum(stationary[:, None] * self.transitions * logs)
+    return math.exp(entropy)
+
+  def _ids(self, split: str) -> np.ndarray:
+    if split not in self._cache:
+      rng = np.random.default_rng([self.seed, 1 + _SPLITS.index(split)])
+      cumulative = np.cumsum(self.transitions, axis=1)
+      draws = rng.random(self.lengths[split])
+      ids = np.empty(self.lengths[split], np.int32)
+      token = int(rng.integers(self._size))
+      for index, draw in enumerate(draws):
+        ids[index] = token
+        token = min(int(np.searchsorted(cumulative[token], draw)), self._size - 1)
+      self._cache[split] = ids
+    return self._cache[split]
+
+  def get_config(self) -> Dict[str, Any]:
+    return {'vocabulary_size': self._size, 'branching': self.branching,
+            'train_length': self.lengths['train'],
+            'eval_length': self.lengths['valid'], 'seed': self.seed}

@@ -1,0 +1,124 @@
+"""The trainer: resume equals an uninterrupted run, non-finite loss, files written."""
+
+import glob
+import json
+import math
+import os
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfcredit
+from tfcredit.errors import TrainingError
+
+TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'gin_configs', 'testing',
+                    'tiny.gin')
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _configure(*bindings):
+  gin.clear_config()
+  tfcredit.config.parse([TINY], ['train.deterministic = True',
+                                 'train.log_every_seconds = 1e9'] + list(bindings))
+
+
+def _weights(model_dir):
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
+  reader = tf.train.load_checkpoint(path)
+  return {name: reader.get_tensor(name)
+          for name, _ in tf.train.list_variables(path) if name.startswith('model/')}
+
+
+_STREAM = ('train.task = @MarkovLanguageTask',
+           'MarkovLanguageTask.train_length = 1200',
+           'MarkovLanguageTask.eval_length = 400',
+           'RecurrentModel.dropout = 0.3',
+           'TruncatedBPTT.windows_per_call = 2')
+
+
+@pytest.mark.parametrize('bindings', [(), _STREAM], ids=['episodic', 'stream'])
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, bindings):
+  _configure(*bindings)
+  straight = tfcredit.train(str(tmp_path / 'straight'), export_dir=None)
+  # Interrupted twice: mid-epoch (carried state, data position, dropout RNG) and
+  # again in the second epoch; each restart is a fresh `train` call.
+  interrupted = str(tmp_path / 'interrupted')
+  _configure(*bindings)
+  stopped = tfcredit.train(interrupted, export_dir=None, stop_after_calls=3)
+  assert stopped['stopped_after_calls'] == 3
+  _configure(*bindings)
+  tfcredit.train(interrupted, export_dir=None, stop_after_calls=4)
+  _configure(*bindings)
+  resumed = tfcredit.train(interrupted, export_dir=None)
+  assert resumed['valid_loss'] == straight['valid_loss']
+  assert resumed['test_loss'] == straight['test_loss']
+  a, b = _weights(str(tmp_path / 'straight')), _weights(interrupted)
+  assert a.keys() == b.keys() and a
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+class _PoisonedAddingTask(tfcredit.AddingTask):
+  """Training batch 5 and later have NaN targets."""
+
+  def batch(self, split, epoch, index, batch_size):
+    inputs, targets = super().batch(split, epoch, index, batch_size)
+    if split == 'train' and index >= 5:
+      targets = targets * np.nan
+    return inputs, targets
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  gin.external_configurable(_PoisonedAddingTask, module='tests')
+  _configure('train.task = @_PoisonedAddingTask',
+             '_PoisonedAddingTask.sequence_length = 20',
+             '_PoisonedAddingTask.train_batches_per_epoch = 8',
+             'train.checkpoint_every_calls = 2')
+  model_dir = str(tmp_path / 'run')
+  with pytest.raises(TrainingError) as raised:
+    tfcredit.train(model_dir, export_dir=None)
+  message = str(raised.value)
+  assert 'training call 6' in message
+  assert 'ckpt-4' in message
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
+  assert latest.endswith('ckpt-4')
+  reader = tf.train.load_checkpoint(latest)
+  for name, _ in tf.train.list_variables(latest):
+    value = reader.get_tensor(name)
+    if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
+      assert np.all(np.isfinite(value)), name
+
+
+def _scalar_tags(directory):
+  tags = set()
+  for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        tags.add(value.tag)
+  return tags
+
+
+def test_writes_configs_summaries_export_and_final_metrics(tmp_path):
+  _configure()
+  model_dir = str(tmp_path / 'run')
+  result = tfcredit.train(model_dir, export_dir=str(tmp_path / 'exports'))
+  operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
+  assert 'TruncatedBPTT.window = 5' in operative
+  train_tags = _scalar_tags(os.path.join(model_dir, 'train'))
+  assert {'loss', 'mse', 'learning_rate', 'grad_norm', 'sequences_per_second',
+          'operative_config'} <= train_tags
+  assert {'loss', 'mse'} <= _scalar_tags(os.path.join(model_dir, 'valid'))
+  assert result['saved_model'] == str(tmp_path / 'exports' / 'run' / '1')
+  assert os.path.exists(os.path.join(result['saved_model'], 'saved_model.pb'))
+  on_disk = json.load(open(os.path.join(model_dir, 'final_metrics.json')))
+  assert on_disk['valid_mse'] == result['valid_mse']
+  assert math.isfinite(result['test_mse'])

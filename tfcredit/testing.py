@@ -1,0 +1,126 @@
+"""Shared test helpers: tiny models, built optimizers, gin reset, gradient comparison.
+
+Used by the test suite (DESIGN.md, "Tests") and handy in notebooks. Nothing here is
+imported by the library itself, so the helpers may depend on pytest lazily.
+"""
+
+import contextlib
+from typing import Any, Iterator, Optional
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcredit.models.recurrent import RecurrentModel
+from tfcredit.tasks import base as task_base
+
+# Small enough that a whole test module runs in seconds on two CPU cores.
+TINY_MODEL_DEFAULTS = {'cell': 'lstm', 'units': 8, 'num_layers': 1}
+
+
+def example_inputs(task: task_base.Task, batch_size: int = 1,
+                   length: int = 1) -> tf.Tensor:
+  """Zero inputs of ``task``'s input spec with the given batch size and length."""
+  spec = task.segment_spec()[0]
+  shape = [batch_size, length] + [int(d) for d in spec.shape[2:]]
+  return tf.zeros(shape, spec.dtype)
+
+
+def tiny_model(task: task_base.Task, seed: Optional[int] = 0,
+               **overrides: Any) -> RecurrentModel:
+  """A small built ``RecurrentModel`` for ``task``.
+
+  Args:
+    task: supplies ``model_spec()`` (input kind, output size, readout).
+    seed: if not None, seeds Keras (Python, numpy and TF) first, so the initial
+      weights are reproducible.
+    **overrides: ``RecurrentModel`` arguments that replace the task's spec or the
+      tiny defaults (``cell='lstm', units=8, num_layers=1``).
+
+  Returns:
+    The model, with every weight created (``build_for``).
+  """
+  if seed is not None:
+    keras.utils.set_random_seed(seed)
+  kwargs = dict(TINY_MODEL_DEFAULTS)
+  kwargs.update(task.model_spec())
+  kwargs.update(overrides)
+  model = RecurrentModel(**kwargs)
+  model.build_for(example_inputs(task))
+  return model
+
+
+def built_optimizer(model: keras.Model, cls=keras.optimizers.SGD,
+                    learning_rate: float = 0.1, **kwargs: Any
+                    ) -> keras.optimizers.Optimizer:
+  """An optimizer of class ``cls`` built on ``model``'s trainable variables."""
+  optimizer = cls(learning_rate=learning_rate, **kwargs)
+  optimizer.build(model.trainable_variables)
+  return optimizer
+
+
+@contextlib.contextmanager
+def cleared_gin_config() -> Iterator[None]:
+  """Clears the gin configuration on entry and on exit (even on failure)."""
+  gin.clear_config()
+  try:
+    yield
+  finally:
+    gin.clear_config()
+
+
+def _fixture(function):
+  import pytest  # Only tests need pytest; the library does not.
+  return pytest.fixture(function)
+
+
+@_fixture
+def clean_gin():
+  """Pytest fixture: a test that requests it starts and ends with empty gin config.
+
+  Import it into a test module (``from tfcredit.testing import clean_gin``) and
+  name it as an argument, or use it with ``pytest.mark.usefixtures``.
+  """
+  with cleared_gin_config():
+    yield
+
+
+def to_numpy(value: Any) -> np.ndarray:
+  """A dense numpy array from a tensor, variable or ``tf.IndexedSlices``."""
+  return np.asarray(tf.convert_to_tensor(value))
+
+
+def max_abs_diff(nest_a: Any, nest_b: Any) -> float:
+  """Largest absolute elementwise difference between two nests of tensors.
+
+  ``tf.IndexedSlices`` (embedding gradients) are densified first. ``None``
+  entries must match ``None`` entries.
+
+  Raises:
+    ValueError: the nests differ in structure, or an entry in shape.
+  """
+  tf.nest.assert_same_structure(nest_a, nest_b, expand_composites=False)
+  worst = 0.0
+  for a, b in zip(tf.nest.flatten(nest_a), tf.nest.flatten(nest_b)):
+    if a is None or b is None:
+      if (a is None) != (b is None):
+        raise ValueError('one nest has None where the other has a tensor')
+      continue
+    a, b = to_numpy(a), to_numpy(b)
+    if a.shape != b.shape:
+      raise ValueError(f'shapes differ: {a.shape} vs {b.shape}')
+    if a.size:
+      worst = max(worst, float(np.max(np.abs(a.astype(np.float64) -
+                                             b.astype(np.float64)))))
+  return worst
+
+
+def assert_nests_close(actual: Any, expected: Any, rtol: float = 1e-5,
+                       atol: float = 1e-6) -> None:
+  """``np.testing.assert_allclose`` over every pair of leaves of two nests."""
+  tf.nest.assert_same_structure(actual, expected)
+  for index, (a, b) in enumerate(zip(tf.nest.flatten(actual),
+                                     tf.nest.flatten(expected))):
+    np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=rtol, atol=atol,
+                               err_msg=f'leaf {index}')
