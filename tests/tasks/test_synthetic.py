@@ -1,0 +1,150 @@
+"""Tests of tfcredit.tasks.synthetic: layouts, baselines and determinism.
+
+Baselines are recomputed here from their definitions (numpy), never read from
+the task.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcredit.errors import ConfigurationError
+from tfcredit.tasks.synthetic import AddingTask, CopyTask
+
+# ------------------------------------------------------------------ adding
+
+
+@pytest.mark.parametrize('length', [2, 7, 40])
+def test_adding_has_one_marker_in_each_half_and_sums_the_marked_values(length):
+  task = AddingTask(sequence_length=length, seed=1)
+  inputs, targets = task.batch('train', 0, 0, 64)
+  assert inputs.shape == (64, length, 2) and inputs.dtype == np.float32
+  assert targets.shape == (64, 1) and targets.dtype == np.float32
+  values, markers = inputs[..., 0], inputs[..., 1]
+  assert np.all((values >= 0.0) & (values <= 1.0))
+  assert set(np.unique(markers)) <= {0.0, 1.0}
+  half = length // 2
+  np.testing.assert_array_equal(markers[:, :half].sum(axis=1), 1.0)
+  np.testing.assert_array_equal(markers[:, half:].sum(axis=1), 1.0)
+  for row in range(64):
+    marked = np.flatnonzero(markers[row])
+    assert len(marked) == 2
+    assert targets[row, 0] == pytest.approx(values[row, marked].sum(), abs=1e-6)
+
+
+def test_adding_constant_one_predictor_has_mse_one_sixth():
+  task = AddingTask(sequence_length=10, seed=2)
+  targets = np.concatenate([task.batch('train', 0, index, 5000)[1]
+                            for index in range(4)])
+  mse = float(np.mean(np.square(1.0 - targets)))
+  # Var(U + U) for independent U(0, 1) is 2 / 12; the standard error here is ~0.002.
+  assert mse == pytest.approx(1.0 / 6.0, abs=0.01)
+  # The task's loss agrees with the hand-computed one.
+  outputs = tf.ones_like(targets)
+  losses = task.losses(outputs, tf.constant(targets)).numpy()
+  assert losses.shape == (targets.shape[0],)
+  assert float(np.mean(losses)) == pytest.approx(mse, rel=1e-6)
+
+
+@pytest.mark.parametrize('task_class', [AddingTask, CopyTask])
+def test_batches_are_a_function_of_seed_split_epoch_and_index(task_class):
+  task = task_class(sequence_length=10, seed=3)
+
+  def batch(split='train', epoch=0, index=0, seed=3):
+    source = task if seed == 3 else task_class(sequence_length=10, seed=seed)
+    return np.concatenate([a.reshape(a.shape[0], -1).astype(np.float64)
+                           for a in source.batch(split, epoch, index, 8)], axis=1)
+
+  # The same coordinates give the same data, also from a fresh task object.
+  np.testing.assert_array_equal(batch(), batch())
+  np.testing.assert_array_equal(
+      batch(epoch=2, index=1),
+      np.concatenate([a.reshape(8, -1).astype(np.float64) for a in
+                      task_class(sequence_length=10, seed=3).batch('train', 2, 1, 8)],
+                     axis=1))
+  # Any change of coordinate gives other data.
+  base = batch()
+  for other in (batch(epoch=1), batch(index=1), batch(seed=4), batch('valid'),
+                batch('test')):
+    assert not np.array_equal(base, other)
+  # Validation and test sets do not change with the epoch.
+  for split in ('valid', 'test'):
+    np.testing.assert_array_equal(batch(split, epoch=0, index=1),
+                                  batch(split, epoch=5, index=1))
+  assert not np.array_equal(batch('valid'), batch('test'))
+
+
+def test_unknown_split_is_a_configuration_error():
+  with pytest.raises(ConfigurationError, match="'validation'"):
+    AddingTask(sequence_length=4).batch('validation', 0, 0, 2)
+
+
+# -------------------------------------------------------------------- copy
+
+
+@pytest.mark.parametrize('length', [1, 5, 30])
+def test_copy_layout_follows_kag_and_saligrama_appendix(length):
+  task = CopyTask(sequence_length=length, seed=5)
+  inputs, targets = task.batch('train', 0, 0, 32)
+  total = length + 20
+  assert inputs.shape == targets.shape == (32, total)
+  memory = inputs[:, :10]
+  assert np.all((memory >= 0) & (memory <= 7))
+  # Every symbol 0..7 shows up somewhere in the memory (draws are uniform).
+  assert set(np.unique(memory)) == set(range(8))
+  expected_inputs = np.full((32, total), 8)
+  expected_inputs[:, :10] = memory
+  expected_inputs[:, length + 9] = 9  # the delimiter, T - 1 blanks after the memory
+  np.testing.assert_array_equal(inputs, expected_inputs)
+  expected_targets = np.full((32, total), 8)
+  expected_targets[:, length + 10:] = memory
+  np.testing.assert_array_equal(targets, expected_targets)
+
+
+def _memoryless_probabilities(length):
+  """Per-position target distribution that ignores the inputs: ``[T + 20, 10]``."""
+  total = length + 20
+  probabilities = np.zeros((total, 10))
+  probabilities[:length + 10, 8] = 1.0  # blank, certainly
+  probabilities[length + 10:, :8] = 1.0 / 8.0  # one of a0..a7, uniformly
+  return probabilities
+
+
+@pytest.mark.parametrize('length', [5, 30, 100])
+def test_copy_memoryless_baseline_is_the_memoryless_cross_entropy(length):
+  task = CopyTask(sequence_length=length, seed=6)
+  _, targets = task.batch('train', 0, 0, 64)
+  probabilities = _memoryless_probabilities(length)
+  picked = probabilities[np.arange(length + 20)[None, :], targets]
+  assert np.all(picked > 0)  # the predictor never rules a target out
+  cross_entropy = float(np.mean(-np.log(picked)))
+  formula = 10 * math.log(8) / (length + 20)
+  assert cross_entropy == pytest.approx(formula, rel=1e-12)
+  assert task.memoryless_baseline == pytest.approx(formula, rel=1e-12)
+
+  # The task's own loss of that predictor (probability 1 as a logit gap of 60,
+  # an error below e^-60 per step) gives the same number.
+  with np.errstate(divide='ignore'):
+    logits = np.maximum(np.log(probabilities), -60.0)
+  outputs = tf.constant(np.broadcast_to(logits, targets.shape + (10,)), tf.float32)
+  losses = task.losses(outputs, tf.constant(targets)).numpy()
+  assert losses.shape == targets.shape
+  assert float(np.mean(losses)) == pytest.approx(formula, rel=1e-5)
+
+
+def test_copy_baseline_is_the_entropy_of_the_target_marginals():
+  # The best memoryless predictor is each position's marginal: its mean entropy,
+  # estimated from many sequences, approaches 10 log 8 / (T + 20).
+  length = 10
+  task = CopyTask(sequence_length=length, seed=7)
+  targets = np.concatenate([task.batch('train', 0, index, 4000)[1]
+                            for index in range(5)])
+  entropy = 0.0
+  for position in range(length + 20):
+    counts = np.bincount(targets[:, position], minlength=10)
+    p = counts[counts > 0] / counts.sum()
+    entropy -= float(np.sum(p * np.log(p)))
+  mean_entropy = entropy / (length + 20)
+  assert mean_entropy == pytest.approx(task.memoryless_baseline, abs=2e-3)

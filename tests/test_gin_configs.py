@@ -1,0 +1,39 @@
+"""Every shipped gin file parses, with skip_unknown off, against the registered API."""
+
+import glob
+import os
+
+import gin
+import pytest
+
+import tfcredit
+
+ROOT = os.path.join(os.path.dirname(__file__), '..', 'gin_configs')
+FILES = sorted(glob.glob(os.path.join(ROOT, '**', '*.gin'), recursive=True))
+
+
+def test_there_are_configs():
+  names = {os.path.relpath(f, ROOT) for f in FILES}
+  assert {'quickstart.gin', os.path.join('testing', 'tiny.gin'),
+          os.path.join('zaremba14_tbptt', 'ptb_small.gin')} <= names
+
+
+@pytest.mark.parametrize('path', FILES, ids=lambda p: os.path.relpath(p, ROOT))
+def test_config_parses_and_names_a_task_and_method(path):
+  gin.clear_config()
+  try:
+    tfcredit.config.parse([path], [])
+    assert gin.query_parameter('train.task') is not None
+    assert gin.query_parameter('train.method') is not None
+    header = open(path).read().lstrip()
+    assert header.startswith('#'), 'each config starts with a comment saying what it is'
+  finally:
+    gin.clear_config()
+
+
+def test_misspelt_binding_is_an_error_naming_it():
+  gin.clear_config()
+  with pytest.raises(tfcredit.ConfigurationError, match='windw'):
+    tfcredit.config.parse([os.path.join(ROOT, 'testing', 'tiny.gin')],
+                          ['TruncatedBPTT.windw = 3'])
+  gin.clear_config()

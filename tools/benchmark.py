@@ -1,0 +1,492 @@
+"""Measures truncated-BPTT training throughput as ratios to references timed in the same run.
+
+``python tools/benchmark.py [--quick] [--output_dir=runs/benchmark]``
+
+Workloads: the PTB "small" language model of Zaremba et al. (2014) (vocabulary
+10,000, 2-layer LSTM 200, window 20, batch 20, SGD lr 1, clip 5) on random token ids,
+and the adding task (T = 200, LSTM 128, batch 128, Adam 1e-3). tfcredit's
+``TruncatedBPTT`` is timed on each, and so are two references: a plain Keras
+``model.fit`` of the same network and data layout, and the machine's float32
+matrix-multiply rate (the "roofline"). Every figure is reported as a ratio to those
+references because absolute rates depend on the CPU and on whatever else the machine
+is running; ratios much less. For the same reason the measurements are interleaved:
+each round times every configuration once, and a ratio is the median over rounds of
+the ratio within a round, so a load change hits numerator and denominator alike.
+
+FLOP accounting (multiply-adds count 2): an LSTM layer costs ``8·units·(inputs +
+units)`` per step and sequence, a dense head ``2·inputs·outputs``; a backpropagated
+step costs twice its forward step (gradients for activations and for weights). So a
+language-model token costs 3x its forward pass, and an adding sequence trained with
+window ``K`` costs ``T`` forward steps plus ``2·min(K, T)`` backward ones (only the
+window holding the terminal loss is backpropagated). Embedding lookups, gate
+nonlinearities and the softmax are ignored, so the achieved rates are lower bounds.
+
+Writes ``benchmark.json`` and ``benchmark.md`` into ``--output_dir`` and prints the
+markdown table.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcredit.methods.truncated_bptt import TruncatedBPTT
+from tfcredit.models.recurrent import RecurrentModel
+from tfcredit.tasks import base as task_base
+from tfcredit.tasks import language_modeling
+from tfcredit.tasks import synthetic
+
+flags.DEFINE_bool('quick', False, 'Short measurements (well under a minute in all) '
+                  'for smoke tests: one round, windows_per_call 1 and 2 unless given, '
+                  'no steps_per_execution row; the figures are noisier.')
+flags.DEFINE_string('output_dir', 'runs/benchmark', 'Where benchmark.json and '
+                    'benchmark.md are written.')
+flags.DEFINE_multi_integer('windows_per_call', [10, 50], 'TruncatedBPTT.windows_per_call '
+                           'values timed on the language model (one row each).')
+flags.DEFINE_integer('rounds', None, 'Interleaved measurement rounds; default 3 '
+                     '(1 with --quick).')
+flags.DEFINE_integer('seed', 0, 'Seeds the weights and the synthetic data.')
+FLAGS = flags.FLAGS
+
+SQUARE_MATMUL = (1024, 1024, 1024)  # The roofline: large enough to saturate the BLAS.
+QUICK_WINDOWS_PER_CALL = [1, 2]  # --quick without --windows_per_call.
+
+
+# ---------------------------------------------------------------------- FLOPs
+def lstm_step_flops(input_dim: int, units: int) -> float:
+  """Forward FLOPs of one LSTM step for one sequence: four gates' two matmuls."""
+  return 2.0 * 4 * units * (input_dim + units)
+
+
+def dense_flops(input_dim: int, output_dim: int) -> float:
+  """Forward FLOPs of a dense layer applied to one vector."""
+  return 2.0 * input_dim * output_dim
+
+
+def training_flops(core_step: float, head: float, forward_steps: float,
+                   backward_steps: float, head_evaluations: float) -> float:
+  """FLOPs of a forward pass plus a backward pass costing twice the forward.
+
+  Args:
+    core_step: forward FLOPs of one step of the recurrent core.
+    head: forward FLOPs of one evaluation of the head.
+    forward_steps: core steps run forward.
+    backward_steps: core steps backpropagated.
+    head_evaluations: head evaluations (each also backpropagated).
+
+  Returns:
+    The total FLOPs.
+  """
+  return (core_step * (forward_steps + 2 * backward_steps)
+          + 3 * head * head_evaluations)
+
+
+# ---------------------------------------------------------------- workloads
+class RandomTokenStream(language_modeling._TokenStreamTask):  # pylint: disable=protected-access
+  """The language-modelling loss and specs on uniformly random token ids.
+
+  The benchmark must run without a download, and throughput does not depend on
+  which tokens are drawn.
+  """
+
+  name = 'lm_random_tokens'
+
+  def __init__(self, *, vocabulary_size: int, length: int, seed: int):
+    super().__init__()
+    self._size = vocabulary_size
+    self._ids_array = np.random.default_rng(seed).integers(
+        0, vocabulary_size, size=length, dtype=np.int32)
+
+  @property
+  def vocabulary_size(self) -> int:
+    return self._size
+
+  def _ids(self, split: str) -> np.ndarray:
+    del split  # Every split is the same stream.
+    return self._ids_array
+
+  def get_config(self):
+    return {'vocabulary_size': self._size}
+
+
+@dataclasses.dataclass
+class Workload:
+  """One network and data layout, trained by tfcredit and by ``keras.Model.fit``.
+
+  Attributes:
+    name: row label.
+    unit: what throughput counts: ``'tokens'`` or ``'sequences'``.
+    task: the tfcredit task (its loss defines the objective).
+    model_kwargs: ``RecurrentModel`` arguments beyond ``task.model_spec()``.
+    make_optimizer: a fresh optimizer (the Keras twin gets its own).
+    clip_norm: ``TruncatedBPTT.clip_norm``; the Keras twin uses ``global_clipnorm``.
+    batch_size: sequences (or stream columns) per batch.
+    segments: ``segment_length -> [(inputs, targets)]``: one round's tfcredit calls.
+    keras_layers: ``window -> [keras.layers.Layer]``: the same network, input
+      included.
+    keras_loss: the Keras loss matching ``task.losses``.
+    keras_data: ``window -> (x, y)`` arrays, batches in training order.
+    flops_per_unit: ``backpropagated window or None (whole sequence) -> FLOPs`` of
+      training one unit.
+  """
+  name: str
+  unit: str
+  task: task_base.Task
+  model_kwargs: Dict
+  make_optimizer: Callable[[], keras.optimizers.Optimizer]
+  clip_norm: Optional[float]
+  batch_size: int
+  segments: Callable[[int], List[Tuple[tf.Tensor, tf.Tensor]]]
+  keras_layers: Callable[[int], list]
+  keras_loss: keras.losses.Loss
+  keras_data: Callable[[int], Tuple[np.ndarray, np.ndarray]]
+  flops_per_unit: Callable[[Optional[int]], float]
+
+
+def ptb_small(steps: int, seed: int) -> Workload:
+  """Zaremba et al. (2014) small: 2x LSTM 200, window 20, batch 20, SGD 1, clip 5."""
+  vocabulary, units, layers, batch = 10000, 200, 2, 20
+  task = RandomTokenStream(vocabulary_size=vocabulary, length=batch * (steps + 1),
+                           seed=seed)
+  stream = task.stream('train', batch)
+
+  def segments(length):
+    return [(tf.constant(stream[:, start:start + length]),
+             tf.constant(stream[:, start + 1:start + length + 1]))
+            for start in range(0, steps, length)]
+
+  def keras_data(window):
+    # Batch i holds window i of every column, so a stateful LSTM carries each
+    # column's state from one batch to the next, as truncated BPTT does.
+    def windows(array):
+      return (array.reshape(batch, -1, window).transpose(1, 0, 2)
+              .reshape(-1, window))
+    return windows(stream[:, :-1]), windows(stream[:, 1:])
+
+  def keras_layers(window):
+    return ([keras.Input(batch_shape=(batch, window), dtype='int32'),
+             keras.layers.Embedding(vocabulary, units)]
+            + [keras.layers.LSTM(units, stateful=True, return_sequences=True)
+               for _ in range(layers)]
+            + [keras.layers.Dense(vocabulary)])
+
+  core = layers * lstm_step_flops(units, units)
+  head = dense_flops(units, vocabulary)
+  return Workload(
+      name='PTB small (synthetic ids)', unit='tokens', task=task,
+      model_kwargs=dict(units=units, num_layers=layers, embedding_dim=units),
+      make_optimizer=lambda: keras.optimizers.SGD(1.0), clip_norm=5.0,
+      batch_size=batch, segments=segments, keras_layers=keras_layers,
+      keras_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      keras_data=keras_data,
+      flops_per_unit=lambda window: training_flops(core, head, 1, 1, 1))
+
+
+def adding(length: int, batches: int, seed: int) -> Workload:
+  """Adding task, T = ``length``: LSTM 128, batch 128, Adam 1e-3, MSE at the end."""
+  units, batch = 128, 128
+  task = synthetic.AddingTask(sequence_length=length, seed=seed)
+  data = [task.batch('train', 0, index, batch) for index in range(batches)]
+
+  def segments(length_unused):
+    del length_unused  # Episodic: one call per batch of whole sequences.
+    return [(tf.constant(inputs), tf.constant(targets)) for inputs, targets in data]
+
+  def keras_data(window_unused):
+    del window_unused
+    return (np.concatenate([inputs for inputs, _ in data]),
+            np.concatenate([targets for _, targets in data]))
+
+  def keras_layers(window_unused):
+    del window_unused  # The reference trains on whole sequences.
+    return [keras.Input(batch_shape=(batch, length, 2)), keras.layers.LSTM(units),
+            keras.layers.Dense(1)]
+
+  core = lstm_step_flops(2, units)
+  head = dense_flops(units, 1)
+
+  def flops_per_unit(window):
+    backward = length if window is None else min(window, length)
+    return training_flops(core, head, length, backward, 1)
+
+  return Workload(
+      name=f'adding T={length}', unit='sequences', task=task,
+      model_kwargs=dict(units=units), clip_norm=None,
+      make_optimizer=lambda: keras.optimizers.Adam(1e-3), batch_size=batch,
+      segments=segments, keras_layers=keras_layers,
+      keras_loss=keras.losses.MeanSquaredError(), keras_data=keras_data,
+      flops_per_unit=flops_per_unit)
+
+
+# ------------------------------------------------------------------ runners
+@dataclasses.dataclass
+class Runner:
+  """One timed configuration.
+
+  Attributes:
+    workload: the workload's name, or ``'matmul reference'``.
+    config: row label.
+    unit: what ``run`` counts.
+    run: does one round of work; returns ``(units, seconds)``.
+    flops_per_unit: FLOPs per unit, for the achieved rate.
+    rates: units per second, one per round (filled by ``measure_rounds``).
+  """
+  workload: str
+  config: str
+  unit: str
+  run: Callable[[], Tuple[float, float]]
+  flops_per_unit: float
+  rates: List[float] = dataclasses.field(default_factory=list)
+
+
+def timed(work: Callable[[], float]) -> Callable[[], Tuple[float, float]]:
+  """Wraps ``work() -> units`` into ``() -> (units, seconds)``."""
+  def run():
+    start = time.perf_counter()
+    units = work()
+    return units, time.perf_counter() - start
+  return run
+
+
+def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1
+                    ) -> Runner:
+  """``TruncatedBPTT`` wired as the trainer wires it, warmed up by one call."""
+  model = RecurrentModel(**workload.task.model_spec(), **workload.model_kwargs)
+  segments = workload.segments(window * windows_per_call)
+  model.build_for(segments[0][0])
+  optimizer = workload.make_optimizer()
+  optimizer.build(model.trainable_variables)
+  method = TruncatedBPTT(model=model, task=workload.task, optimizer=optimizer,
+                         window=window, windows_per_call=windows_per_call,
+                         clip_norm=workload.clip_norm)
+  stream = workload.task.regime == task_base.STREAM
+
+  def train_round():
+    units = 0.0
+    state = model.initial_state(workload.batch_size)  # A round is an epoch.
+    for segment in segments:
+      if not stream:
+        state = model.initial_state(workload.batch_size)
+      state, metrics = method.train_segment(segment, state)
+      float(metrics['loss_sum'])  # The trainer reads the metrics after every call.
+      units += float(metrics['count'])
+    return units
+
+  method.train_segment(segments[0], model.initial_state(workload.batch_size))
+  config = f'tfcredit TruncatedBPTT window={window}'
+  if stream:
+    config += f', windows_per_call={windows_per_call}'
+  return Runner(workload.name, config, workload.unit, timed(train_round),
+                workload.flops_per_unit(window))
+
+
+class _EpochTimer(keras.callbacks.Callback):
+  """Times the last epoch, excluding ``fit``'s data-adapter set-up."""
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.seconds = time.perf_counter() - self.start
+
+
+def keras_fit_runner(workload: Workload, window: int, steps_per_execution: int = 1
+                     ) -> Runner:
+  """A plain ``model.fit`` of the same network and data, warmed up by a short epoch.
+
+  Args:
+    workload: the workload.
+    window: stream workloads: steps per batch (the truncation window); episodic
+      ones train on whole sequences.
+    steps_per_execution: Keras' batches per compiled call (1 is the default).
+
+  Returns:
+    The runner; a round is one epoch over the workload's data.
+  """
+  model = keras.Sequential(workload.keras_layers(window))
+  optimizer = workload.make_optimizer()
+  if workload.clip_norm is not None:
+    optimizer.global_clipnorm = workload.clip_norm
+  model.compile(optimizer=optimizer, loss=workload.keras_loss,
+                steps_per_execution=steps_per_execution)
+  x, y = workload.keras_data(window)
+  fit = functools.partial(model.fit, batch_size=workload.batch_size, epochs=1,
+                          shuffle=False, verbose=0)
+  fit(x[:workload.batch_size * max(2, steps_per_execution)],
+      y[:workload.batch_size * max(2, steps_per_execution)])
+  stream = workload.unit == 'tokens'
+  timer = _EpochTimer()
+
+  def run():
+    fit(x, y, callbacks=[timer])
+    return float(x.size if stream else len(x)), timer.seconds
+
+  return Runner(workload.name,
+                f'Keras fit (steps_per_execution={steps_per_execution}, '
+                f'jit_compile={model.jit_compile})', workload.unit, run,
+                workload.flops_per_unit(window if stream else None))
+
+
+def matmul_runner(shape: Sequence[int], target_flops: float) -> Runner:
+  """Chained ``[m, k] x [k, n]`` products in one ``tf.function`` (needs ``n >= k``).
+
+  Each product feeds (negligibly) into the next one's input, so none can be hoisted
+  out of the loop or overlap another: one stream of matmuls using every intra-op
+  thread, as an LSTM's sequential steps are.
+  """
+  m, k, n = shape
+  flops = 2.0 * m * k * n
+  repeats = max(1, int(target_flops / flops))
+  a = tf.random.normal([m, k])
+  b = tf.random.normal([k, n])
+
+  @tf.function
+  def chained(a, b):
+    def body(index, a):
+      return index + 1, a + 1e-30 * tf.matmul(a, b)[:, :k]
+    _, a = tf.while_loop(lambda index, _: index < repeats, body, (0, a))
+    return tf.reduce_sum(a)
+
+  def multiply():
+    float(chained(a, b))
+    return flops * repeats / 1e9
+
+  multiply()
+  return Runner('matmul reference', f'matmul [{m},{k}]x[{k},{n}]', 'GFLOP',
+                timed(multiply), 1e9)
+
+
+# ---------------------------------------------------------------- measuring
+def measure_rounds(runners: Sequence[Runner], rounds: int) -> None:
+  """Interleaves the runners: each round runs every one once, appending its rate."""
+  for index in range(rounds):
+    for runner in runners:
+      units, seconds = runner.run()
+      runner.rates.append(units / seconds)
+    print(f'  round {index + 1}/{rounds} done', flush=True)
+
+
+def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+  """The median over rounds of the within-round ratio."""
+  return statistics.median(n / d for n, d in zip(numerators, denominators))
+
+
+def summarize(runners: Sequence[Runner], roofline: Runner,
+              references: Dict[str, Runner]) -> List[Dict]:
+  """One row per runner: median rate and median per-round ratios to the references."""
+  rows = []
+  for runner in runners:
+    gflops = [rate * runner.flops_per_unit / 1e9 for rate in runner.rates]
+    reference = references.get(runner.workload)
+    rows.append({
+        'workload': runner.workload, 'config': runner.config,
+        'unit': f'{runner.unit}/s', 'throughput': statistics.median(runner.rates),
+        'throughput_per_round': runner.rates,
+        'ratio_vs_keras_fit': (None if reference is None else
+                               median_ratio(runner.rates, reference.rates)),
+        'flops_per_unit': runner.flops_per_unit,
+        'gflops': statistics.median(gflops),
+        'fraction_of_roofline': median_ratio(gflops, roofline.rates)})
+  return rows
+
+
+def markdown_table(rows: Sequence[Dict]) -> str:
+  """The rows as a GitHub markdown table."""
+  lines = ['| workload | method / config | throughput | ratio vs Keras fit | '
+           'achieved GFLOP/s | fraction of roofline |',
+           '|---|---|---:|---:|---:|---:|']
+  for row in rows:
+    ratio = row['ratio_vs_keras_fit']
+    lines.append(
+        f"| {row['workload']} | {row['config']} | {row['throughput']:,.1f} "
+        f"{row['unit']} | {'—' if ratio is None else f'{ratio:.2f}'} | "
+        f"{row['gflops']:.1f} | {row['fraction_of_roofline']:.3f} |")
+  return '\n'.join(lines)
+
+
+def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int
+                  ) -> Tuple[List[Runner], Runner, Dict[str, Runner]]:
+  """Builds and warms up every configuration.
+
+  Returns:
+    ``(runners, roofline runner, {workload name: its Keras fit reference})``.
+  """
+  largest = max(windows_per_call)
+  # Every configuration makes whole calls over the same stream.
+  language_model = ptb_small(steps=20 * math.lcm(*windows_per_call), seed=seed)
+  adding_task = adding(length=200, batches=1 if quick else 4, seed=seed)
+  target_flops = 2e9 if quick else 1e10
+  runners = []
+
+  def add(build, *args, **kwargs):
+    start = time.perf_counter()
+    runners.append(build(*args, **kwargs))
+    print(f'  warmed up {runners[-1].workload}: {runners[-1].config} '
+          f'({time.perf_counter() - start:.1f} s)', flush=True)
+    return runners[-1]
+
+  roofline = add(matmul_runner, SQUARE_MATMUL, target_flops)
+  add(matmul_runner, (20, 400, 800), target_flops / 4)
+  add(matmul_runner, (128, 130, 512), target_flops / 4)
+  references = {language_model.name: add(keras_fit_runner, language_model, 20)}
+  if not quick:
+    add(keras_fit_runner, language_model, 20, steps_per_execution=largest)
+  for count in windows_per_call:
+    add(tfcredit_runner, language_model, 20, count)
+  references[adding_task.name] = add(keras_fit_runner, adding_task, 200)
+  add(tfcredit_runner, adding_task, 200)
+  add(tfcredit_runner, adding_task, 20)
+  return runners, roofline, references
+
+
+def main(argv):
+  del argv
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  windows_per_call = FLAGS.windows_per_call
+  if FLAGS.quick and not FLAGS['windows_per_call'].present:
+    windows_per_call = QUICK_WINDOWS_PER_CALL
+  windows_per_call = [task_base.check_positive_int('--windows_per_call', count)
+                      for count in windows_per_call]
+  rounds = task_base.check_positive_int(
+      '--rounds', FLAGS.rounds if FLAGS.rounds is not None else
+      (1 if FLAGS.quick else 3))
+  keras.utils.set_random_seed(FLAGS.seed)
+  started = time.perf_counter()
+  runners, roofline, references = build_runners(FLAGS.quick, windows_per_call,
+                                                FLAGS.seed)
+  measure_rounds(runners, rounds)
+  rows = summarize(runners, roofline, references)
+  table = markdown_table(rows)
+  result = {
+      'rows': rows, 'rounds': rounds, 'quick': FLAGS.quick,
+      'roofline': roofline.config, 'seconds': time.perf_counter() - started,
+      'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
+                  'load_average_at_end': os.getloadavg(),
+                  'tensorflow': tf.__version__, 'keras': keras.__version__}}
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  with open(os.path.join(FLAGS.output_dir, 'benchmark.json'), 'w') as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(FLAGS.output_dir, 'benchmark.md'), 'w') as f:
+    f.write(table + '\n')
+  print(table)
+  print(f'\n{rounds} round(s) in {result["seconds"]:.0f} s; wrote '
+        f'{os.path.join(FLAGS.output_dir, "benchmark.json")} and benchmark.md')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)
