@@ -101,6 +101,14 @@ class LearningRateSchedule(tf.Module):
     raise NotImplementedError
 
 
+def _decay_factor(owner: str, factor: float, example: float) -> float:
+  """Validates a multiplicative decay factor in (0, 1]."""
+  fix = f'pass a decay factor in (0, 1] such as factor={example}'
+  value = _number(owner, 'factor', factor, fix)
+  _check(0 < value <= 1, owner, 'factor', factor, 'in (0, 1]', fix)
+  return value
+
+
 class Constant(LearningRateSchedule):
   """The base learning rate at every epoch."""
 
@@ -126,9 +134,7 @@ class StepDecay(LearningRateSchedule):
     """
     super().__init__(base=base)
     owner = type(self).__name__
-    fix = 'pass a decay factor in (0, 1] such as factor=0.5'
-    self._factor = _number(owner, 'factor', factor, fix)
-    _check(0 < self._factor <= 1, owner, 'factor', factor, 'in (0, 1]', fix)
+    self._factor = _decay_factor(owner, factor, example=0.5)
     _check(isinstance(start_epoch, numbers.Integral) and
            not isinstance(start_epoch, bool) and start_epoch >= 1,
            owner, 'start_epoch', start_epoch, 'an integer >= 1',
@@ -157,9 +163,7 @@ class MultiStepDecay(LearningRateSchedule):
     """
     super().__init__(base=base)
     owner = type(self).__name__
-    fix = 'pass a decay factor in (0, 1] such as factor=0.5'
-    self._factor = _number(owner, 'factor', factor, fix)
-    _check(0 < self._factor <= 1, owner, 'factor', factor, 'in (0, 1]', fix)
+    self._factor = _decay_factor(owner, factor, example=0.5)
     fix = 'pass increasing positive epochs such as milestones=(60, 90, 120)'
     _check(isinstance(milestones, Sequence) and not isinstance(milestones, str),
            owner, 'milestones', milestones, 'a sequence of epochs', fix)
@@ -195,9 +199,7 @@ class PlateauDecay(LearningRateSchedule):
     """
     super().__init__(base=base)
     owner = type(self).__name__
-    fix = 'pass a decay factor in (0, 1] such as factor=0.25'
-    self._factor = _number(owner, 'factor', factor, fix)
-    _check(0 < self._factor <= 1, owner, 'factor', factor, 'in (0, 1]', fix)
+    self._factor = _decay_factor(owner, factor, example=0.25)
     fix = 'pass the least loss decrease that counts, e.g. min_delta=0.0'
     self._min_delta = _number(owner, 'min_delta', min_delta, fix)
     _check(self._min_delta >= 0, owner, 'min_delta', min_delta, '>= 0', fix)
