@@ -101,19 +101,59 @@ def _method(cls, task, model, learning_rate=0.1, **kwargs):
   return cls(model=model, task=task, optimizer=optimizer, **kwargs)
 
 
-# ------------------------------------------------------------ estimates
+def _snapshot(model):
+  return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def _restore(model, weights):
+  for variable, value in zip(model.trainable_variables, weights):
+    variable.assign(value)
+
+
+class _Setup:
+  """A task, a tiny model, one segment, and the methods the tests share.
+
+  Tracing dominates the cost of these tests, so each method instance (and each of
+  its two compiled functions) serves several tests. Tests leave the weights where
+  training took them; every reference is computed at the weights current when it
+  runs, so the order of the tests does not matter.
+  """
+
+  # name -> (class, learning rate, keyword arguments)
+  METHODS = {
+      # window >= T: one window; the large rate and tiny clip_norm serve the
+      # clipping test (estimate_gradients uses neither).
+      'one_window': (TruncatedBPTT, 2.0, dict(window=100, clip_norm=5e-3)),
+      'bptt': (BPTT, 0.5, {}),
+      'windowed': (TruncatedBPTT, 0.5, {}),  # window set per task below
+  }
+
+  def __init__(self, task, model, segment, window):
+    self.task, self.model, self.segment, self.window = task, model, segment, window
+    self._methods = {}
+
+  def method(self, name):
+    if name not in self._methods:
+      cls, learning_rate, kwargs = self.METHODS[name]
+      if name == 'windowed':
+        kwargs = dict(window=self.window)
+      self._methods[name] = _method(cls, self.task, self.model,
+                                    learning_rate=learning_rate, **kwargs)
+    return self._methods[name]
 
 
 @pytest.fixture(scope='module')
 def copy_setup():
-  task = CopyTask(sequence_length=5, seed=3)  # 25 steps
-  return task, tiny_model(task, units=6, seed=11), _copy_segment(task)
+  task = CopyTask(sequence_length=5, seed=3)  # 25 steps = windows 10 + 10 + 5
+  return _Setup(task, tiny_model(task, units=6, seed=11), _copy_segment(task),
+                window=10)
 
 
 @pytest.fixture(scope='module')
 def adding_setup():
-  task = AddingTask(sequence_length=12, seed=3)
-  return task, tiny_model(task, units=6, cell='gru', seed=12), _adding_segment(task)
+  task = AddingTask(sequence_length=12, seed=3)  # 12 steps = windows 5 + 5 + 2
+  return _Setup(task, tiny_model(task, units=6, cell='gru', seed=12),
+                _adding_segment(task), window=5)
 
 
 @pytest.fixture(params=['copy', 'adding'])
@@ -121,25 +161,26 @@ def setup(request, copy_setup, adding_setup):
   return copy_setup if request.param == 'copy' else adding_setup
 
 
+# ------------------------------------------------------------ estimates
+
+
 def test_one_window_estimate_equals_full_bptt(setup):
-  task, model, segment = setup
+  task, model, segment = setup.task, setup.model, setup.segment
   expected, expected_state = _full_bptt_gradients(model, task, segment)
   state = model.initial_state(BATCH)
-  for method in (_method(TruncatedBPTT, task, model, window=100),
-                 _method(BPTT, task, model)):
-    gradients, final_state = method.estimate_gradients(segment, state)
+  for name in ('one_window', 'bptt'):
+    gradients, final_state = setup.method(name).estimate_gradients(segment, state)
     assert_nests_close(gradients, expected, rtol=1e-5, atol=1e-6)
     assert_nests_close(final_state, expected_state, rtol=1e-5, atol=1e-6)
 
 
 def test_windowed_estimate_sums_gradients_with_stopped_state_between_windows(
     setup):
-  task, model, segment = setup
-  window = 7 if task.readout == task_base.PER_STEP else 5  # 25 = 7+7+7+4; 12 = 5+5+2
+  task, model, segment = setup.task, setup.model, setup.segment
   per_window, expected_state = _reference_window_gradients(
-      model, task, segment, window, normalizer=1)
-  method = _method(TruncatedBPTT, task, model, window=window)
-  gradients, final_state = method.estimate_gradients(
+      model, task, segment, setup.window, normalizer=1)
+  assert len(per_window) == 3
+  gradients, final_state = setup.method('windowed').estimate_gradients(
       segment, model.initial_state(BATCH))
   expected = _summed(per_window)
   assert_nests_close(gradients, expected, rtol=1e-5, atol=1e-6)
@@ -155,15 +196,6 @@ def test_windowed_estimate_sums_gradients_with_stopped_state_between_windows(
 
 
 # ------------------------------------------------------------ updates
-
-
-def _snapshot(model):
-  return [v.numpy().copy() for v in model.trainable_variables]
-
-
-def _restore(model, weights):
-  for variable, value in zip(model.trainable_variables, weights):
-    variable.assign(value)
 
 
 def _reference_sgd(model, task, segment, window, learning_rate, divide_by):
@@ -191,7 +223,7 @@ def _reference_sgd(model, task, segment, window, learning_rate, divide_by):
       objective = loss_sum / (batch * steps)
     gradients = _dense(tape.gradient(objective, model.trainable_variables))
     loss_total += float(loss_sum)
-    norm_total += float(np.sqrt(sum(np.sum(np.square(g.numpy()))
+    norm_total += float(np.sqrt(sum(np.sum(np.square(g.numpy().astype(np.float64)))
                                     for g in gradients)))
     updates += 1
     if divide_by == 'initial':
@@ -205,46 +237,45 @@ def _reference_sgd(model, task, segment, window, learning_rate, divide_by):
   return _snapshot(model), loss_total, norm_total, updates, state
 
 
-def test_train_segment_applies_one_sgd_step_per_window_at_current_weights():
-  task = CopyTask(sequence_length=5, seed=4)  # 25 steps = windows 10, 10, 5
-  model = tiny_model(task, units=6, seed=21)
-  segment = _copy_segment(task)
-  learning_rate, window = 0.5, 10
+def test_train_segment_applies_one_sgd_step_per_window_at_current_weights(
+    copy_setup):
+  task, model, segment = copy_setup.task, copy_setup.model, copy_setup.segment
+  method = copy_setup.method('windowed')  # window 10 over 25 steps, SGD rate 0.5
   initial = _snapshot(model)
+  iterations = int(method.optimizer.iterations)
 
-  method = _method(TruncatedBPTT, task, model, learning_rate=learning_rate,
-                   window=window)
   state, metrics = method.train_segment(segment, model.initial_state(BATCH))
   trained = _snapshot(model)
 
   _restore(model, initial)
   expected, loss_total, norm_total, updates, expected_state = _reference_sgd(
-      model, task, segment, window, learning_rate, 'nominal')
+      model, task, segment, 10, 0.5, 'nominal')
   assert updates == 3
   assert float(metrics['updates']) == 3.0
-  assert int(method.optimizer.iterations) == 3
+  assert int(method.optimizer.iterations) - iterations == 3
   assert_nests_close(trained, expected, rtol=1e-5, atol=1e-6)
-  assert float(metrics['loss_sum']) == pytest.approx(loss_total, rel=1e-5)
-  assert float(metrics['count']) == BATCH * 25
-  assert float(metrics['grad_norm_sum']) == pytest.approx(norm_total, rel=1e-4)
   # The carried state is the one each window's forward pass produced.
   assert_nests_close(state, expected_state, rtol=1e-5, atol=1e-6)
+  assert float(metrics['loss_sum']) == pytest.approx(loss_total, rel=1e-5)
+  assert float(metrics['count']) == BATCH * 25
 
   # The comparisons can fail: dividing the last window by its actual length (5),
   # or taking every gradient at the initial weights, gives other weights.
   for wrong in ('actual', 'initial'):
     _restore(model, initial)
-    other, _, _, _, _ = _reference_sgd(model, task, segment, window, learning_rate,
-                                    wrong)
+    other, _, _, _, _ = _reference_sgd(model, task, segment, 10, 0.5, wrong)
     assert max_abs_diff(other, expected) > 1e-4, wrong
+  _restore(model, trained)
+
+  # Token inputs make the embedding gradient IndexedSlices with repeated rows;
+  # the reported norm must still be the norm of the (dense) gradient.
+  assert float(metrics['grad_norm_sum']) == pytest.approx(norm_total, rel=1e-4)
 
 
-def test_bptt_train_segment_is_one_update_on_the_mean_over_steps():
-  task = CopyTask(sequence_length=5, seed=4)
-  model = tiny_model(task, units=6, seed=22)
-  segment = _copy_segment(task)
+def test_bptt_train_segment_is_one_update_on_the_mean_over_steps(copy_setup):
+  task, model, segment = copy_setup.task, copy_setup.model, copy_setup.segment
+  method = copy_setup.method('bptt')
   initial = _snapshot(model)
-  method = _method(BPTT, task, model, learning_rate=0.5)
   _, metrics = method.train_segment(segment, model.initial_state(BATCH))
   trained = _snapshot(model)
   _restore(model, initial)
@@ -254,39 +285,32 @@ def test_bptt_train_segment_is_one_update_on_the_mean_over_steps():
   assert_nests_close(trained, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_train_segment_on_terminal_task_updates_once_from_the_last_window():
-  task = AddingTask(sequence_length=12, seed=5)
-  model = tiny_model(task, units=6, seed=23)
-  segment = _adding_segment(task)
+def test_train_segment_on_terminal_task_updates_once_from_the_last_window(
+    adding_setup):
+  task, model, segment = (adding_setup.task, adding_setup.model,
+                          adding_setup.segment)
+  method = adding_setup.method('windowed')  # window 5 over 12 steps, SGD rate 0.5
   initial = _snapshot(model)
-  method = _method(TruncatedBPTT, task, model, learning_rate=0.5, window=5)
+  iterations = int(method.optimizer.iterations)
   _, metrics = method.train_segment(segment, model.initial_state(BATCH))
   trained = _snapshot(model)
   _restore(model, initial)
   per_window, _ = _reference_window_gradients(model, task, segment, 5, None)
   expected = [w - 0.5 * g.numpy() for w, g in zip(initial, per_window[-1])]
   assert float(metrics['updates']) == 1.0
-  assert int(method.optimizer.iterations) == 1
+  assert int(method.optimizer.iterations) - iterations == 1
   assert_nests_close(trained, expected, rtol=1e-5, atol=1e-6)
+  _restore(model, trained)
 
 
-def _clip_setup(name):
-  if name == 'copy':  # token inputs: the embedding gradient is IndexedSlices
-    task = CopyTask(sequence_length=5, seed=6)
-    return task, tiny_model(task, units=6, seed=31), _copy_segment(task)
-  task = AddingTask(sequence_length=12, seed=6)
-  return task, tiny_model(task, units=6, seed=32), _adding_segment(task)
-
-
-@pytest.mark.parametrize('name', ['adding', 'copy'])
-def test_clipping_scales_the_update_to_the_threshold(name):
-  task, model, segment = _clip_setup(name)
-  # A large rate keeps the update well above float32 rounding of the weights.
+def test_clipping_scales_the_update_to_the_threshold(setup):
+  # Copy has token inputs (IndexedSlices embedding gradient); adding has none.
+  task, model, segment = setup.task, setup.model, setup.segment
+  method = setup.method('one_window')
   learning_rate, clip_norm, window = 2.0, 5e-3, 100
   initial = _snapshot(model)
-  method = _method(TruncatedBPTT, task, model, learning_rate=learning_rate,
-                   window=window, clip_norm=clip_norm)
   _, metrics = method.train_segment(segment, model.initial_state(BATCH))
+  # A large rate keeps the update well above float32 rounding of the weights.
   update = [after - before for after, before in zip(_snapshot(model), initial)]
 
   _restore(model, initial)
@@ -335,23 +359,25 @@ class _TokenStream(task_base.Task):
     return {}
 
 
-def test_each_function_traces_once_for_any_segment_length_episodic():
-  task = CopyTask(sequence_length=20, seed=7)  # 40 steps
-  model = tiny_model(task, units=4, seed=41)
-  method = _method(TruncatedBPTT, task, model, window=5)
+def test_each_function_traces_once_for_any_segment_length_episodic(copy_setup):
+  # The same compiled functions as the other tests use (the model does not depend
+  # on the copy length), fed 40-step sequences cut to several lengths.
+  method = copy_setup.method('windowed')
+  task = CopyTask(sequence_length=20, seed=7)
   for batch_size, length in ((BATCH, 7), (BATCH, 13), (BATCH, 40), (BATCH, 1),
                              (2, 9)):
     inputs, targets = _copy_segment(task, batch_size)
     segment = (inputs[:, :length], targets[:, :length])
-    method.train_segment(segment, model.initial_state(batch_size))
-    method.estimate_gradients(segment, model.initial_state(batch_size))
+    state = copy_setup.model.initial_state(batch_size)
+    method.train_segment(segment, state)
+    method.estimate_gradients(segment, state)
   assert method.trace_counts['train_segment'] == 1
   assert method.trace_counts['estimate_gradients'] == 1
 
 
 def test_each_function_traces_once_for_any_length_and_batch_stream():
   task = _TokenStream()
-  model = tiny_model(task, units=4, seed=42)
+  model = tiny_model(task, cell='simple_rnn', units=4, seed=42)
   method = _method(TruncatedBPTT, task, model, window=4, windows_per_call=2)
   for batch_size, lengths in ((3, (8, 5, 1)), (5, (8, 13))):
     data = tf.constant(task.stream('train', batch_size))
@@ -369,12 +395,6 @@ def test_each_function_traces_once_for_any_length_and_batch_stream():
 # ------------------------------------------------------------ bad input
 
 
-@pytest.fixture(scope='module')
-def copy_task_and_model():
-  task = CopyTask(sequence_length=2, seed=0)
-  return task, tiny_model(task, units=4, seed=0)
-
-
 @pytest.mark.parametrize('kwargs,parameter,value', [
     (dict(window=0), 'window', '0'),
     (dict(window=-3), 'window', '-3'),
@@ -383,8 +403,8 @@ def copy_task_and_model():
     (dict(windows_per_call=0), 'windows_per_call', '0'),
 ])
 def test_bad_windows_are_configuration_errors_naming_them(
-    copy_task_and_model, kwargs, parameter, value):
-  task, model = copy_task_and_model
+    copy_setup, kwargs, parameter, value):
+  task, model = copy_setup.task, copy_setup.model
   with pytest.raises(ConfigurationError) as raised:
     _method(TruncatedBPTT, task, model, **kwargs)
   message = str(raised.value)
@@ -401,7 +421,7 @@ def test_bptt_on_a_stream_needs_a_sequence_length():
   assert method.segment_length() == 6
 
 
-def test_bptt_on_episodic_task_rejects_a_sequence_length(copy_task_and_model):
-  task, model = copy_task_and_model
+def test_bptt_on_episodic_task_rejects_a_sequence_length(copy_setup):
+  task, model = copy_setup.task, copy_setup.model
   with pytest.raises(ConfigurationError, match='sequence_length=8'):
     _method(BPTT, task, model, sequence_length=8)

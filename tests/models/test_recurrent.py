@@ -366,8 +366,7 @@ def test_invalid_settings_name_the_parameter(kwargs, parameter, value):
   assert value in message
 
 
-@pytest.mark.parametrize('scaled', [False, True])
-def test_unroll_traces_once_for_any_window_length(scaled):
+def test_unroll_traces_once_for_any_window_length():
   model = _real_input_model('lstm', 2)
   traces = []
   signature = [tf.TensorSpec([BATCH, None, INPUT_DIM], tf.float32),
@@ -376,17 +375,18 @@ def test_unroll_traces_once_for_any_window_length(scaled):
   @tf.function(input_signature=signature)
   def unroll(inputs, state, scale):
     traces.append(1)  # Python side effect: runs once per trace.
-    return model.unroll(inputs, state,
-                        state_grad_scale=scale if scaled else None)
+    # Both paths in one function: the Keras layers and the scaled tf.scan.
+    return (model.unroll(inputs, state),
+            model.unroll(inputs, state, state_grad_scale=scale))
 
   rng = np.random.default_rng(0)
   for length in (1, 3, 17):
     inputs = tf.constant(
         rng.normal(size=(BATCH, length, INPUT_DIM)).astype(np.float32))
-    state = model.initial_state(BATCH)
-    outputs, final = unroll(inputs, state, tf.ones([length]))
-    eager_outputs, eager_final = model.unroll(inputs, state)
-    assert outputs.shape == (BATCH, length, OUTPUT_DIM)
-    assert_nests_close((outputs, final), (eager_outputs, eager_final), rtol=1e-5,
-                       atol=1e-6)
+    state = _random_state(model, rng)
+    plain, scaled = unroll(inputs, state, tf.fill([length], 0.5))
+    eager = model.unroll(inputs, state)
+    assert plain[0].shape == scaled[0].shape == (BATCH, length, OUTPUT_DIM)
+    assert_nests_close(plain, eager, rtol=1e-5, atol=1e-6)
+    assert_nests_close(scaled, eager, rtol=1e-5, atol=1e-6)
   assert len(traces) == 1

@@ -160,6 +160,9 @@ class Method(tf.Module):
 
   def apply_gradients(self, gradients) -> tf.Tensor:
     """Clips (if configured) and applies; returns the pre-clipping global norm."""
+    # An embedding gradient arrives as IndexedSlices with one row per token
+    # occurrence; rows of a repeated token must be summed before taking the norm.
+    gradients = [coalesce(g) for g in gradients]
     norm = tf.linalg.global_norm(gradients)
     if self.clip_norm is not None:
       gradients, _ = tf.clip_by_global_norm(gradients, self.clip_norm,
@@ -214,6 +217,16 @@ class Method(tf.Module):
         lambda index, *_: index < num_windows, loop_body,
         (tf.constant(0), state, accumulators))
     return state, accumulators
+
+
+def coalesce(gradient):
+  """Sums the rows of ``IndexedSlices`` that share an index; dense unchanged."""
+  if not isinstance(gradient, tf.IndexedSlices):
+    return gradient
+  indices, positions = tf.unique(gradient.indices)
+  values = tf.math.unsorted_segment_sum(gradient.values, positions,
+                                        tf.shape(indices)[0])
+  return tf.IndexedSlices(values, indices, gradient.dense_shape)
 
 
 def zeros_like_variables(variables) -> list:
