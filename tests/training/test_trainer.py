@@ -97,14 +97,20 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
       assert np.all(np.isfinite(value)), name
 
 
-def _scalar_tags(directory):
-  tags = set()
+def _scalars(directory):
+  """{tag: [(step, value), ...]} from the event files in ``directory``."""
+  series = {}
   for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
-        tags.add(value.tag)
-  return tags
+        number = tf.make_ndarray(value.tensor) if value.HasField('tensor') else None
+        series.setdefault(value.tag, []).append((event.step, number))
+  return series
+
+
+def _scalar_tags(directory):
+  return set(_scalars(directory))
 
 
 def test_writes_configs_summaries_export_and_final_metrics(tmp_path):
@@ -115,8 +121,16 @@ def test_writes_configs_summaries_export_and_final_metrics(tmp_path):
   assert 'TruncatedBPTT.window = 5' in operative
   train_tags = _scalar_tags(os.path.join(model_dir, 'train'))
   assert {'loss', 'mse', 'learning_rate', 'grad_norm', 'sequences_per_second',
+          'average_loss_so_far',
           'operative_config'} <= train_tags
   assert {'loss', 'mse'} <= _scalar_tags(os.path.join(model_dir, 'valid'))
+  # One call per point, equal counts: the running average is the mean of the points.
+  series = _scalars(os.path.join(model_dir, 'train'))
+  losses = [float(v) for _, v in sorted(series['loss'], key=lambda p: p[0])]
+  running = sorted(series['average_loss_so_far'], key=lambda p: p[0])
+  assert len(losses) == 8
+  np.testing.assert_allclose(float(running[-1][1]), np.mean(losses), rtol=1e-5)
+  np.testing.assert_allclose(float(running[2][1]), np.mean(losses[:3]), rtol=1e-5)
   assert result['saved_model'] == str(tmp_path / 'exports' / 'run' / '1')
   assert os.path.exists(os.path.join(result['saved_model'], 'saved_model.pb'))
   on_disk = json.load(open(os.path.join(model_dir, 'final_metrics.json')))

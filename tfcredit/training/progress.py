@@ -22,6 +22,10 @@ class Progress(tf.Module):
     self.calls = int64()           # training calls so far
     self.units_seen = int64()      # tokens (stream) or sequences (episodic) trained on
     self.best_valid = tf.Variable(float('inf'), dtype=tf.float64, trainable=False)
+    # Summed training loss and its count since the start of the run: the
+    # "average loss so far" curve of online-learning papers (ARTBP, Fig. 3).
+    self.loss_total = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    self.count_total = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     self.carried_state = None
     if state_spec is not None:
       self.carried_state = tf.nest.map_structure(

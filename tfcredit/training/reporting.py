@@ -47,13 +47,14 @@ class Reporter:
 
   def record_training(self, metrics: Dict[str, float], units: int, learning_rate: float,
                       units_seen: int, epoch: int, epochs: int,
-                      units_done_overall: int) -> None:
+                      units_done_overall: int, average_loss: float) -> None:
     """Adds one training call's metrics; writes/prints when an interval is over."""
     window = self._window
     for key in ('loss_sum', 'count', 'grad_norm_sum', 'updates'):
       window[key] += metrics[key]
     window['units'] += units
     window['calls'] += 1
+    window['average_loss'] = average_loss
     if window['calls'] >= self.summary_every_calls:
       self._write_training(learning_rate, units_seen)
     now = time.time()
@@ -68,6 +69,7 @@ class Reporter:
       with self._writers['train'].as_default(step=units_seen):
         tf.summary.scalar('loss', loss)
         tf.summary.scalar(self.metric_name, self.metric_fn(loss))
+        tf.summary.scalar('average_loss_so_far', window['average_loss'])
         tf.summary.scalar('learning_rate', learning_rate)
         if window['updates'] > 0:
           tf.summary.scalar('grad_norm', window['grad_norm_sum'] / window['updates'])

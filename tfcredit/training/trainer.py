@@ -183,6 +183,8 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       progress.position.assign_add(1 if not stream else units // batch_size)
       progress.calls.assign_add(1)
       progress.units_seen.assign_add(units)
+      progress.loss_total.assign_add(metrics['loss_sum'])
+      progress.count_total.assign_add(metrics['count'])
       calls_here += 1
       if stream:
         progress.save_state(state)
@@ -190,8 +192,10 @@ def train(model_dir: str, data_dir: Optional[str] = None,
         _write_operative_config(model_dir, reporter)
         operative_written = True
       done = (epoch * units_per_epoch + fraction * units_per_epoch + units)
-      reporter.record_training(metrics, units, rate, int(progress.units_seen),
-                               epoch, epochs, int(done))
+      reporter.record_training(
+          metrics, units, rate, int(progress.units_seen), epoch, epochs, int(done),
+          average_loss=float(progress.loss_total) / max(float(progress.count_total),
+                                                        1e-12))
       if int(progress.calls) % checkpoint_every_calls == 0:
         checkpointer.save(int(progress.calls))
       if stop_after_calls is not None and calls_here >= stop_after_calls:
