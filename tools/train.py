@@ -24,6 +24,10 @@ flags.DEFINE_string('model_dir', None, 'Run directory; default runs/<config name
 flags.DEFINE_string('data_dir', None, 'Data directory; default $TFCREDIT_DATA_DIR or '
                     '~/.cache/tfcredit.')
 flags.DEFINE_string('export_dir', 'saved_models', 'Where SavedModels are exported.')
+flags.DEFINE_string('strategy', 'default', 'default | mirrored (all local GPUs, or '
+                    'the logical CPUs) | multi_worker (reads TF_CONFIG).')
+flags.DEFINE_integer('logical_cpus', None, 'Split the CPU into this many logical '
+                     'devices first (to try --strategy=mirrored without GPUs).')
 FLAGS = flags.FLAGS
 
 
@@ -36,19 +40,24 @@ def main(argv):
     return 2
   import tfcredit  # pylint: disable=g-import-not-at-top
   from tfcredit import config
+  from tfcredit.training import distribution
 
   try:
     if not FLAGS.gin_file:
       raise tfcredit.ConfigurationError(
           '--gin_file is required: e.g. --gin_file=gin_configs/quickstart.gin')
+    if FLAGS.logical_cpus:
+      distribution.split_cpu(FLAGS.logical_cpus)
+    strategy = distribution.make_strategy(FLAGS.strategy)
     config_text = config.parse(FLAGS.gin_file, FLAGS.gin_bindings)
     model_dir = FLAGS.model_dir or os.path.join(
         'runs', os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0])
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
-      f.write(config_text)
+    if distribution.is_chief(strategy):
+      os.makedirs(model_dir, exist_ok=True)
+      with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
+        f.write(config_text)
     result = tfcredit.train(model_dir, data_dir=FLAGS.data_dir,
-                            export_dir=FLAGS.export_dir)
+                            export_dir=FLAGS.export_dir, strategy=strategy)
   except tfcredit.errors.TfcreditError as error:
     print(f'error: {error}', file=sys.stderr)
     return error.exit_code

@@ -2,6 +2,7 @@
 
 from tfcredit.training.schedules import Constant
 from tfcredit.training.schedules import CosineRestarts
+from tfcredit.training.schedules import InverseSqrtDecay
 from tfcredit.training.schedules import LearningRateSchedule
 from tfcredit.training.schedules import MultiStepDecay
 from tfcredit.training.schedules import PlateauDecay

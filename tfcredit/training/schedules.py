@@ -12,6 +12,9 @@ Implements:
     the rate by 4 after an epoch whose validation loss did not improve.
   * `CosineRestarts`: SGDR, Loshchilov & Hutter (2017), "SGDR: Stochastic
     Gradient Descent with Warm Restarts", ICLR, arXiv:1608.03983, Eq. (5).
+  * `InverseSqrtDecay`: `eta_t = eta_0 / sqrt(1 + t)` with `t` the time step,
+    Tallec & Ollivier (2017), "Unbiasing Truncated Backpropagation Through
+    Time", Sec. 6.1 (influence balancing).
 
 `epoch` is a float: completed epochs plus the fraction of the current one
 (2.5 is halfway through the third epoch). Schedules are `tf.Module`s so that
@@ -294,3 +297,30 @@ class CosineRestarts(LearningRateSchedule):
     t_cur = min(max(epoch - self._cycle_start(index), 0.0), length)
     cosine = (1 + math.cos(math.pi * t_cur / length)) / 2
     return self._minimum + (self._base - self._minimum) * cosine
+
+
+class InverseSqrtDecay(LearningRateSchedule):
+  """`base / sqrt(1 + t)`, with `t = epoch * steps_per_epoch` the time step.
+
+  Tallec & Ollivier (2017), Sec. 6.1. The trainer evaluates a schedule once
+  per training call, at the fraction of the epoch done before the call, so
+  `t` is the first time step of the call: the rate is constant over the
+  windows of one call.
+  """
+
+  def __init__(self, *, base: float, steps_per_epoch: int):
+    """Args: see the class docstring; `steps_per_epoch` is an integer >= 1.
+
+    Raises:
+      ConfigurationError: If an argument is out of range.
+    """
+    super().__init__(base=base)
+    owner = type(self).__name__
+    _check(isinstance(steps_per_epoch, numbers.Integral) and
+           not isinstance(steps_per_epoch, bool) and steps_per_epoch >= 1,
+           owner, 'steps_per_epoch', steps_per_epoch, 'an integer >= 1',
+           'pass the time steps of one epoch (the stream task\'s train_length)')
+    self._steps_per_epoch = int(steps_per_epoch)
+
+  def _rate(self, epoch: float) -> float:
+    return self._base / math.sqrt(1.0 + epoch * self._steps_per_epoch)

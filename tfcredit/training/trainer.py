@@ -30,6 +30,7 @@ from tfcredit import export as export_lib
 from tfcredit.errors import ConfigurationError, TrainingError
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
+from tfcredit.training import distribution
 from tfcredit.training import progress as progress_lib
 from tfcredit.training import reporting
 from tfcredit.training import schedules
@@ -53,9 +54,11 @@ def _build(factory: Callable, what: str, **kwargs):
   return factory(**kwargs)
 
 
-@gin.configurable(denylist=['model_dir', 'data_dir', 'export_dir', 'stop_after_calls'])
+@gin.configurable(denylist=['model_dir', 'data_dir', 'export_dir', 'strategy',
+                            'stop_after_calls'])
 def train(model_dir: str, data_dir: Optional[str] = None,
-          export_dir: Optional[str] = 'saved_models', *,
+          export_dir: Optional[str] = 'saved_models',
+          strategy: Optional[tf.distribute.Strategy] = None, *,
           # What is learned and how.
           task: Callable[..., task_base.Task] = gin.REQUIRED,
           method: Callable = gin.REQUIRED,
@@ -84,6 +87,11 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     data_dir: the data directory (``--data_dir``), passed to tasks that read data.
     export_dir: the root the SavedModel is exported under, as
       ``<export_dir>/<basename of model_dir>/<n>``; None skips the export.
+    strategy: the ``tf.distribute`` strategy (``--strategy``); default: the
+      current one. Model, optimizer and method state are created in its scope;
+      ``batch_size`` is the global batch, split evenly over the replicas, and every
+      loss is averaged over the global batch, so one replica and several give the
+      same update. Only the chief writes files.
     task: the task class (gin: ``@AddingTask``, ``@LanguageModelTask``).
     method: the method class (gin: ``@TruncatedBPTT``).
     model: the model class; it receives ``task.model_spec()``.
@@ -119,7 +127,6 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   if not learning_rate > 0:
     raise ConfigurationError(
         f'train.learning_rate must be positive, got {learning_rate!r}')
-  os.makedirs(model_dir, exist_ok=True)
   keras.utils.set_random_seed(seed)
   if deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -129,7 +136,16 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     raise ConfigurationError(
         f'train.task must build a tfcredit Task, got {type(task_obj).__name__}')
   stream = task_obj.regime == task_base.STREAM
-  strategy = tf.distribute.get_strategy()
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  for name, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
+    if value % replicas:
+      raise ConfigurationError(
+          f'train.{name}={value} does not split evenly over {replicas} replicas: '
+          f'use a multiple of {replicas}')
+  chief = distribution.is_chief(strategy)
+  write_dir = distribution.writable_dir(model_dir, strategy)
+  os.makedirs(write_dir, exist_ok=True)
   with strategy.scope():
     model_obj = _build(model, 'model', **task_obj.model_spec())
     example = _example_inputs(task_obj, batch_size)
@@ -142,7 +158,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     progress = progress_lib.Progress(
         model_obj.state_spec() if stream else None, batch_size)
   checkpointer = progress_lib.Checkpointer(
-      model_dir, model=model_obj, optimizer=optimizer_obj, method=method_obj,
+      write_dir, model=model_obj, optimizer=optimizer_obj, method=method_obj,
       schedule=schedule, progress=progress, rng=model_obj.rng_variables())
   restored = checkpointer.restore_latest()
   if restored:
@@ -154,7 +170,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   reporter = reporting.Reporter(
       model_dir, task_obj.metric_name, unit_name, task_obj.metric_from_loss,
       total_units=units_per_epoch * epochs, log_every_seconds=log_every_seconds,
-      summary_every_calls=summary_every_calls)
+      summary_every_calls=summary_every_calls, write_summaries=chief)
   predict = _predictor(model_obj, task_obj)
   evaluate = lambda split: task_base.evaluate(
       task_obj, predict, model_obj.initial_state, split, eval_batch_size)
@@ -189,7 +205,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       if stream:
         progress.save_state(state)
       if not operative_written:
-        _write_operative_config(model_dir, reporter)
+        _write_operative_config(write_dir, reporter)
         operative_written = True
       done = (epoch * units_per_epoch + fraction * units_per_epoch + units)
       reporter.record_training(
@@ -220,12 +236,14 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     final.update({f'test_{k}': v for k, v in test_result.items() if k != 'count'})
   saved_model = None
   if export_dir is not None:
-    saved_model = export_lib.export(
-        model_obj, task_obj, os.path.join(export_dir, os.path.basename(
-            os.path.normpath(model_dir))), eval_batch_size=eval_batch_size)
+    # Every worker saves (the save is collective); only the chief's is kept.
+    root = os.path.join(export_dir if chief else write_dir,
+                        os.path.basename(os.path.normpath(model_dir)))
+    saved_model = export_lib.export(model_obj, task_obj, root,
+                                    eval_batch_size=eval_batch_size)
   final.update({'epochs': int(progress.epoch), 'model_dir': model_dir,
                 'saved_model': saved_model})
-  with open(os.path.join(model_dir, 'final_metrics.json'), 'w') as f:
+  with open(os.path.join(write_dir, 'final_metrics.json'), 'w') as f:
     json.dump(final, f, indent=1)
   return final
 
