@@ -1,4 +1,4 @@
-"""Measures truncated-BPTT training throughput as ratios to references timed in the same run.
+"""Truncated-BPTT training throughput, as ratios to references timed in the same run.
 
 ``python tools/benchmark.py [--quick] [--output_dir=runs/benchmark]``
 
@@ -11,7 +11,9 @@ matrix-multiply rate (the "roofline"). Every figure is reported as a ratio to th
 references because absolute rates depend on the CPU and on whatever else the machine
 is running; ratios much less. For the same reason the measurements are interleaved:
 each round times every configuration once, and a ratio is the median over rounds of
-the ratio within a round, so a load change hits numerator and denominator alike.
+the ratio within a round, so a load change hits numerator and denominator alike. Both
+ratios are also given in process CPU time, which waiting for a core does not inflate
+(docs/benchmark.md says how to read the two).
 
 FLOP accounting (multiply-adds count 2): an LSTM layer costs ``8·units·(inputs +
 units)`` per step and sequence, a dense head ``2·inputs·outputs``; a backpropagated
@@ -32,6 +34,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +46,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcredit.errors import ConfigurationError
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
@@ -54,8 +58,9 @@ flags.DEFINE_bool('quick', False, 'Short measurements (well under a minute in al
                   'no steps_per_execution row; the figures are noisier.')
 flags.DEFINE_string('output_dir', 'runs/benchmark', 'Where benchmark.json and '
                     'benchmark.md are written.')
-flags.DEFINE_multi_integer('windows_per_call', [10, 50], 'TruncatedBPTT.windows_per_call '
-                           'values timed on the language model (one row each).')
+flags.DEFINE_multi_integer('windows_per_call', [10, 50], 'Values of '
+                           'TruncatedBPTT.windows_per_call timed on the language '
+                           'model (one row each).')
 flags.DEFINE_integer('rounds', None, 'Interleaved measurement rounds; default 3 '
                      '(1 with --quick).')
 flags.DEFINE_integer('seed', 0, 'Seeds the weights and the synthetic data.')
@@ -95,8 +100,9 @@ def training_flops(core_step: float, head: float, forward_steps: float,
 
 
 # ---------------------------------------------------------------- workloads
-class RandomTokenStream(language_modeling._TokenStreamTask):  # pylint: disable=protected-access
-  """The language-modelling loss and specs on uniformly random token ids.
+# pylint: disable-next=protected-access
+class RandomTokenStream(language_modeling._TokenStreamTask):
+  """The language-modelling loss, specs and layout on uniformly random token ids.
 
   The benchmark must run without a download, and throughput does not depend on
   which tokens are drawn.
@@ -186,13 +192,13 @@ def ptb_small(steps: int, seed: int) -> Workload:
   core = layers * lstm_step_flops(units, units)
   head = dense_flops(units, vocabulary)
   return Workload(
-      name='PTB small (synthetic ids)', unit='tokens', task=task,
+      name='PTB small (random ids)', unit='tokens', task=task,
       model_kwargs=dict(units=units, num_layers=layers, embedding_dim=units),
       make_optimizer=lambda: keras.optimizers.SGD(1.0), clip_norm=5.0,
       batch_size=batch, segments=segments, keras_layers=keras_layers,
       keras_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       keras_data=keras_data,
-      flops_per_unit=lambda window: training_flops(core, head, 1, 1, 1))
+      flops_per_unit=lambda _: training_flops(core, head, 1, 1, 1))
 
 
 def adding(length: int, batches: int, seed: int) -> Workload:
@@ -232,6 +238,27 @@ def adding(length: int, batches: int, seed: int) -> Workload:
 
 
 # ------------------------------------------------------------------ runners
+@dataclasses.dataclass(frozen=True)
+class Elapsed:
+  """Wall-clock and process CPU seconds (all threads) of one round.
+
+  CPU time is the less load-sensitive of the two on a shared machine: waiting for a
+  core does not count, although cache sharing and spinning worker threads still do.
+  """
+  wall: float
+  cpu: float
+
+
+class Stopwatch:
+  """Reads both clocks at construction and at ``elapsed()``."""
+
+  def __init__(self):
+    self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+  def elapsed(self) -> Elapsed:
+    return Elapsed(time.perf_counter() - self._wall, time.process_time() - self._cpu)
+
+
 @dataclasses.dataclass
 class Runner:
   """One timed configuration.
@@ -240,24 +267,33 @@ class Runner:
     workload: the workload's name, or ``'matmul reference'``.
     config: row label.
     unit: what ``run`` counts.
-    run: does one round of work; returns ``(units, seconds)``.
+    run: does one round of work; returns ``(units, Elapsed)``.
     flops_per_unit: FLOPs per unit, for the achieved rate.
-    rates: units per second, one per round (filled by ``measure_rounds``).
+    rates: units per wall-clock second, one per round (see ``measure_rounds``).
+    cpu_rates: units per CPU second of this process (all threads), one per round.
+    traces: tfcredit runners: ``() -> number of traces of train_segment`` (1 if
+      nothing retraced during the measurement).
   """
   workload: str
   config: str
   unit: str
-  run: Callable[[], Tuple[float, float]]
+  run: Callable[[], Tuple[float, Elapsed]]
   flops_per_unit: float
   rates: List[float] = dataclasses.field(default_factory=list)
+  cpu_rates: List[float] = dataclasses.field(default_factory=list)
+  traces: Optional[Callable[[], int]] = None
+
+  def gflops(self, rates: Sequence[float]) -> List[float]:
+    """Converts unit rates to GFLOP/s."""
+    return [rate * self.flops_per_unit / 1e9 for rate in rates]
 
 
-def timed(work: Callable[[], float]) -> Callable[[], Tuple[float, float]]:
-  """Wraps ``work() -> units`` into ``() -> (units, seconds)``."""
+def timed(work: Callable[[], float]) -> Callable[[], Tuple[float, Elapsed]]:
+  """Wraps ``work() -> units`` into ``() -> (units, Elapsed)``."""
   def run():
-    start = time.perf_counter()
+    stopwatch = Stopwatch()
     units = work()
-    return units, time.perf_counter() - start
+    return units, stopwatch.elapsed()
   return run
 
 
@@ -290,17 +326,18 @@ def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1
   if stream:
     config += f', windows_per_call={windows_per_call}'
   return Runner(workload.name, config, workload.unit, timed(train_round),
-                workload.flops_per_unit(window))
+                workload.flops_per_unit(window),
+                traces=lambda: method.trace_counts['train_segment'])
 
 
 class _EpochTimer(keras.callbacks.Callback):
   """Times the last epoch, excluding ``fit``'s data-adapter set-up."""
 
   def on_epoch_begin(self, epoch, logs=None):
-    self.start = time.perf_counter()
+    self._stopwatch = Stopwatch()
 
   def on_epoch_end(self, epoch, logs=None):
-    self.seconds = time.perf_counter() - self.start
+    self.elapsed = self._stopwatch.elapsed()
 
 
 def keras_fit_runner(workload: Workload, window: int, steps_per_execution: int = 1
@@ -332,7 +369,7 @@ def keras_fit_runner(workload: Workload, window: int, steps_per_execution: int =
 
   def run():
     fit(x, y, callbacks=[timer])
-    return float(x.size if stream else len(x)), timer.seconds
+    return float(x.size if stream else len(x)), timer.elapsed
 
   return Runner(workload.name,
                 f'Keras fit (steps_per_execution={steps_per_execution}, '
@@ -371,11 +408,16 @@ def matmul_runner(shape: Sequence[int], target_flops: float) -> Runner:
 
 # ---------------------------------------------------------------- measuring
 def measure_rounds(runners: Sequence[Runner], rounds: int) -> None:
-  """Interleaves the runners: each round runs every one once, appending its rate."""
+  """Interleaves the runners: each round runs every one once, appending its rates.
+
+  Odd rounds go in reverse order, so a load drift within a round does not always
+  favour the configurations measured first.
+  """
   for index in range(rounds):
-    for runner in runners:
-      units, seconds = runner.run()
-      runner.rates.append(units / seconds)
+    for runner in (runners if index % 2 == 0 else reversed(runners)):
+      units, elapsed = runner.run()
+      runner.rates.append(units / elapsed.wall)
+      runner.cpu_rates.append(units / elapsed.cpu)
     print(f'  round {index + 1}/{rounds} done', flush=True)
 
 
@@ -386,34 +428,49 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
 
 def summarize(runners: Sequence[Runner], roofline: Runner,
               references: Dict[str, Runner]) -> List[Dict]:
-  """One row per runner: median rate and median per-round ratios to the references."""
+  """One row per runner: median rates and median per-round ratios to the references.
+
+  The fraction of the roofline in CPU time (FLOPs per CPU-second over the matmul's)
+  does not depend on how many cores the process got, only on how well it used them.
+  """
   rows = []
   for runner in runners:
-    gflops = [rate * runner.flops_per_unit / 1e9 for rate in runner.rates]
     reference = references.get(runner.workload)
     rows.append({
         'workload': runner.workload, 'config': runner.config,
         'unit': f'{runner.unit}/s', 'throughput': statistics.median(runner.rates),
         'throughput_per_round': runner.rates,
+        'cpu_throughput_per_round': runner.cpu_rates,
         'ratio_vs_keras_fit': (None if reference is None else
                                median_ratio(runner.rates, reference.rates)),
+        'cpu_time_ratio_vs_keras_fit': (
+            None if reference is None else
+            median_ratio(runner.cpu_rates, reference.cpu_rates)),
         'flops_per_unit': runner.flops_per_unit,
-        'gflops': statistics.median(gflops),
-        'fraction_of_roofline': median_ratio(gflops, roofline.rates)})
+        'gflops': statistics.median(runner.gflops(runner.rates)),
+        'fraction_of_roofline': median_ratio(runner.gflops(runner.rates),
+                                             roofline.rates),
+        'fraction_of_roofline_cpu_time': median_ratio(
+            runner.gflops(runner.cpu_rates), roofline.cpu_rates),
+        'train_segment_traces': None if runner.traces is None else runner.traces()})
   return rows
 
 
 def markdown_table(rows: Sequence[Dict]) -> str:
   """The rows as a GitHub markdown table."""
+  def ratio(value):
+    return '—' if value is None else f'{value:.2f}'
+
   lines = ['| workload | method / config | throughput | ratio vs Keras fit | '
-           'achieved GFLOP/s | fraction of roofline |',
-           '|---|---|---:|---:|---:|---:|']
+           '(CPU time) | achieved GFLOP/s | fraction of roofline | (CPU time) |',
+           '|---|---|---:|---:|---:|---:|---:|---:|']
   for row in rows:
-    ratio = row['ratio_vs_keras_fit']
     lines.append(
         f"| {row['workload']} | {row['config']} | {row['throughput']:,.1f} "
-        f"{row['unit']} | {'—' if ratio is None else f'{ratio:.2f}'} | "
-        f"{row['gflops']:.1f} | {row['fraction_of_roofline']:.3f} |")
+        f"{row['unit']} | {ratio(row['ratio_vs_keras_fit'])} | "
+        f"{ratio(row['cpu_time_ratio_vs_keras_fit'])} | {row['gflops']:.1f} | "
+        f"{row['fraction_of_roofline']:.2f} | "
+        f"{row['fraction_of_roofline_cpu_time']:.2f} |")
   return '\n'.join(lines)
 
 
@@ -459,34 +516,46 @@ def main(argv):
   windows_per_call = FLAGS.windows_per_call
   if FLAGS.quick and not FLAGS['windows_per_call'].present:
     windows_per_call = QUICK_WINDOWS_PER_CALL
-  windows_per_call = [task_base.check_positive_int('--windows_per_call', count)
-                      for count in windows_per_call]
-  rounds = task_base.check_positive_int(
-      '--rounds', FLAGS.rounds if FLAGS.rounds is not None else
-      (1 if FLAGS.quick else 3))
+  try:
+    windows_per_call = [task_base.check_positive_int('--windows_per_call', count)
+                        for count in windows_per_call]
+    rounds = task_base.check_positive_int(
+        '--rounds', FLAGS.rounds if FLAGS.rounds is not None else
+        (1 if FLAGS.quick else 3))
+  except ConfigurationError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return error.exit_code
   keras.utils.set_random_seed(FLAGS.seed)
   started = time.perf_counter()
+  load_at_start = os.getloadavg()
   runners, roofline, references = build_runners(FLAGS.quick, windows_per_call,
                                                 FLAGS.seed)
   measure_rounds(runners, rounds)
   rows = summarize(runners, roofline, references)
-  table = markdown_table(rows)
-  result = {
-      'rows': rows, 'rounds': rounds, 'quick': FLAGS.quick,
-      'roofline': roofline.config, 'seconds': time.perf_counter() - started,
-      'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
-                  'load_average_at_end': os.getloadavg(),
-                  'tensorflow': tf.__version__, 'keras': keras.__version__}}
+  machine = {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
+             'load_average_at_start': load_at_start,
+             'load_average_at_end': os.getloadavg(),
+             'tensorflow': tf.__version__, 'keras': keras.__version__}
+  seconds = time.perf_counter() - started
+  summary = (f'{rounds} round(s) in {seconds:.0f} s on {machine["cpu_count"]} CPUs, '
+             f'1-minute load average {load_at_start[0]:.1f} at the start and '
+             f'{machine["load_average_at_end"][0]:.1f} at the end; TensorFlow '
+             f'{tf.__version__}, Keras {keras.__version__}.')
+  retraced = [row['config'] for row in rows if (row['train_segment_traces'] or 1) > 1]
+  if retraced:
+    summary += (f' Warning: train_segment retraced while measuring {retraced}; '
+                'their throughput includes tracing time.')
+  report = f'{markdown_table(rows)}\n\n{summary}\n'
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, 'benchmark.json'), 'w') as f:
-    json.dump(result, f, indent=1)
+    json.dump({'rows': rows, 'rounds': rounds, 'quick': FLAGS.quick,
+               'windows_per_call': windows_per_call, 'roofline': roofline.config,
+               'seconds': seconds, 'machine': machine}, f, indent=1)
   with open(os.path.join(FLAGS.output_dir, 'benchmark.md'), 'w') as f:
-    f.write(table + '\n')
-  print(table)
-  print(f'\n{rounds} round(s) in {result["seconds"]:.0f} s; wrote '
-        f'{os.path.join(FLAGS.output_dir, "benchmark.json")} and benchmark.md')
+    f.write(report)
+  print(report)
+  print(f'wrote {os.path.join(FLAGS.output_dir, "benchmark.json")} and benchmark.md')
   return 0
-
 
 if __name__ == '__main__':
   app.run(main)
