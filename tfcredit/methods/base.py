@@ -69,6 +69,8 @@ class Method(tf.Module):
     self.task = task
     self.optimizer = optimizer
     self.clip_norm = clip_norm
+    self.strategy = tf.distribute.get_strategy()
+    self.num_replicas = self.strategy.num_replicas_in_sync
     self.trace_counts = collections.Counter()
     signature = [task.segment_spec(), model.state_spec()]
     if use_tf_function:
@@ -138,7 +140,8 @@ class Method(tf.Module):
     """
     losses = self.task.losses(outputs, targets)
     loss_sum = tf.reduce_sum(losses)
-    batch = tf.cast(tf.shape(losses)[0], tf.float32)
+    # The global batch: summing replicas' gradients gives the global mean.
+    batch = tf.cast(tf.shape(losses)[0] * self.num_replicas, tf.float32)
     if self.task.readout == task_base.TERMINAL:
       return loss_sum / batch, loss_sum
     return loss_sum / (batch * tf.cast(normalizer, tf.float32)), loss_sum
@@ -156,6 +159,8 @@ class Method(tf.Module):
                                              state_grad_scale=state_grad_scale)
       objective, loss_sum = self.objective(outputs, targets, normalizer)
     gradients = tape.gradient(objective, self.trainable_variables)
+    if self.num_replicas > 1:  # Cross-replica sums of IndexedSlices: keep dense.
+      gradients = densify(gradients, self.trainable_variables)
     return gradients, new_state, loss_sum
 
   def apply_gradients(self, gradients) -> tf.Tensor:
@@ -187,36 +192,132 @@ class Method(tf.Module):
     ends = tf.range(window, length + window, window)
     return tf.minimum(ends, length)
 
-  def for_each_window(self, segment, state, window_ends, body, accumulators):
+  # ------------------------------------------------------- distribution
+  # The windows of a segment loop in the cross-replica context; each window's
+  # forward and backward pass runs per replica (``replicate``), the gradients are
+  # summed over replicas (``replica_sum``) and applied once. Every objective is
+  # divided by the GLOBAL batch, so the sum is the global-batch gradient and one
+  # replica or several give the same update. (An optimizer step inside a
+  # ``tf.while_loop`` that runs in the replica context would need a ``merge_call``,
+  # which TensorFlow forbids there.) With one replica these are plain calls.
+
+  def replicate(self, function, *args):
+    """Runs ``function(*args)`` on every replica (``args`` may be per-replica)."""
+    if self.num_replicas == 1:
+      return function(*args)
+    return self.strategy.run(function, args=args)
+
+  def replica_sum(self, values):
+    """Sums per-replica values (a nest) over the replicas."""
+    if self.num_replicas == 1:
+      return values
+    return tf.nest.map_structure(
+        lambda value: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value,
+                                           axis=None), values)
+
+  def shard(self, values):
+    """Splits the rows (batch axis) of a global nest evenly over the replicas."""
+    if self.num_replicas == 1:
+      return values
+
+    def local(values):
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      def rows(value):
+        size = tf.shape(value)[0] // self.num_replicas
+        return value[replica * size:(replica + 1) * size]
+      return tf.nest.map_structure(rows, values)
+    return self.strategy.run(local, args=(values,))
+
+  def unshard(self, values):
+    """Concatenates per-replica rows back into global tensors."""
+    if self.num_replicas == 1:
+      return values
+    return tf.nest.map_structure(lambda v: self.strategy.gather(v, axis=0), values)
+
+  def forward_prefix(self, segment, state, end):
+    """Runs steps ``[0, end)`` forward only, per replica (nothing when ``end`` is 0)."""
+    def prefix(segment, state):
+      return tf.cond(end > 0, lambda: self.forward(segment[0][:, :end], state),
+                     lambda: state)
+    return self.replicate(prefix, segment, state)
+
+  def for_each_window(self, segment, state, window_ends, body, accumulators,
+                      first_window=0):
     """Runs ``body`` over consecutive windows in one ``tf.while_loop``.
 
     Args:
-      segment: ``(inputs, targets)``.
-      state: the state at the segment's start.
+      segment: global ``(inputs, targets)``.
+      state: the global state at the segment's start.
       window_ends: ``[num_windows]`` int32, increasing, last == segment length.
-      body: ``(index, inputs, targets, state, start, end, accumulators) ->
-        (state, accumulators)``.
+      body: ``(index, segment, state, start, end, accumulators) -> (state,
+        accumulators)``, called in the cross-replica context: ``segment`` and
+        ``state`` are per-replica values (plain tensors with one replica), to be
+        used through ``replicate``; accumulators are plain tensors.
       accumulators: a nest of tensors carried through the loop.
+      first_window: windows before this one only run forward (no loss there: the
+        terminal-loss case).
 
     Returns:
-      ``(final_state, accumulators)``.
+      ``(final global state, accumulators)``.
     """
-    inputs, targets = segment
+    segment, state = self.shard(segment), self.shard(state)
+    first_window = tf.convert_to_tensor(first_window)
+    prefix_end = tf.where(first_window > 0,
+                          window_ends[tf.maximum(first_window - 1, 0)], 0)
+    state = self.forward_prefix(segment, state, prefix_end)
     num_windows = tf.shape(window_ends)[0]
 
     def loop_body(index, state, accumulators):
       start = tf.where(index > 0, window_ends[tf.maximum(index - 1, 0)], 0)
-      end = window_ends[index]
-      window_inputs = inputs[:, start:end]
-      window_targets = self.window_targets(targets, start, end)
-      state, accumulators = body(index, window_inputs, window_targets, state,
-                                 start, end, accumulators)
+      state, accumulators = body(index, segment, state, start, window_ends[index],
+                                 accumulators)
       return index + 1, state, accumulators
 
     _, state, accumulators = tf.while_loop(
         lambda index, *_: index < num_windows, loop_body,
-        (tf.constant(0), state, accumulators))
-    return state, accumulators
+        (first_window, state, accumulators))
+    return self.unshard(state), accumulators
+
+  def first_loss_window(self, window_ends):
+    """Index of the first window with loss: the last one for terminal losses."""
+    if self.task.readout == task_base.TERMINAL:
+      return tf.shape(window_ends)[0] - 1
+    return 0
+
+  def window_update(self, segment, state, start, end, normalizer,
+                    state_grad_scale=None):
+    """One window's forward/backward per replica, then one applied update.
+
+    Returns:
+      ``(new per-replica state, summed loss, pre-clipping gradient norm)``.
+    """
+    def per_replica(segment, state):
+      inputs, targets = segment
+      return self.window_gradients(
+          inputs[:, start:end], self.window_targets(targets, start, end), state,
+          normalizer, state_grad_scale=state_grad_scale)
+
+    gradients, state, loss_sum = self.replicate(per_replica, segment, state)
+    gradients, loss_sum = self.replica_sum((gradients, loss_sum))
+    return state, loss_sum, self.apply_gradients(gradients)
+
+  def window_estimate(self, segment, state, start, end, state_grad_scale=None):
+    """One window's gradient of ``(1/B)·Σ ℓ`` (dense), summed over replicas.
+
+    Returns:
+      ``(new per-replica state, gradients)``.
+    """
+    variables = self.trainable_variables
+
+    def per_replica(segment, state):
+      inputs, targets = segment
+      gradients, new_state, _ = self.window_gradients(
+          inputs[:, start:end], self.window_targets(targets, start, end), state, 1,
+          state_grad_scale=state_grad_scale)
+      return densify(gradients, variables), new_state
+
+    gradients, state = self.replicate(per_replica, segment, state)
+    return state, self.replica_sum(gradients)
 
 
 def coalesce(gradient):

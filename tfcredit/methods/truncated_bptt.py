@@ -66,31 +66,18 @@ class TruncatedBPTT(base.Method):
   def _train_segment(self, segment, state):
     length = tf.shape(segment[0])[1]
     nominal = self._nominal_window(length)
+    window_ends = self._window_ends(length)
 
-    def body(index, inputs, targets, state, start, end, totals):
-      del index, start
-
-      def update():
-        gradients, new_state, loss_sum = self.window_gradients(
-            inputs, targets, state, nominal)
-        norm = self.apply_gradients(gradients)
-        return new_state, loss_sum, norm, tf.constant(1.0)
-
-      def forward_only():
-        return self.forward(inputs, state), 0.0, 0.0, tf.constant(0.0)
-
-      if self.task.readout == task_base.TERMINAL:
-        new_state, loss_sum, norm, updates = tf.cond(
-            self.window_has_loss(end, length), update, forward_only)
-      else:
-        new_state, loss_sum, norm, updates = update()
+    def body(index, segment, state, start, end, totals):
+      del index
+      state, loss_sum, norm = self.window_update(segment, state, start, end, nominal)
       loss_total, norm_total, update_total = totals
-      return new_state, (loss_total + loss_sum, norm_total + norm,
-                         update_total + updates)
+      return state, (loss_total + loss_sum, norm_total + norm, update_total + 1.0)
 
     zero = tf.constant(0.0)
     state, (loss_sum, norm_sum, updates) = self.for_each_window(
-        segment, state, self._window_ends(length), body, (zero, zero, zero))
+        segment, state, window_ends, body, (zero, zero, zero),
+        first_window=self.first_loss_window(window_ends))
     metrics = {'loss_sum': loss_sum,
                'count': task_base.count_of(self.task, segment[1]),
                'grad_norm_sum': norm_sum, 'updates': updates}
@@ -98,28 +85,17 @@ class TruncatedBPTT(base.Method):
 
   def _estimate_gradients(self, segment, state):
     length = tf.shape(segment[0])[1]
-    variables = self.trainable_variables
+    window_ends = self._window_ends(length)
 
-    def body(index, inputs, targets, state, start, end, totals):
-      del index, start
-
-      def backprop():
-        gradients, new_state, _ = self.window_gradients(inputs, targets, state, 1)
-        return [new_state] + base.densify(gradients, variables)
-
-      def forward_only():
-        return [self.forward(inputs, state)] + base.zeros_like_variables(variables)
-
-      if self.task.readout == task_base.TERMINAL:
-        results = tf.cond(self.window_has_loss(end, length), backprop, forward_only)
-      else:
-        results = backprop()
-      new_state, gradients = results[0], results[1:]
-      return new_state, [t + g for t, g in zip(totals, gradients)]
+    def body(index, segment, state, start, end, totals):
+      del index
+      state, gradients = self.window_estimate(segment, state, start, end)
+      return state, [t + g for t, g in zip(totals, gradients)]
 
     state, totals = self.for_each_window(
-        segment, state, self._window_ends(length), body,
-        base.zeros_like_variables(variables))
+        segment, state, window_ends, body,
+        base.zeros_like_variables(self.trainable_variables),
+        first_window=self.first_loss_window(window_ends))
     return totals, state
 
 

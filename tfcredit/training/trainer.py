@@ -154,9 +154,10 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     optimizer_obj.build(model_obj.trainable_variables)
     method_obj = _build(method, 'method', model=model_obj, task=task_obj,
                         optimizer=optimizer_obj)
-    schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
-    progress = progress_lib.Progress(
-        model_obj.state_spec() if stream else None, batch_size)
+  # Host-side bookkeeping: plain variables, outside the strategy's scope.
+  schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
+  progress = progress_lib.Progress(
+      model_obj.state_spec() if stream else None, batch_size)
   checkpointer = progress_lib.Checkpointer(
       write_dir, model=model_obj, optimizer=optimizer_obj, method=method_obj,
       schedule=schedule, progress=progress, rng=model_obj.rng_variables())

@@ -1,0 +1,84 @@
+"""One replica and two replicas give the same update, for every method.
+
+Two logical CPU devices (tests/conftest.py) stand in for two GPUs. Adding a method
+to ``METHODS`` covers it.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfcredit
+from tfcredit import testing
+
+# name -> (task factory, method factory)
+METHODS = {
+    'truncated_bptt/copy': (
+        lambda: tfcredit.CopyTask(sequence_length=6),
+        lambda **kw: tfcredit.TruncatedBPTT(window=5, clip_norm=0.5, **kw)),
+    'truncated_bptt/adding': (
+        lambda: tfcredit.AddingTask(sequence_length=12),
+        lambda **kw: tfcredit.TruncatedBPTT(window=5, **kw)),
+    'bptt/adding': (
+        lambda: tfcredit.AddingTask(sequence_length=12),
+        lambda **kw: tfcredit.BPTT(**kw)),
+    'truncated_bptt/stream': (
+        lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
+        lambda **kw: tfcredit.TruncatedBPTT(window=4, windows_per_call=3, **kw)),
+}
+
+BATCH = 4
+
+
+def _segment(task):
+  if task.regime == 'stream':
+    data = task.stream('train', BATCH)
+    return (tf.constant(data[:, :12]), tf.constant(data[:, 1:13]))
+  inputs, targets = task.batch('train', 0, 0, BATCH)
+  return tf.constant(inputs), tf.constant(targets)
+
+
+def _train(strategy, name, calls=2):
+  make_task, make_method = METHODS[name]
+  task = make_task()
+  with strategy.scope():
+    model = testing.tiny_model(task, seed=0)
+    optimizer = testing.built_optimizer(model, keras.optimizers.Adam,
+                                        learning_rate=0.01)
+    method = make_method(model=model, task=task, optimizer=optimizer)
+  state = model.initial_state(BATCH)
+  segment = _segment(task)
+  for _ in range(calls):
+    state, metrics = method.train_segment(segment, state)
+    if task.regime != 'stream':
+      state = model.initial_state(BATCH)
+  gradients, _ = method.estimate_gradients(segment, model.initial_state(BATCH))
+  return ([v.numpy() for v in model.trainable_variables], tf.nest.flatten(state),
+          metrics, [g.numpy() for g in gradients])
+
+
+@pytest.fixture(scope='module')
+def mirrored():
+  devices = tf.config.list_logical_devices('CPU')
+  assert len(devices) >= 2, 'tests/conftest.py should have split the CPU'
+  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+@pytest.mark.parametrize('name', sorted(METHODS))
+def test_two_replicas_give_the_same_training_as_one(mirrored, name):
+  assert mirrored.num_replicas_in_sync == 2
+  one = _train(tf.distribute.get_strategy(), name)
+  two = _train(mirrored, name)
+  for a, b in zip(one[0], two[0]):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  for a, b in zip(one[1], two[1]):  # The carried state, re-assembled in order.
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  for key in ('loss_sum', 'count', 'grad_norm_sum', 'updates'):
+    np.testing.assert_allclose(float(one[2][key]), float(two[2][key]), rtol=1e-5)
+  for a, b in zip(one[3], two[3]):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  # The weights really moved, so the comparison is not between two no-ops.
+  task = METHODS[name][0]()
+  initial = testing.tiny_model(task, seed=0).trainable_variables
+  assert max(np.abs(a - v.numpy()).max() for a, v in zip(one[0], initial)) > 1e-3
