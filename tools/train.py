@@ -23,7 +23,8 @@ flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings (repeatable), e.g. '
 flags.DEFINE_string('model_dir', None, 'Run directory; default runs/<config name>.')
 flags.DEFINE_string('data_dir', None, 'Data directory; default $TFCREDIT_DATA_DIR or '
                     '~/.cache/tfcredit.')
-flags.DEFINE_string('export_dir', 'saved_models', 'Where SavedModels are exported.')
+flags.DEFINE_string('export_dir', 'saved_models', 'Where SavedModels are exported; '
+                    'empty: no export.')
 flags.DEFINE_string('strategy', 'default', 'default | mirrored (all local GPUs, or '
                     'the logical CPUs) | multi_worker (reads TF_CONFIG).')
 flags.DEFINE_integer('logical_cpus', None, 'Split the CPU into this many logical '
@@ -57,7 +58,8 @@ def main(argv):
       with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
         f.write(config_text)
     result = tfcredit.train(model_dir, data_dir=FLAGS.data_dir,
-                            export_dir=FLAGS.export_dir, strategy=strategy)
+                            export_dir=FLAGS.export_dir or None,
+                            strategy=strategy)
   except tfcredit.errors.TfcreditError as error:
     print(f'error: {error}', file=sys.stderr)
     return error.exit_code

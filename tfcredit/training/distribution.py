@@ -11,7 +11,6 @@ workers write theirs to a scratch folder so the collective save still runs.
 
 import json
 import os
-import tempfile
 from typing import Optional
 
 import tensorflow as tf
@@ -65,7 +64,13 @@ def is_chief(strategy: Optional[tf.distribute.Strategy] = None) -> bool:
 
 
 def writable_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
-  """``model_dir`` on the chief, a scratch folder on other workers."""
+  """``model_dir`` on the chief; ``model_dir/.worker_<index>`` on other workers.
+
+  Non-chief workers must still write (checkpoint and SavedModel saves are
+  collective), but nothing they write is the run's.
+  """
   if is_chief(strategy):
     return model_dir
-  return tempfile.mkdtemp(prefix='tfcredit_worker_')
+  task = json.loads(os.environ.get('TF_CONFIG', '{}')).get('task', {})
+  return os.path.join(model_dir, f'.{task.get("type", "worker")}_'
+                                 f'{task.get("index", 0)}')
