@@ -13,11 +13,14 @@ from tfcredit import errors
 from tfcredit.errors import ConfigurationError
 from tfcredit.errors import DataError
 from tfcredit.errors import TrainingError
+from tfcredit.methods import ARTBP
 from tfcredit.methods import BPTT
 from tfcredit.methods import Method
 from tfcredit.methods import TruncatedBPTT
+from tfcredit.models import InfluenceBalancingCell
 from tfcredit.models import RecurrentModel
 from tfcredit.tasks.base import Task
+from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
 from tfcredit.tasks.language_modeling import LanguageModelTask
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
@@ -28,7 +31,8 @@ from tfcredit.training.trainer import train
 __version__ = '0.1.0'
 
 __all__ = [
-    'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DataError',
+    'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DataError',
+    'InfluenceBalancingCell', 'InfluenceBalancingTask',
     'LanguageModelTask', 'MarkovLanguageTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
     'TruncatedBPTT', 'train',
 ]
@@ -36,7 +40,9 @@ __all__ = [
 for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
                       LanguageModelTask, MarkovLanguageTask, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,
-                      schedules.CosineRestarts):
+                      schedules.CosineRestarts,
+                      ARTBP, InfluenceBalancingTask, InfluenceBalancingCell,
+                      schedules.InverseSqrtDecay):
   gin.external_configurable(_configurable, module='tfcredit')
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,

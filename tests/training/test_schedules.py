@@ -176,3 +176,15 @@ def test_invalid_arguments_raise_configuration_error(make, name):
 def test_constructor_arguments_are_keyword_only():
   with pytest.raises(TypeError):
     schedules.StepDecay(1.0)  # pylint: disable=too-many-function-args
+
+
+def test_inverse_sqrt_decay_is_eta0_over_sqrt_one_plus_time_step():
+  schedule = schedules.InverseSqrtDecay(base=3e-4, steps_per_epoch=1000)
+  for epoch, step in ((0.0, 0), (0.25, 250), (1.0, 1000), (2.5, 2500)):
+    assert schedule(epoch) == pytest.approx(3e-4 / math.sqrt(1 + step), rel=1e-12)
+
+
+@pytest.mark.parametrize('steps', [0, -5, 2.5, True])
+def test_inverse_sqrt_decay_rejects_bad_steps_per_epoch(steps):
+  with pytest.raises(ConfigurationError, match=f'steps_per_epoch={steps!r}'):
+    schedules.InverseSqrtDecay(base=1.0, steps_per_epoch=steps)

@@ -1,5 +1,6 @@
 """How credit is assigned: one module per method, one shared base."""
 
+from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.base import Method
 from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.methods.truncated_bptt import TruncatedBPTT

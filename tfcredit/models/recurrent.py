@@ -5,10 +5,16 @@ DESIGN.md, "Model". ``unroll`` runs one window of any length from a given state.
 on GPU); with a scale it steps the same cells (same weights) through ``tf.scan`` and
 multiplies the gradient flowing from step ``t+1`` back into the state of step ``t`` by
 ``state_grad_scale[t]`` — ARTBP's compensation factor (Tallec & Ollivier 2017, Eq. 11),
-with 0 meaning truncation.
+with 0 meaning truncation. The scale is ``[T]`` (shared by the batch) or ``[B, T]``
+(one factor per sequence and step, for independent truncations per row).
+
+The core is a stack of Keras LSTM/GRU/SimpleRNN layers, or one custom Keras RNN cell
+(for instance the influence-balancing linear system,
+``tfcredit.models.linear_cell``); ``identity_head=True`` drops the trainable readout,
+so a custom cell's outputs are the model's outputs.
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
 import tensorflow as tf
@@ -63,10 +69,12 @@ class RecurrentModel(keras.Model):
 
   def __init__(self, *, output_dim: int, input_vocab_size: Optional[int] = None,
                input_dim: Optional[int] = None, readout: str = 'per_step',
-               cell: str = 'lstm', units: int = 200, num_layers: int = 1,
+               cell: Union[str, keras.layers.Layer] = 'lstm', units: int = 200,
+               num_layers: int = 1,
                embedding_dim: Optional[int] = None, dropout: float = 0.0,
                forget_bias: float = 1.0, tie_embeddings: bool = False,
-               init_scale: Optional[float] = None, name: str = 'recurrent_model'):
+               init_scale: Optional[float] = None, identity_head: bool = False,
+               name: str = 'recurrent_model'):
     """Builds the layers.
 
     Args:
@@ -76,7 +84,9 @@ class RecurrentModel(keras.Model):
         or through a linear projection when ``embedding_dim`` is set).
       readout: ``'per_step'`` (an output at every step) or ``'terminal'`` (only at
         the window's last step).
-      cell: ``'lstm'``, ``'gru'`` or ``'simple_rnn'``.
+      cell: ``'lstm'``, ``'gru'`` or ``'simple_rnn'``; or a Keras RNN cell
+        instance (``state_size`` an int, outputs of size ``state_size``), used as
+        a single layer (``num_layers`` must be 1, ``units`` its state size).
       units: state size of every recurrent layer.
       num_layers: number of stacked recurrent layers.
       embedding_dim: embedding (or input projection) size; defaults to ``units``
@@ -90,10 +100,17 @@ class RecurrentModel(keras.Model):
       init_scale: if set, embeddings and all weight matrices start uniform in
         ``[-init_scale, init_scale]`` (Zaremba et al. 2014 use 0.1); else Keras
         defaults (Glorot uniform, orthogonal recurrent kernels).
+      identity_head: no trainable readout: the outputs are the core's outputs
+        (``output_dim`` must equal ``units``). For custom cells whose state is
+        the prediction, such as the influence-balancing system.
       name: Keras name.
     """
     super().__init__(name=name)
-    if cell not in _CELLS:
+    custom_cell = None if isinstance(cell, str) else cell
+    if custom_cell is not None:
+      _check_custom_cell(custom_cell, units, num_layers)
+      cell = type(custom_cell).__name__
+    elif cell not in _CELLS:
       raise ConfigurationError(
           f'RecurrentModel.cell must be one of {sorted(_CELLS)}, got {cell!r}')
     if readout not in _READOUTS:
@@ -115,8 +132,17 @@ class RecurrentModel(keras.Model):
     if init_scale is not None and init_scale <= 0:
       raise ConfigurationError(
           f'RecurrentModel.init_scale must be positive or None, got {init_scale!r}')
+    if identity_head and (output_dim != units or tie_embeddings):
+      raise ConfigurationError(
+          f'RecurrentModel.identity_head=True reads the core outputs directly, so '
+          f'output_dim must equal units and tie_embeddings be False; got '
+          f'output_dim={output_dim}, units={units}, tie_embeddings={tie_embeddings}')
 
     self.cell_type = cell
+    self._states_per_layer = (
+        len(tf.nest.flatten(custom_cell.state_size)) if custom_cell is not None
+        else _STATES_PER_LAYER[cell])
+    self.identity_head = identity_head
     self.units = units
     self.num_layers = num_layers
     self.readout = readout
@@ -148,7 +174,10 @@ class RecurrentModel(keras.Model):
       self.encoder = None
 
     self.core = []
-    for index in range(num_layers):
+    if custom_cell is not None:
+      self.core.append(keras.layers.RNN(custom_cell, return_sequences=True,
+                                        return_state=True, name=f'{cell}_0'))
+    for index in range(num_layers if custom_cell is None else 0):
       kwargs = dict(units=units, return_sequences=True, return_state=True,
                     kernel_initializer=weights_init('glorot_uniform'),
                     recurrent_initializer=weights_init('orthogonal'),
@@ -159,10 +188,11 @@ class RecurrentModel(keras.Model):
       self.core.append(_CELLS[cell](**kwargs))
     self.dropout = keras.layers.Dropout(dropout) if dropout > 0 else None
 
-    if tie_embeddings:
+    if tie_embeddings or identity_head:
       self.head = None
-      self.output_bias = self.add_weight(shape=(output_dim,), initializer='zeros',
-                                         name='output_bias')
+      if tie_embeddings:
+        self.output_bias = self.add_weight(shape=(output_dim,), initializer='zeros',
+                                           name='output_bias')
     else:
       self.head = keras.layers.Dense(
           output_dim, kernel_initializer=weights_init('glorot_uniform'), name='head')
@@ -170,7 +200,7 @@ class RecurrentModel(keras.Model):
   # ------------------------------------------------------------------ state
   @property
   def states_per_layer(self) -> int:
-    return _STATES_PER_LAYER[self.cell_type]
+    return self._states_per_layer
 
   def initial_state(self, batch_size) -> State:
     """The zero state for ``batch_size`` sequences (a Python int or a scalar tensor)."""
@@ -202,19 +232,23 @@ class RecurrentModel(keras.Model):
     """Runs one window from ``state``.
 
     Args:
-      inputs: ``[B, T]`` token ids or ``[B, T, D]`` features; ``T`` may be ``None``.
+      inputs: ``[B, T]`` token ids or ``[B, T, D]`` features (``[B, T]`` real
+        inputs are one feature per step); ``T`` may be ``None``.
       state: the state nest (see ``initial_state``).
       training: enables dropout.
-      state_grad_scale: optional ``[T]`` float tensor. ``state_grad_scale[t]``
-        multiplies the gradient flowing from step ``t + 1`` back into the recurrent
-        state of step ``t`` (the last entry scales the gradient entering the
-        returned final state). The per-step outputs' own gradient paths are not
-        scaled. ``None`` runs the plain Keras layers.
+      state_grad_scale: optional ``[T]`` or ``[B, T]`` float tensor.
+        ``state_grad_scale[t]`` (or ``[b, t]`` for sequence ``b``) multiplies the
+        gradient flowing from step ``t + 1`` back into the recurrent state of step
+        ``t`` (the last entry scales the gradient entering the returned final
+        state). The per-step outputs' own gradient paths are not scaled. ``None``
+        runs the plain Keras layers.
 
     Returns:
       ``(outputs, final_state)``: outputs ``[B, T, output_dim]`` (per-step readout)
       or ``[B, output_dim]`` from the window's last step (terminal readout).
     """
+    if not self.token_inputs and inputs.shape.rank == 2:
+      inputs = tf.expand_dims(inputs, -1)  # One real feature per step.
     features = inputs if self.encoder is None else self.encoder(inputs)
     if not self.token_inputs and self.encoder is None:
       features = tf.cast(features, tf.float32)
@@ -250,6 +284,8 @@ class RecurrentModel(keras.Model):
     return outputs
 
   def _readout(self, features: tf.Tensor) -> tf.Tensor:
+    if self.identity_head:
+      return features
     if self.head is not None:
       return self.head(features)
     logits = tf.tensordot(features, self.encoder.embeddings, axes=[[-1], [1]])
@@ -260,6 +296,8 @@ class RecurrentModel(keras.Model):
     """Steps ``cell`` over time, scaling the gradient of the carried state."""
     time_major = tf.transpose(features, [1, 0, 2])
     scale = tf.cast(scale, tf.float32)
+    if scale.shape.rank == 2:  # [B, T]: per sequence, broadcast over the units.
+      scale = tf.expand_dims(tf.transpose(scale), -1)
 
     def step(carry, elements):
       _, previous = carry
@@ -279,3 +317,19 @@ class RecurrentModel(keras.Model):
     return {'cell': self.cell_type, 'units': self.units,
             'num_layers': self.num_layers, 'readout': self.readout,
             'output_dim': self.output_dim}
+
+
+def _check_custom_cell(cell, units, num_layers) -> None:
+  """Validates a custom Keras RNN cell passed as ``RecurrentModel.cell``."""
+  state_size = getattr(cell, 'state_size', None)
+  if not isinstance(state_size, int):
+    raise ConfigurationError(
+        f'RecurrentModel.cell must be a cell name or a Keras RNN cell with an '
+        f'integer state_size, got {cell!r}')
+  if num_layers != 1:
+    raise ConfigurationError(
+        f'RecurrentModel.num_layers must be 1 with a custom cell, got {num_layers!r}')
+  if units != state_size:
+    raise ConfigurationError(
+        f'RecurrentModel.units must equal the custom cell\'s state_size '
+        f'({state_size}), got {units!r}: set units = {state_size}')
