@@ -23,6 +23,13 @@ window ``K`` costs ``T`` forward steps plus ``2·min(K, T)`` backward ones (only
 window holding the terminal loss is backpropagated). Embedding lookups, gate
 nonlinearities and the softmax are ignored, so the achieved rates are lower bounds.
 
+Replicas (``--replicas_row``, on by default): the PTB shape with
+``windows_per_call=10`` is also timed under ``MirroredStrategy`` with 2 replicas on
+2 logical CPU devices (``split_cpu(2)`` at startup), against the same configuration
+with 1 replica (the default strategy), same global batch 20. Both share the same
+cores, so their ratio measures the overhead of the distributed code path (per-replica
+calls, cross-replica gradient sums, dense embedding gradients), not a speed-up.
+
 Writes ``benchmark.json`` and ``benchmark.md`` into ``--output_dir`` and prints the
 markdown table.
 """
@@ -52,6 +59,12 @@ from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks import language_modeling
 from tfcredit.tasks import synthetic
+from tfcredit.training import distribution
+
+SQUARE_MATMUL = (1024, 1024, 1024)  # The roofline: large enough to saturate the BLAS.
+QUICK_WINDOWS_PER_CALL = [1, 2]  # --quick without --windows_per_call.
+REPLICAS = 2  # Logical CPU devices, and replicas of the replicas row.
+REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration.
 
 flags.DEFINE_bool('quick', False, 'Short measurements (well under a minute in all) '
                   'for smoke tests: one round, windows_per_call 1 and 2 unless given, '
@@ -61,13 +74,16 @@ flags.DEFINE_string('output_dir', 'runs/benchmark', 'Where benchmark.json and '
 flags.DEFINE_multi_integer('windows_per_call', [10, 50], 'Values of '
                            'TruncatedBPTT.windows_per_call timed on the language '
                            'model (one row each).')
+flags.DEFINE_bool('replicas_row', True, 'Also time the PTB shape with '
+                  f'windows_per_call={REPLICAS_WINDOWS_PER_CALL} on 1 replica and '
+                  f'on {REPLICAS} (MirroredStrategy over {REPLICAS} logical CPU '
+                  'devices, split at startup) and report their throughput ratio: '
+                  'the overhead of the distributed code path. false also leaves '
+                  'the CPU unsplit.')
 flags.DEFINE_integer('rounds', None, 'Interleaved measurement rounds; default 3 '
                      '(1 with --quick).')
 flags.DEFINE_integer('seed', 0, 'Seeds the weights and the synthetic data.')
 FLAGS = flags.FLAGS
-
-SQUARE_MATMUL = (1024, 1024, 1024)  # The roofline: large enough to saturate the BLAS.
-QUICK_WINDOWS_PER_CALL = [1, 2]  # --quick without --windows_per_call.
 
 
 # ---------------------------------------------------------------------- FLOPs
@@ -297,17 +313,38 @@ def timed(work: Callable[[], float]) -> Callable[[], Tuple[float, Elapsed]]:
   return run
 
 
-def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1
-                    ) -> Runner:
-  """``TruncatedBPTT`` wired as the trainer wires it, warmed up by one call."""
-  model = RecurrentModel(**workload.task.model_spec(), **workload.model_kwargs)
+def strategy_label(strategy: tf.distribute.Strategy) -> str:
+  """``'1 replica (default strategy)'`` or ``'2 replicas (MirroredStrategy)'``."""
+  replicas = strategy.num_replicas_in_sync
+  name = ('default strategy' if strategy is tf.distribute.get_strategy() else
+          type(strategy).__name__)  # Called outside any strategy scope.
+  return f'{replicas} replica{"s" if replicas > 1 else ""} ({name})'
+
+
+def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
+                    strategy: Optional[tf.distribute.Strategy] = None) -> Runner:
+  """``TruncatedBPTT`` wired as the trainer wires it, warmed up by one call.
+
+  Args:
+    workload: the workload.
+    window: ``TruncatedBPTT.window``.
+    windows_per_call: ``TruncatedBPTT.windows_per_call``.
+    strategy: given, the model, optimizer and method are built in its scope (as
+      the trainer builds them) and the row label names it; ``train_segment`` still
+      takes and returns global tensors.
+
+  Returns:
+    The runner; a round is one epoch over the workload's segments.
+  """
   segments = workload.segments(window * windows_per_call)
-  model.build_for(segments[0][0])
-  optimizer = workload.make_optimizer()
-  optimizer.build(model.trainable_variables)
-  method = TruncatedBPTT(model=model, task=workload.task, optimizer=optimizer,
-                         window=window, windows_per_call=windows_per_call,
-                         clip_norm=workload.clip_norm)
+  with (strategy or tf.distribute.get_strategy()).scope():
+    model = RecurrentModel(**workload.task.model_spec(), **workload.model_kwargs)
+    model.build_for(segments[0][0])
+    optimizer = workload.make_optimizer()
+    optimizer.build(model.trainable_variables)
+    method = TruncatedBPTT(model=model, task=workload.task, optimizer=optimizer,
+                           window=window, windows_per_call=windows_per_call,
+                           clip_norm=workload.clip_norm)
   stream = workload.task.regime == task_base.STREAM
 
   def train_round():
@@ -325,6 +362,8 @@ def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1
   config = f'tfcredit TruncatedBPTT window={window}'
   if stream:
     config += f', windows_per_call={windows_per_call}'
+  if strategy is not None:
+    config += f', {strategy_label(strategy)}'
   return Runner(workload.name, config, workload.unit, timed(train_round),
                 workload.flops_per_unit(window),
                 traces=lambda: method.trace_counts['train_segment'])
@@ -430,6 +469,9 @@ def summarize(runners: Sequence[Runner], roofline: Runner,
               references: Dict[str, Runner]) -> List[Dict]:
   """One row per runner: median rates and median per-round ratios to the references.
 
+  A workload's reference is its Keras ``fit`` (or, for the replicas rows, the
+  1-replica row); the ratios of a matmul row are None.
+
   The fraction of the roofline in CPU time (FLOPs per CPU-second over the matmul's)
   does not depend on how many cores the process got, only on how well it used them.
   """
@@ -441,9 +483,10 @@ def summarize(runners: Sequence[Runner], roofline: Runner,
         'unit': f'{runner.unit}/s', 'throughput': statistics.median(runner.rates),
         'throughput_per_round': runner.rates,
         'cpu_throughput_per_round': runner.cpu_rates,
-        'ratio_vs_keras_fit': (None if reference is None else
+        'reference': None if reference is None else reference.config,
+        'ratio_vs_reference': (None if reference is None else
                                median_ratio(runner.rates, reference.rates)),
-        'cpu_time_ratio_vs_keras_fit': (
+        'cpu_time_ratio_vs_reference': (
             None if reference is None else
             median_ratio(runner.cpu_rates, reference.cpu_rates)),
         'flops_per_unit': runner.flops_per_unit,
@@ -461,25 +504,27 @@ def markdown_table(rows: Sequence[Dict]) -> str:
   def ratio(value):
     return '—' if value is None else f'{value:.2f}'
 
-  lines = ['| workload | method / config | throughput | ratio vs Keras fit | '
+  lines = ['| workload | method / config | throughput | ratio vs reference | '
            '(CPU time) | achieved GFLOP/s | fraction of roofline | (CPU time) |',
            '|---|---|---:|---:|---:|---:|---:|---:|']
   for row in rows:
     lines.append(
         f"| {row['workload']} | {row['config']} | {row['throughput']:,.1f} "
-        f"{row['unit']} | {ratio(row['ratio_vs_keras_fit'])} | "
-        f"{ratio(row['cpu_time_ratio_vs_keras_fit'])} | {row['gflops']:.1f} | "
+        f"{row['unit']} | {ratio(row['ratio_vs_reference'])} | "
+        f"{ratio(row['cpu_time_ratio_vs_reference'])} | {row['gflops']:.1f} | "
         f"{row['fraction_of_roofline']:.2f} | "
         f"{row['fraction_of_roofline_cpu_time']:.2f} |")
   return '\n'.join(lines)
 
 
-def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int
+def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
+                  replicas_row: bool
                   ) -> Tuple[List[Runner], Runner, Dict[str, Runner]]:
   """Builds and warms up every configuration.
 
   Returns:
-    ``(runners, roofline runner, {workload name: its Keras fit reference})``.
+    ``(runners, roofline runner, {workload name: its reference})``: a workload's
+    Keras ``fit``, or for the replicas rows the 1-replica row.
   """
   largest = max(windows_per_call)
   # Every configuration makes whole calls over the same stream.
@@ -506,6 +551,19 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int
   references[adding_task.name] = add(keras_fit_runner, adding_task, 200)
   add(tfcredit_runner, adding_task, 200)
   add(tfcredit_runner, adding_task, 20)
+  if replicas_row:
+    # Whole calls of REPLICAS_WINDOWS_PER_CALL windows: 20,000 tokens a round, as
+    # the language-model rows with the default --windows_per_call (4,000 quick).
+    replicas_model = dataclasses.replace(
+        ptb_small(steps=20 * REPLICAS_WINDOWS_PER_CALL * (1 if quick else 5),
+                  seed=seed),
+        name='PTB small (random ids), replicas')
+    devices = [device.name for device in tf.config.list_logical_devices('CPU')]
+    references[replicas_model.name] = add(
+        tfcredit_runner, replicas_model, 20, REPLICAS_WINDOWS_PER_CALL,
+        strategy=tf.distribute.get_strategy())
+    add(tfcredit_runner, replicas_model, 20, REPLICAS_WINDOWS_PER_CALL,
+        strategy=tf.distribute.MirroredStrategy(devices[:REPLICAS]))
   return runners, roofline, references
 
 
@@ -525,11 +583,18 @@ def main(argv):
   except ConfigurationError as error:
     print(f'error: {error}', file=sys.stderr)
     return error.exit_code
+  if FLAGS.replicas_row:
+    distribution.split_cpu(REPLICAS)  # Before TensorFlow's first op.
+  # TensorFlow counts traces per Python function, and every method's train_segment
+  # wraps the same one, so five methods traced once each read as "retracing". The
+  # real check is per method: train_segment_traces (the warning below the table).
+  tf.get_logger().addFilter(
+      lambda record: 'triggered tf.function retracing' not in record.getMessage())
   keras.utils.set_random_seed(FLAGS.seed)
   started = time.perf_counter()
   load_at_start = os.getloadavg()
-  runners, roofline, references = build_runners(FLAGS.quick, windows_per_call,
-                                                FLAGS.seed)
+  runners, roofline, references = build_runners(
+      FLAGS.quick, windows_per_call, FLAGS.seed, FLAGS.replicas_row)
   measure_rounds(runners, rounds)
   rows = summarize(runners, roofline, references)
   machine = {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
@@ -545,11 +610,18 @@ def main(argv):
   if retraced:
     summary += (f' Warning: train_segment retraced while measuring {retraced}; '
                 'their throughput includes tracing time.')
+  summary += (' Ratios are to the workload\'s reference row (1.00): Keras fit with '
+              'steps_per_execution=1')
+  summary += (', or for the replicas rows the 1-replica one (both replicas share '
+              'the same cores: the 2-replica ratio is the overhead of the '
+              'distributed code path, not a speed-up).' if FLAGS.replicas_row
+              else '.')
   report = f'{markdown_table(rows)}\n\n{summary}\n'
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, 'benchmark.json'), 'w') as f:
     json.dump({'rows': rows, 'rounds': rounds, 'quick': FLAGS.quick,
-               'windows_per_call': windows_per_call, 'roofline': roofline.config,
+               'windows_per_call': windows_per_call,
+               'replicas_row': FLAGS.replicas_row, 'roofline': roofline.config,
                'seconds': seconds, 'machine': machine}, f, indent=1)
   with open(os.path.join(FLAGS.output_dir, 'benchmark.md'), 'w') as f:
     f.write(report)
