@@ -23,6 +23,12 @@ METHODS = {
     'bptt/adding': (
         lambda: tfcredit.AddingTask(sequence_length=12),
         lambda **kw: tfcredit.BPTT(**kw)),
+    'artbp/copy': (
+        lambda: tfcredit.CopyTask(sequence_length=6),
+        lambda **kw: tfcredit.ARTBP(mean_length=4, seed=3, **kw)),
+    'artbp/stream': (
+        lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
+        lambda **kw: tfcredit.ARTBP(mean_length=4, seed=3, windows_per_call=3, **kw)),
     'truncated_bptt/stream': (
         lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
         lambda **kw: tfcredit.TruncatedBPTT(window=4, windows_per_call=3, **kw)),
