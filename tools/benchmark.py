@@ -30,6 +30,12 @@ with 1 replica (the default strategy), same global batch 20. Both share the same
 cores, so their ratio measures the overhead of the distributed code path (per-replica
 calls, cross-replica gradient sums, dense embedding gradients), not a speed-up.
 
+ARTBP (``--artbp_row``, on by default): the PTB shape trained by ``ARTBP`` (Tallec &
+Ollivier 2017; mean window L0 = 20, alpha = 4, 10 windows per call, each call as long
+as the method asks through ``segment_length``, as the trainer does), against
+truncated BPTT with window L0 and the same windows per call, timed in the same
+rounds (issue 4's goal: a ratio of at least 0.85).
+
 Writes ``benchmark.json`` and ``benchmark.md`` into ``--output_dir`` and prints the
 markdown table.
 """
@@ -54,6 +60,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
+from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
@@ -65,6 +72,8 @@ SQUARE_MATMUL = (1024, 1024, 1024)  # The roofline: large enough to saturate the
 QUICK_WINDOWS_PER_CALL = [1, 2]  # --quick without --windows_per_call.
 REPLICAS = 2  # Logical CPU devices, and replicas of the replicas row.
 REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration.
+ARTBP_MEAN_LENGTH, ARTBP_ALPHA = 20, 4.0  # The ARTBP row: L0 = the PTB window.
+ARTBP_WINDOWS_PER_CALL = 10
 
 flags.DEFINE_bool('quick', False, 'Short measurements (well under a minute in all) '
                   'for smoke tests: one round, windows_per_call 1 and 2 unless given, '
@@ -80,6 +89,9 @@ flags.DEFINE_bool('replicas_row', True, 'Also time the PTB shape with '
                   'devices, split at startup) and report their throughput ratio: '
                   'the overhead of the distributed code path. false also leaves '
                   'the CPU unsplit.')
+flags.DEFINE_bool('artbp_row', True, 'Also time ARTBP (L0 = '
+                  f'{ARTBP_MEAN_LENGTH}, alpha = {ARTBP_ALPHA}) on the PTB shape '
+                  'against truncated BPTT with window L0 in the same rounds.')
 flags.DEFINE_integer('rounds', None, 'Interleaved measurement rounds; default 3 '
                      '(1 with --quick).')
 flags.DEFINE_integer('seed', 0, 'Seeds the weights and the synthetic data.')
@@ -163,6 +175,8 @@ class Workload:
     keras_data: ``window -> (x, y)`` arrays, batches in training order.
     flops_per_unit: ``backpropagated window or None (whole sequence) -> FLOPs`` of
       training one unit.
+    stream: stream workloads: the ``[batch, steps + 1]`` token columns, for
+      methods whose calls have random lengths (ARTBP).
   """
   name: str
   unit: str
@@ -176,6 +190,7 @@ class Workload:
   keras_loss: keras.losses.Loss
   keras_data: Callable[[int], Tuple[np.ndarray, np.ndarray]]
   flops_per_unit: Callable[[Optional[int]], float]
+  stream: Optional[np.ndarray] = None
 
 
 def ptb_small(steps: int, seed: int) -> Workload:
@@ -213,7 +228,7 @@ def ptb_small(steps: int, seed: int) -> Workload:
       make_optimizer=lambda: keras.optimizers.SGD(1.0), clip_norm=5.0,
       batch_size=batch, segments=segments, keras_layers=keras_layers,
       keras_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      keras_data=keras_data,
+      keras_data=keras_data, stream=stream,
       flops_per_unit=lambda _: training_flops(core, head, 1, 1, 1))
 
 
@@ -369,6 +384,46 @@ def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
                 traces=lambda: method.trace_counts['train_segment'])
 
 
+def artbp_runner(workload: Workload, mean_length: int, alpha: float,
+                 windows_per_call: int) -> Runner:
+  """``ARTBP`` on a stream workload, wired as the trainer wires it.
+
+  Each call takes the steps ``method.segment_length()`` asks for (its next sampled
+  windows), cut at the end of the stream; a round is one pass over the stream, and
+  the truncation process continues from round to round.
+  """
+  stream = workload.stream
+  steps = stream.shape[1] - 1
+  model = RecurrentModel(**workload.task.model_spec(), **workload.model_kwargs)
+  model.build_for(tf.constant(stream[:, :1]))
+  optimizer = workload.make_optimizer()
+  optimizer.build(model.trainable_variables)
+  method = ARTBP(model=model, task=workload.task, optimizer=optimizer,
+                 mean_length=mean_length, alpha=alpha,
+                 windows_per_call=windows_per_call, clip_norm=workload.clip_norm)
+
+  def train_round():
+    units, position = 0.0, 0
+    state = model.initial_state(workload.batch_size)
+    while position < steps:
+      end = min(position + method.segment_length(), steps)
+      segment = (tf.constant(stream[:, position:end]),
+                 tf.constant(stream[:, position + 1:end + 1]))
+      state, metrics = method.train_segment(segment, state)
+      float(metrics['loss_sum'])  # The trainer reads the metrics after every call.
+      units += float(metrics['count'])
+      position = end
+    return units
+
+  warm_up = workload.segments(mean_length)[0]
+  method.train_segment(warm_up, model.initial_state(workload.batch_size))
+  return Runner(workload.name,
+                f'tfcredit ARTBP mean_length={mean_length}, alpha={alpha}, '
+                f'windows_per_call={windows_per_call}', workload.unit,
+                timed(train_round), workload.flops_per_unit(mean_length),
+                traces=lambda: method.trace_counts['train_segment'])
+
+
 class _EpochTimer(keras.callbacks.Callback):
   """Times the last epoch, excluding ``fit``'s data-adapter set-up."""
 
@@ -518,7 +573,7 @@ def markdown_table(rows: Sequence[Dict]) -> str:
 
 
 def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
-                  replicas_row: bool
+                  replicas_row: bool, artbp_row: bool = True
                   ) -> Tuple[List[Runner], Runner, Dict[str, Runner]]:
   """Builds and warms up every configuration.
 
@@ -564,6 +619,16 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
         strategy=tf.distribute.get_strategy())
     add(tfcredit_runner, replicas_model, 20, REPLICAS_WINDOWS_PER_CALL,
         strategy=tf.distribute.MirroredStrategy(devices[:REPLICAS]))
+  if artbp_row:
+    # Reference: truncated BPTT with window L0 and the same windows per call.
+    artbp_model = dataclasses.replace(
+        ptb_small(steps=ARTBP_MEAN_LENGTH * ARTBP_WINDOWS_PER_CALL *
+                  (2 if quick else 10), seed=seed),
+        name='PTB small (random ids), ARTBP')
+    references[artbp_model.name] = add(tfcredit_runner, artbp_model,
+                                       ARTBP_MEAN_LENGTH, ARTBP_WINDOWS_PER_CALL)
+    add(artbp_runner, artbp_model, ARTBP_MEAN_LENGTH, ARTBP_ALPHA,
+        ARTBP_WINDOWS_PER_CALL)
   return runners, roofline, references
 
 
@@ -594,7 +659,8 @@ def main(argv):
   started = time.perf_counter()
   load_at_start = os.getloadavg()
   runners, roofline, references = build_runners(
-      FLAGS.quick, windows_per_call, FLAGS.seed, FLAGS.replicas_row)
+      FLAGS.quick, windows_per_call, FLAGS.seed, FLAGS.replicas_row,
+      FLAGS.artbp_row)
   measure_rounds(runners, rounds)
   rows = summarize(runners, roofline, references)
   machine = {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
@@ -614,8 +680,10 @@ def main(argv):
               'steps_per_execution=1')
   summary += (', or for the replicas rows the 1-replica one (both replicas share '
               'the same cores: the 2-replica ratio is the overhead of the '
-              'distributed code path, not a speed-up).' if FLAGS.replicas_row
-              else '.')
+              'distributed code path, not a speed-up)' if FLAGS.replicas_row
+              else '')
+  summary += (', or for the ARTBP rows truncated BPTT with window L0.'
+              if FLAGS.artbp_row else '.')
   report = f'{markdown_table(rows)}\n\n{summary}\n'
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, 'benchmark.json'), 'w') as f:
