@@ -180,12 +180,6 @@ class Method(tf.Module):
     _, new_state = self.model.unroll(inputs, state, training=True)
     return tf.nest.map_structure(tf.stop_gradient, new_state)
 
-  def window_has_loss(self, end, length):
-    """Whether a window ending at ``end`` carries loss (terminal: only the last)."""
-    if self.task.readout == task_base.TERMINAL:
-      return tf.equal(end, length)
-    return tf.constant(True)
-
   @staticmethod
   def fixed_window_ends(length, window) -> tf.Tensor:
     """Ends of consecutive windows of ``window`` steps covering ``[0, length)``."""
