@@ -136,3 +136,48 @@ def test_writes_configs_summaries_export_and_final_metrics(tmp_path):
   on_disk = json.load(open(os.path.join(model_dir, 'final_metrics.json')))
   assert on_disk['valid_mse'] == result['valid_mse']
   assert math.isfinite(result['test_mse'])
+
+
+def test_method_metrics_are_combined_per_interval_and_written(tmp_path):
+  # ARTBP on the tiny adding task: every call's windows cover T = 20 steps, so over
+  # an interval of two calls the histogram holds the lengths of both calls' windows
+  # and the mean window length is 2·T over their number.
+  _configure('train.method = @ARTBP', 'ARTBP.mean_length = 4',
+             'train.summary_every_calls = 2')
+  model_dir = str(tmp_path / 'run')
+  tfcredit.train(model_dir, export_dir=None, evaluate_test=False)
+  path = glob.glob(os.path.join(model_dir, 'train', 'events.out.tfevents.*'))[0]
+  histograms, means, largest = [], [], []
+  for record in tf.data.TFRecordDataset(path):
+    event = tf.compat.v1.Event.FromString(record.numpy())
+    for value in event.summary.value:
+      array = tf.make_ndarray(value.tensor)
+      if value.tag == 'method/window_lengths':
+        histograms.append(array)  # [buckets, 3]: left edge, right edge, count.
+      elif value.tag == 'method/mean_window_length':
+        means.append(float(array))
+      elif value.tag == 'method/max_compensation':
+        largest.append(float(array))
+  assert len(histograms) == len(means) == len(largest) == 4  # 8 calls, 2 each.
+  for histogram, mean in zip(histograms, means):
+    windows = histogram[:, 2].sum()
+    np.testing.assert_allclose(mean, 2 * 20 / windows, rtol=1e-6)
+    assert histogram[:, 0].min() >= 1 - 1e-6 and histogram[:, 1].max() <= 20 + 1e-6
+  assert all(value >= 1.0 for value in largest)
+
+
+def test_combine_reductions():
+  from tfcredit.training import reporting
+  from tfcredit.methods import base
+  total = None
+  for value in (2.0, 5.0, 3.0):
+    total = reporting.combine(base.MAX, total, value)
+  assert total == 5.0
+  total = None
+  for value in (2.0, 5.0, 3.0):
+    total = reporting.combine(base.LAST, total, value)
+  assert total == 3.0
+  total = reporting.combine(base.CONCAT, None, np.array([1.0, 2.0]))
+  total = reporting.combine(base.CONCAT, total, np.array([3.0]))
+  np.testing.assert_array_equal(total, [1.0, 2.0, 3.0])
+  assert reporting.combine(base.SUM, reporting.combine(base.SUM, None, 2.0), 3.5) == 5.5

@@ -198,8 +198,21 @@ class ARTBP(base.Method):
   ``grad_norm_sum``, ``updates``) plus ``windows`` (windows in the segment),
   ``window_length_sum`` (their total length: the segment length) and
   ``max_compensation`` (the largest product of factors along a backpropagated
-  window, ``1 / P(L > longest − 1)``).
+  window, ``1 / P(L > longest − 1)``) and ``window_lengths`` (the lengths of the
+  windows run, rank 1). TensorBoard shows ``method/mean_window_length``,
+  ``method/max_compensation`` (the largest over the interval) and the histogram
+  ``method/window_lengths``.
   """
+
+  metric_reductions = {'max_compensation': base.MAX,
+                       'window_lengths': base.CONCAT}
+
+  def summaries(self, totals):
+    values = {'max_compensation': totals['max_compensation'],
+              'window_lengths': totals['window_lengths']}
+    if totals['windows'] > 0:
+      values['mean_window_length'] = totals['window_length_sum'] / totals['windows']
+    return values
 
   def __init__(self, *, model, task, optimizer, mean_length: float,
                alpha: float = 4.0, schedule: str = 'power', seed: int = 0,
@@ -346,7 +359,8 @@ class ARTBP(base.Method):
                'windows': tf.cast(tf.size(window_lengths), tf.float32),
                'window_length_sum': tf.cast(tf.reduce_sum(window_lengths), tf.float32),
                'max_compensation': self._max_compensation(
-                   window_lengths[first_window:])}
+                   window_lengths[first_window:]),
+               'window_lengths': tf.cast(window_lengths, tf.float32)}
     return state, metrics
 
   def _estimate_gradients(self, segment, state):

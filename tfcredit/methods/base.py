@@ -27,15 +27,22 @@ its own (synthesizers, hidden-state variables, running averages) as attributes, 
 """
 
 import collections
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks import base as task_base
 
 Metrics = Dict[str, tf.Tensor]
+
+# How the trainer combines a metric over the training calls of one summary interval
+# (``Method.metric_reductions``): add the values, keep the largest, keep the latest,
+# or concatenate rank-1 values (written as a histogram).
+SUM, MAX, LAST, CONCAT = 'sum', 'max', 'last', 'concat'
+BASE_METRICS = ('loss_sum', 'count', 'grad_norm_sum', 'updates')
 
 
 class Method(tf.Module):
@@ -101,8 +108,46 @@ class Method(tf.Module):
     """The method's gradient estimate for the segment (see the module docstring)."""
     return self._estimate_fn(segment, state)
 
+  def on_epoch_start(self, epoch: int) -> None:
+    """Called by the trainer before the first call of every epoch (0-based), also
+    when a run resumes mid-epoch; epoch-dependent behaviour (a phase, a position
+    in the training stream) is set here, never in the trainer's loop."""
+
   def on_epoch_end(self) -> None:
-    """Called by the trainer after every epoch (FPTT swaps in its averages here)."""
+    """Called by the trainer after every epoch, before validation (FPTT swaps in
+    its averages here)."""
+
+  # Extra metrics. ``train_segment`` may return metrics besides ``BASE_METRICS``:
+  # scalars (or rank-1 tensors for ``CONCAT``). The trainer combines each over a
+  # summary interval by its reduction here (``SUM`` when not listed) and writes
+  # what ``summaries`` makes of the combined values under ``method/`` in
+  # TensorBoard.
+  metric_reductions: Mapping[str, str] = {}
+
+  def summaries(self, totals: Mapping[str, Union[float, np.ndarray]]
+                ) -> Dict[str, Union[float, np.ndarray]]:
+    """TensorBoard values from one interval's combined extra metrics.
+
+    The default writes a ``SUM`` metric named ``<x>_sum`` as ``<x>`` = its mean per
+    parameter update (``<x>_sum / updates``), other ``SUM`` metrics as totals,
+    ``MAX`` and ``LAST`` metrics as they are and ``CONCAT`` metrics as histograms
+    (array values). Override to derive other ratios.
+
+    Args:
+      totals: every metric of the interval, base ones included, combined.
+    """
+    values = {}
+    updates = float(totals.get('updates', 0.0))
+    for key, value in totals.items():
+      if key in BASE_METRICS:
+        continue
+      reduction = self.metric_reductions.get(key, SUM)
+      if reduction == SUM and key.endswith('_sum'):
+        if updates > 0:
+          values[key[:-len('_sum')]] = float(value) / updates
+      else:
+        values[key] = value
+    return values
 
   # ------------------------------------------------------------ subclasses
   def _train_segment(self, segment, state):

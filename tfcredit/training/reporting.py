@@ -9,9 +9,12 @@ import datetime
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Mapping, Optional
 
+import numpy as np
 import tensorflow as tf
+
+from tfcredit.methods import base as method_base
 
 
 class Reporter:
@@ -19,7 +22,17 @@ class Reporter:
 
   def __init__(self, model_dir: str, metric_name: str, unit_name: str,
                metric_fn, total_units: int, log_every_seconds: float = 10.0,
-               summary_every_calls: int = 10, stream=None, write_summaries=True):
+               summary_every_calls: int = 10, stream=None, write_summaries=True,
+               metric_reductions: Optional[Mapping[str, str]] = None,
+               method_summaries: Optional[Callable] = None):
+    """Creates the writers.
+
+    Args:
+      metric_reductions, method_summaries: the method's ``metric_reductions`` and
+        ``summaries`` (``tfcredit.methods.base.Method``), for its extra metrics.
+    """
+    self.metric_reductions = dict(metric_reductions or {})
+    self.method_summaries = method_summaries
     self.metric_name = metric_name
     self.unit_name = unit_name
     self.metric_fn = metric_fn
@@ -39,6 +52,7 @@ class Reporter:
   def _reset_window(self):
     self._window = {'loss_sum': 0.0, 'count': 0.0, 'grad_norm_sum': 0.0,
                     'updates': 0.0, 'units': 0, 'calls': 0, 'start': time.time()}
+    self._extras = {}
 
   def text(self, name: str, text: str, step: int = 0) -> None:
     if 'train' in self._writers:
@@ -50,8 +64,12 @@ class Reporter:
                       units_done_overall: int, average_loss: float) -> None:
     """Adds one training call's metrics; writes/prints when an interval is over."""
     window = self._window
-    for key in ('loss_sum', 'count', 'grad_norm_sum', 'updates'):
-      window[key] += metrics[key]
+    for key in method_base.BASE_METRICS:
+      window[key] += float(metrics[key])
+    for key, value in metrics.items():
+      if key not in method_base.BASE_METRICS:
+        self._extras[key] = combine(self.metric_reductions.get(key, method_base.SUM),
+                                    self._extras.get(key), value)
     window['units'] += units
     window['calls'] += 1
     window['average_loss'] = average_loss
@@ -74,9 +92,22 @@ class Reporter:
         if window['updates'] > 0:
           tf.summary.scalar('grad_norm', window['grad_norm_sum'] / window['updates'])
         tf.summary.scalar(f'{self.unit_name}_per_second', window['units'] / elapsed)
+        self._write_method_summaries()
     self._last_train_loss = (window['loss_sum'] / window['count']
                              if window['count'] else float('nan'))
     self._reset_window()
+
+  def _write_method_summaries(self) -> None:
+    if not self._extras or self.method_summaries is None:
+      return
+    totals = {key: self._window[key] for key in method_base.BASE_METRICS}
+    totals.update(self._extras)
+    for name, value in self.method_summaries(totals).items():
+      value = np.asarray(value)
+      if value.ndim == 0:
+        tf.summary.scalar(f'method/{name}', float(value))
+      elif value.size:
+        tf.summary.histogram(f'method/{name}', value)
 
   def _print_line(self, epoch: int, epochs: int, units_done_overall: int,
                   now: float) -> None:
@@ -105,5 +136,24 @@ class Reporter:
     print(f'epoch {epoch + 1} {split}: {shown}', file=self.stream, flush=True)
 
   def flush(self) -> None:
+    """Flushes the summary writers."""
     for writer in self._writers.values():
       writer.flush()
+
+
+def combine(reduction: str, total, value):
+  """Combines one call's ``value`` of a metric into the interval's ``total``."""
+  value = np.asarray(value, dtype=np.float64)
+  if reduction == method_base.CONCAT:
+    value = value.reshape(-1)
+    return value if total is None else np.concatenate([total, value])
+  value = float(value)
+  if total is None or reduction == method_base.LAST:
+    return value
+  if reduction == method_base.MAX:
+    return max(total, value)
+  if reduction == method_base.SUM:
+    return total + value
+  raise ValueError(f'unknown metric reduction {reduction!r}: use one of '
+                   f'{method_base.SUM!r}, {method_base.MAX!r}, {method_base.LAST!r}, '
+                   f'{method_base.CONCAT!r}')

@@ -93,7 +93,8 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       loss is averaged over the global batch, so one replica and several give the
       same update. Only the chief writes files.
     task: the task class (gin: ``@AddingTask``, ``@LanguageModelTask``).
-    method: the method class (gin: ``@TruncatedBPTT``).
+    method: the method class (gin: ``@TruncatedBPTT``); it receives the model,
+      task and optimizer, and ``batch_size`` when it takes one.
     model: the model class; it receives ``task.model_spec()``.
     optimizer: a Keras optimizer class; it receives ``learning_rate``.
     learning_rate: the base learning rate the schedule starts from.
@@ -153,7 +154,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     optimizer_obj = _build(optimizer, 'optimizer', learning_rate=learning_rate)
     optimizer_obj.build(model_obj.trainable_variables)
     method_obj = _build(method, 'method', model=model_obj, task=task_obj,
-                        optimizer=optimizer_obj)
+                        optimizer=optimizer_obj, batch_size=batch_size)
   # Host-side bookkeeping: plain variables, outside the strategy's scope.
   schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
   progress = progress_lib.Progress(
@@ -171,7 +172,9 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   reporter = reporting.Reporter(
       model_dir, task_obj.metric_name, unit_name, task_obj.metric_from_loss,
       total_units=units_per_epoch * epochs, log_every_seconds=log_every_seconds,
-      summary_every_calls=summary_every_calls, write_summaries=chief)
+      summary_every_calls=summary_every_calls, write_summaries=chief,
+      metric_reductions=method_obj.metric_reductions,
+      method_summaries=method_obj.summaries)
   predict = _predictor(model_obj, task_obj)
   evaluate = lambda split: task_base.evaluate(
       task_obj, predict, model_obj.initial_state, split, eval_batch_size)
@@ -181,6 +184,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   valid_result: Dict[str, float] = {}
   while int(progress.epoch) < epochs:
     epoch = int(progress.epoch)
+    method_obj.on_epoch_start(epoch)
     for segment, units, fraction in _segments(task_obj, method_obj, progress,
                                               batch_size):
       if int(progress.position) == 0 or not stream:
@@ -190,8 +194,8 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       rate = schedule(epoch + fraction)
       optimizer_obj.learning_rate.assign(rate)
       state, metrics = method_obj.train_segment(segment, state)
-      metrics = {key: float(value) for key, value in metrics.items()}
-      if not math.isfinite(metrics['loss_sum']):
+      metrics = {key: value.numpy() for key, value in metrics.items()}
+      if not math.isfinite(float(metrics['loss_sum'])):
         raise TrainingError(
             f'non-finite training loss at training call {int(progress.calls) + 1} '
             f'(epoch {epoch + 1}, after {int(progress.units_seen)} {unit_name}); the '
@@ -200,8 +204,8 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       progress.position.assign_add(1 if not stream else units // batch_size)
       progress.calls.assign_add(1)
       progress.units_seen.assign_add(units)
-      progress.loss_total.assign_add(metrics['loss_sum'])
-      progress.count_total.assign_add(metrics['count'])
+      progress.loss_total.assign_add(float(metrics['loss_sum']))
+      progress.count_total.assign_add(float(metrics['count']))
       calls_here += 1
       if stream:
         progress.save_state(state)
