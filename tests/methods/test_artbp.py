@@ -415,6 +415,7 @@ def _check_training_matches_reference(task, model, method, segment, alpha,
   used = used[used > 0]
   assert float(metrics['windows']) == len(used)
   assert float(metrics['window_length_sum']) == length
+  np.testing.assert_array_equal(metrics['window_lengths'], used)
   assert float(metrics['updates']) == updates
   assert float(metrics['loss_sum']) == pytest.approx(loss_total, rel=1e-4)
   backpropagated = used[-1:] if task.readout == task_base.TERMINAL else used
@@ -577,7 +578,7 @@ def _train_artbp(strategy, task, estimate_draws):
   state, metrics = model.initial_state(4), []
   for _ in range(2):
     state, result = method.train_segment(segment, state)
-    metrics.append({key: float(value) for key, value in result.items()})
+    metrics.append({key: value.numpy() for key, value in result.items()})
   gradients, _ = method.estimate_gradients(segment, model.initial_state(4))
   return (_snapshot(model), tf.nest.flatten(state), metrics,
           [g.numpy() for g in gradients], int(method.training_blocks.numpy()))
@@ -599,6 +600,7 @@ def test_two_replicas_draw_the_same_windows_and_train_the_same(kind,
   for metrics_one, metrics_two in zip(one[2], two[2]):
     assert metrics_one.keys() == metrics_two.keys()
     for key in metrics_one:
-      assert metrics_two[key] == pytest.approx(metrics_one[key], rel=1e-5), key
+      np.testing.assert_allclose(metrics_two[key], metrics_one[key], rtol=1e-5,
+                                 err_msg=key)
   assert_nests_close(two[3], one[3], rtol=1e-4, atol=1e-5)
   assert two[4] == one[4] > 0
