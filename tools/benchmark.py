@@ -61,6 +61,7 @@ import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods.artbp import ARTBP
+from tfcredit.methods.base import Method
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
@@ -336,92 +337,111 @@ def strategy_label(strategy: tf.distribute.Strategy) -> str:
   return f'{replicas} replica{"s" if replicas > 1 else ""} ({name})'
 
 
-def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
-                    strategy: Optional[tf.distribute.Strategy] = None) -> Runner:
-  """``TruncatedBPTT`` wired as the trainer wires it, warmed up by one call.
+MethodFactory = Callable[[keras.Model, task_base.Task, keras.optimizers.Optimizer],
+                         Method]
+
+
+def method_runner(workload: Workload, config: str, make_method: MethodFactory,
+                  segment_length: Optional[int] = None,
+                  flops_window: Optional[int] = None,
+                  strategy: Optional[tf.distribute.Strategy] = None) -> Runner:
+  """Any method, wired as the trainer wires it, warmed up by one call.
+
+  A round is one epoch: ``on_epoch_start``, the epoch's ``train_segment`` calls
+  (reading the metrics after every call, as the trainer does), ``on_epoch_end``.
 
   Args:
     workload: the workload.
-    window: ``TruncatedBPTT.window``.
-    windows_per_call: ``TruncatedBPTT.windows_per_call``.
+    config: row label (the strategy's label is appended when one is given).
+    make_method: ``(model, task, optimizer) -> Method``, called in the strategy's
+      scope with a built model and optimizer; the method gets the workload's
+      ``clip_norm`` and ``batch_size`` from the caller's closure.
+    segment_length: stream workloads: steps per call; None asks
+      ``method.segment_length()`` before every call (methods whose calls have
+      random lengths, such as ARTBP), cutting the last call at the stream's end.
+      Episodic workloads: ignored (one call per batch of whole sequences).
+    flops_window: the backpropagated window of the FLOP estimate
+      (``workload.flops_per_unit``).
     strategy: given, the model, optimizer and method are built in its scope (as
       the trainer builds them) and the row label names it; ``train_segment`` still
       takes and returns global tensors.
 
   Returns:
-    The runner; a round is one epoch over the workload's segments.
+    The runner.
   """
-  segments = workload.segments(window * windows_per_call)
+  stream = workload.task.regime == task_base.STREAM
+  fixed = (workload.segments(segment_length)
+           if segment_length is not None or not stream else None)
   with (strategy or tf.distribute.get_strategy()).scope():
     model = RecurrentModel(**workload.task.model_spec(), **workload.model_kwargs)
-    model.build_for(segments[0][0])
+    model.build_for(fixed[0][0] if fixed else tf.constant(workload.stream[:, :1]))
     optimizer = workload.make_optimizer()
     optimizer.build(model.trainable_variables)
-    method = TruncatedBPTT(model=model, task=workload.task, optimizer=optimizer,
-                           window=window, windows_per_call=windows_per_call,
-                           clip_norm=workload.clip_norm)
-  stream = workload.task.regime == task_base.STREAM
+    method = make_method(model, workload.task, optimizer)
+
+  def calls():
+    """The epoch's segments, each made just before its call."""
+    if fixed is not None:
+      yield from fixed
+      return
+    steps, position = workload.stream.shape[1] - 1, 0
+    while position < steps:
+      end = min(position + method.segment_length(), steps)
+      yield (tf.constant(workload.stream[:, position:end]),
+             tf.constant(workload.stream[:, position + 1:end + 1]))
+      position = end
 
   def train_round():
     units = 0.0
-    state = model.initial_state(workload.batch_size)  # A round is an epoch.
-    for segment in segments:
+    method.on_epoch_start(0)
+    state = model.initial_state(workload.batch_size)
+    for segment in calls():
       if not stream:
         state = model.initial_state(workload.batch_size)
       state, metrics = method.train_segment(segment, state)
       float(metrics['loss_sum'])  # The trainer reads the metrics after every call.
       units += float(metrics['count'])
+    method.on_epoch_end()
     return units
 
-  method.train_segment(segments[0], model.initial_state(workload.batch_size))
-  config = f'tfcredit TruncatedBPTT window={window}'
-  if stream:
-    config += f', windows_per_call={windows_per_call}'
+  method.on_epoch_start(0)
+  method.train_segment(next(calls()), model.initial_state(workload.batch_size))
   if strategy is not None:
     config += f', {strategy_label(strategy)}'
   return Runner(workload.name, config, workload.unit, timed(train_round),
-                workload.flops_per_unit(window),
+                workload.flops_per_unit(flops_window),
                 traces=lambda: method.trace_counts['train_segment'])
+
+
+def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
+                    strategy: Optional[tf.distribute.Strategy] = None) -> Runner:
+  """``TruncatedBPTT(window, windows_per_call)`` through ``method_runner``."""
+  stream = workload.task.regime == task_base.STREAM
+  config = f'tfcredit TruncatedBPTT window={window}'
+  if stream:
+    config += f', windows_per_call={windows_per_call}'
+  return method_runner(
+      workload, config,
+      lambda model, task, optimizer: TruncatedBPTT(
+          model=model, task=task, optimizer=optimizer, window=window,
+          windows_per_call=windows_per_call, clip_norm=workload.clip_norm),
+      segment_length=window * windows_per_call, flops_window=window,
+      strategy=strategy)
 
 
 def artbp_runner(workload: Workload, mean_length: int, alpha: float,
                  windows_per_call: int) -> Runner:
-  """``ARTBP`` on a stream workload, wired as the trainer wires it.
-
-  Each call takes the steps ``method.segment_length()`` asks for (its next sampled
-  windows), cut at the end of the stream; a round is one pass over the stream, and
-  the truncation process continues from round to round.
-  """
-  stream = workload.stream
-  steps = stream.shape[1] - 1
-  model = RecurrentModel(**workload.task.model_spec(), **workload.model_kwargs)
-  model.build_for(tf.constant(stream[:, :1]))
-  optimizer = workload.make_optimizer()
-  optimizer.build(model.trainable_variables)
-  method = ARTBP(model=model, task=workload.task, optimizer=optimizer,
-                 mean_length=mean_length, alpha=alpha,
-                 windows_per_call=windows_per_call, clip_norm=workload.clip_norm)
-
-  def train_round():
-    units, position = 0.0, 0
-    state = model.initial_state(workload.batch_size)
-    while position < steps:
-      end = min(position + method.segment_length(), steps)
-      segment = (tf.constant(stream[:, position:end]),
-                 tf.constant(stream[:, position + 1:end + 1]))
-      state, metrics = method.train_segment(segment, state)
-      float(metrics['loss_sum'])  # The trainer reads the metrics after every call.
-      units += float(metrics['count'])
-      position = end
-    return units
-
-  warm_up = workload.segments(mean_length)[0]
-  method.train_segment(warm_up, model.initial_state(workload.batch_size))
-  return Runner(workload.name,
-                f'tfcredit ARTBP mean_length={mean_length}, alpha={alpha}, '
-                f'windows_per_call={windows_per_call}', workload.unit,
-                timed(train_round), workload.flops_per_unit(mean_length),
-                traces=lambda: method.trace_counts['train_segment'])
+  """``ARTBP`` on a stream workload: each call takes the steps
+  ``method.segment_length()`` asks for (its next sampled windows), and the
+  truncation process continues from round to round."""
+  return method_runner(
+      workload, f'tfcredit ARTBP mean_length={mean_length}, alpha={alpha}, '
+      f'windows_per_call={windows_per_call}',
+      lambda model, task, optimizer: ARTBP(
+          model=model, task=task, optimizer=optimizer, mean_length=mean_length,
+          alpha=alpha, windows_per_call=windows_per_call,
+          clip_norm=workload.clip_norm),
+      flops_window=mean_length)
 
 
 class _EpochTimer(keras.callbacks.Callback):
