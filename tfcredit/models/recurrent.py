@@ -178,7 +178,10 @@ class RecurrentModel(keras.Model):
       self.core.append(keras.layers.RNN(custom_cell, return_sequences=True,
                                         return_state=True, name=f'{cell}_0'))
     for index in range(num_layers if custom_cell is None else 0):
-      kwargs = dict(units=units, return_sequences=True, return_state=True,
+      # A terminal readout only needs the last layer's last output: without the
+      # output sequence the layer neither stacks it nor backpropagates its zeros.
+      sequences = readout == 'per_step' or index < num_layers - 1
+      kwargs = dict(units=units, return_sequences=sequences, return_state=True,
                     kernel_initializer=weights_init('glorot_uniform'),
                     recurrent_initializer=weights_init('orthogonal'),
                     name=f'{cell}_{index}')
@@ -263,7 +266,7 @@ class RecurrentModel(keras.Model):
         features, new_state = self._scaled_layer_unroll(
             layer.cell, features, layer_state, state_grad_scale, training)
       final_state.append(new_state)
-    if self.readout == 'terminal':
+    if self.readout == 'terminal' and features.shape.rank == 3:
       features = features[:, -1]
     if self.dropout is not None:
       features = self.dropout(features, training=training)
