@@ -14,6 +14,7 @@ Loss convention: every method divides a window's summed per-step losses by
 of a split and divides by their number.
 """
 
+import dataclasses
 import inspect
 import json
 import math
@@ -132,29 +133,23 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   if deterministic:
     tf.config.experimental.enable_op_determinism()
 
-  task_obj = _build(task, 'task', data_dir=data_dir)
-  if not isinstance(task_obj, task_base.Task):
-    raise ConfigurationError(
-        f'train.task must build a tfcredit Task, got {type(task_obj).__name__}')
-  stream = task_obj.regime == task_base.STREAM
   strategy = strategy or tf.distribute.get_strategy()
-  replicas = strategy.num_replicas_in_sync
   for name, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
-    if value % replicas:
+    if value % strategy.num_replicas_in_sync:
       raise ConfigurationError(
-          f'train.{name}={value} does not split evenly over {replicas} replicas: '
-          f'use a multiple of {replicas}')
+          f'train.{name}={value} does not split evenly over '
+          f'{strategy.num_replicas_in_sync} replicas: use a multiple of '
+          f'{strategy.num_replicas_in_sync}')
+  parts = build_components(task=task, method=method, model=model,
+                           optimizer=optimizer, learning_rate=learning_rate,
+                           batch_size=batch_size, data_dir=data_dir,
+                           strategy=strategy)
+  task_obj, model_obj = parts.task, parts.model
+  optimizer_obj, method_obj = parts.optimizer, parts.method
+  stream = task_obj.regime == task_base.STREAM
   chief = distribution.is_chief(strategy)
   write_dir = distribution.writable_dir(model_dir, strategy)
   os.makedirs(write_dir, exist_ok=True)
-  with strategy.scope():
-    model_obj = _build(model, 'model', **task_obj.model_spec())
-    example = _example_inputs(task_obj, batch_size)
-    model_obj.build_for(example)
-    optimizer_obj = _build(optimizer, 'optimizer', learning_rate=learning_rate)
-    optimizer_obj.build(model_obj.trainable_variables)
-    method_obj = _build(method, 'method', model=model_obj, task=task_obj,
-                        optimizer=optimizer_obj, batch_size=batch_size)
   # Host-side bookkeeping: plain variables, outside the strategy's scope.
   schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
   progress = progress_lib.Progress(
@@ -251,6 +246,75 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   with open(os.path.join(write_dir, 'final_metrics.json'), 'w') as f:
     json.dump(final, f, indent=1)
   return final
+
+
+@dataclasses.dataclass
+class Components:
+  """What ``train`` trains: the task, the built model and optimizer, the method."""
+  task: task_base.Task
+  model: keras.Model
+  optimizer: keras.optimizers.Optimizer
+  method: Any
+
+
+def build_components(*, task: Callable, method: Callable, model: Callable,
+                     optimizer: Callable, learning_rate: float, batch_size: int,
+                     data_dir: Optional[str] = None,
+                     strategy: Optional[tf.distribute.Strategy] = None
+                     ) -> Components:
+  """Builds the task, then in ``strategy``'s scope the model, optimizer and method,
+  exactly as ``train`` does (tools that inspect a configuration use it too).
+
+  Args:
+    task, method, model, optimizer, learning_rate, batch_size, data_dir: as for
+      ``train``.
+    strategy: default: the current strategy.
+
+  Raises:
+    ConfigurationError: a factory is not callable or builds the wrong thing.
+  """
+  task_obj = _build(task, 'task', data_dir=data_dir)
+  if not isinstance(task_obj, task_base.Task):
+    raise ConfigurationError(
+        f'train.task must build a tfcredit Task, got {type(task_obj).__name__}')
+  with (strategy or tf.distribute.get_strategy()).scope():
+    model_obj = _build(model, 'model', **task_obj.model_spec())
+    model_obj.build_for(_example_inputs(task_obj, batch_size))
+    optimizer_obj = _build(optimizer, 'optimizer', learning_rate=learning_rate)
+    optimizer_obj.build(model_obj.trainable_variables)
+    method_obj = build_method(method, model_obj, task_obj, optimizer_obj, batch_size)
+  return Components(task_obj, model_obj, optimizer_obj, method_obj)
+
+
+def build_method(method: Callable, model: keras.Model, task: task_base.Task,
+                 optimizer: keras.optimizers.Optimizer, batch_size: int):
+  """Builds a method class (in the current strategy scope) as ``train`` does."""
+  return _build(method, 'method', model=model, task=task, optimizer=optimizer,
+                batch_size=batch_size)
+
+
+def configured_arguments() -> Dict[str, Any]:
+  """``train``'s keyword arguments as the parsed gin configuration binds them.
+
+  References (``@AddingTask``) become the configurable they name (called for
+  ``@X()``); unbound arguments take ``train``'s defaults; ``gin.REQUIRED``
+  arguments that are unbound are left out.
+  """
+  arguments = {}
+  for name, parameter in inspect.signature(train.__wrapped__).parameters.items():
+    if parameter.kind != parameter.KEYWORD_ONLY:
+      continue
+    try:
+      value = gin.query_parameter(f'train.{name}')
+    except ValueError:
+      value = parameter.default
+      if value is gin.REQUIRED or value is inspect.Parameter.empty:
+        continue
+    if isinstance(value, gin.config.ConfigurableReference):
+      value = (value.scoped_configurable_fn() if value.evaluate
+               else value.scoped_configurable_fn)
+    arguments[name] = value
+  return arguments
 
 
 def _example_inputs(task: task_base.Task, batch_size: int) -> tf.Tensor:
