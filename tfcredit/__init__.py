@@ -15,9 +15,12 @@ from tfcredit.errors import DataError
 from tfcredit.errors import TrainingError
 from tfcredit.methods import ARTBP
 from tfcredit.methods import BPTT
+from tfcredit.methods import DNI
 from tfcredit.methods import Method
 from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import InfluenceBalancingCell
+from tfcredit.models import LayerwiseSynthesizer
+from tfcredit.models import NeuronwiseSynthesizer
 from tfcredit.models import RecurrentModel
 from tfcredit.tasks.base import Task
 from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
@@ -35,6 +38,7 @@ __all__ = [
     'InfluenceBalancingCell', 'InfluenceBalancingTask',
     'LanguageModelTask', 'MarkovLanguageTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
     'TruncatedBPTT', 'train',
+    'DNI', 'LayerwiseSynthesizer', 'NeuronwiseSynthesizer',
 ]
 
 for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
@@ -42,7 +46,9 @@ for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
                       schedules.MultiStepDecay, schedules.PlateauDecay,
                       schedules.CosineRestarts,
                       ARTBP, InfluenceBalancingTask, InfluenceBalancingCell,
-                      schedules.InverseSqrtDecay):
+                      schedules.InverseSqrtDecay,
+                      DNI, LayerwiseSynthesizer, NeuronwiseSynthesizer,
+                      schedules.AlternatingRestarts):
   gin.external_configurable(_configurable, module='tfcredit')
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,

@@ -188,3 +188,34 @@ def test_inverse_sqrt_decay_is_eta0_over_sqrt_one_plus_time_step():
 def test_inverse_sqrt_decay_rejects_bad_steps_per_epoch(steps):
   with pytest.raises(ConfigurationError, match=f'steps_per_epoch={steps!r}'):
     schedules.InverseSqrtDecay(base=1.0, steps_per_epoch=steps)
+
+
+def test_alternating_restarts_follow_the_paper_cycles():
+  # Shang & Zhang, Section 3.2: E_i = 2^i · E_base; E_base = 5 starting real runs
+  # 5 real epochs, 10 synthetic, 20 real, 40 synthetic: 1-based epochs 6, 16, 36
+  # and 76 start a new run (0-based 5, 15, 35, 75).
+  schedule = schedules.AlternatingRestarts(base=0.5, period_epochs=5,
+                                           start_phase='real')
+  phases = [schedule.phase(epoch) for epoch in range(100)]
+  flips = [epoch + 1 for epoch in range(1, 100) if phases[epoch] != phases[epoch - 1]]
+  assert flips == [6, 16, 36, 76]
+  assert phases[0] == 'real' and phases[5] == 'synthetic' and phases[15] == 'real'
+  assert [schedule.synthetic(e) for e in (0, 4, 5, 14, 15, 35)] == [
+      False, False, True, True, False, True]
+  for start in (0, 5, 15, 35, 75):  # The rate is back at its base at each flip.
+    assert schedule(start) == pytest.approx(0.5)
+  # Just before a restart the cosine is near its floor; halfway it is half the base.
+  assert schedule(15 - 1e-3) < 1e-6
+  assert schedule(5 + 5) == pytest.approx(0.25)
+  assert schedule(35 + 20) == pytest.approx(0.25)
+
+
+def test_alternating_restarts_start_phase_and_errors():
+  schedule = schedules.AlternatingRestarts(period_epochs=2,
+                                           start_phase='synthetic')
+  assert [schedule.phase(e) for e in (0, 1, 2, 5, 6)] == [
+      'synthetic', 'synthetic', 'real', 'real', 'synthetic']
+  with pytest.raises(ConfigurationError, match='start_phase'):
+    schedules.AlternatingRestarts(start_phase='both')
+  with pytest.raises(ConfigurationError, match='period_epochs'):
+    schedules.AlternatingRestarts(period_epochs=0)

@@ -2,5 +2,6 @@
 
 from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.base import Method
+from tfcredit.methods.dni import DNI
 from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.methods.truncated_bptt import TruncatedBPTT

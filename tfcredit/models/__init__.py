@@ -4,3 +4,5 @@ from tfcredit.models.linear_cell import InfluenceBalancingCell
 from tfcredit.models.recurrent import ForgetGateBias
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.models.recurrent import scale_gradient
+from tfcredit.models.synthesizers import LayerwiseSynthesizer
+from tfcredit.models.synthesizers import NeuronwiseSynthesizer

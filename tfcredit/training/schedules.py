@@ -324,3 +324,53 @@ class InverseSqrtDecay(LearningRateSchedule):
 
   def _rate(self, epoch: float) -> float:
     return self._base / math.sqrt(1.0 + epoch * self._steps_per_epoch)
+
+
+REAL, SYNTHETIC = 'real', 'synthetic'
+_PHASES = (REAL, SYNTHETIC)
+
+
+class AlternatingRestarts(CosineRestarts):
+  """SGDR restarts whose every restart flips real and synthetic gradients.
+
+  Shang & Zhang (2019), "Alternating Synthetic and Real Gradients for Neural
+  Language Modeling", Sections 2.1 and 3.2: run i lasts `E_i = 2**i *
+  period_epochs` epochs (so runs start at epochs `period_epochs * (2**i - 1)`:
+  0, 5, 15, 35, 75 for `E_base = 5`); within a run the rate follows SGDR's
+  cosine (`CosineRestarts` with `t_mult = 2`); the boundary gradient of run i
+  is `start_phase` for even i and the other phase for odd i. (The authors'
+  public code uses cycles of 5, 5, 10, 20 epochs; this follows the paper.)
+
+  The same object drives both halves: the trainer uses it as
+  `train.lr_schedule`, and `DNI.use_synthetic` asks `synthetic(epoch)` at each
+  epoch start. In gin, bind both to `@AlternatingRestarts`: the two instances
+  read the same `AlternatingRestarts.*` bindings, so they cannot disagree, and
+  `DNI` refuses a different `train.lr_schedule`.
+  """
+
+  def __init__(self, *, base: float = 1.0, period_epochs: float = 5.0,
+               start_phase: str = REAL, minimum: float = 0.0):
+    """Args: see the class docstring; `period_epochs` is `E_base` > 0.
+
+    `base` does not affect the phases (DNI builds its copy with the default).
+
+    Raises:
+      ConfigurationError: If an argument is out of range.
+    """
+    super().__init__(base=base, period_epochs=period_epochs, t_mult=2.0,
+                     minimum=minimum)
+    _check(start_phase in _PHASES, type(self).__name__, 'start_phase',
+           start_phase, f'one of {_PHASES}',
+           "pass start_phase='real' (the paper: real gradients first)")
+    self._start_phase = start_phase
+
+  def phase(self, epoch: float) -> str:
+    """`'real'` or `'synthetic'`: the boundary gradient during `epoch`."""
+    flipped = self.cycle_index(epoch) % 2 == 1
+    if not flipped:
+      return self._start_phase
+    return SYNTHETIC if self._start_phase == REAL else REAL
+
+  def synthetic(self, epoch: float) -> bool:
+    """Whether synthetic gradients are injected during `epoch`."""
+    return self.phase(epoch) == SYNTHETIC

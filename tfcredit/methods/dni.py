@@ -1,0 +1,474 @@
+"""DNI: truncated BPTT with synthetic gradients at the window boundaries.
+
+Jaderberg et al. 2016, "Decoupled Neural Interfaces using Synthetic Gradients",
+Section 3.2 (recurrent models), and Shang & Zhang 2019, "Alternating Synthetic and
+Real Gradients for Neural Language Modeling", Eq. 1 and Sections 2.2-2.3
+(papers/README.md, section 4).
+
+Windows of ``K`` steps as in truncated BPTT, the state carried with its gradient
+stopped. For a window from ``s_0`` to ``s_K``, with one tape:
+
+* the model's objective is ``J = objective(window) + sg_scale·⟨stop_grad(δ̂_K),
+  s_K⟩ / B`` (``B`` the global batch), so the gradient arriving at ``s_K`` is
+  ``sg_scale·δ̂_K / B`` and the model update is the truncated gradient plus
+  ``sg_scale·(∂s_K/∂θ)ᵀ δ̂_K / B`` (Eq. 1);
+* the synthesizer's target at the window start is ``B·∂J/∂s_0`` (the window's real
+  gradient plus the propagated injected term: the bootstrap of Eq. 1), a
+  constant for the synthesizer; its loss is ``Σ_b ‖SG(s_0)_b − target_b‖² / B``:
+  squared error summed over the state and averaged over the batch rows only (the
+  public code also averages over the leading axis of a stacked state). The model
+  gets no gradient from it; the synthesizer has its own optimizer.
+
+Scale. ``objective`` divides the window's summed per-step losses by ``B × K``
+(``tfcredit.methods.base``), i.e. it is the batch mean of each sequence's
+``L_b = Σ_t ℓ_{b,t} / K``. The synthesizer speaks in those per-sequence units:
+``δ̂_b ≈ ∂(future L_b)/∂s_{K,b}``, whatever the batch size; hence the ``1/B`` of the
+injected term and the ``B`` of the target. (For terminal losses, ``L_b = ℓ_b``.)
+``estimate_gradients`` uses ``Σ_t ℓ / B``, ``K`` times larger for per-step losses,
+so it injects ``K·sg_scale·δ̂ / B``: the estimate is the sum of the training
+gradients of the windows, times ``K``.
+
+Episodic tasks: every window trains (synthetic gradients are how earlier windows
+get credit for a later loss); the last window of a sequence has no future, so
+nothing is injected there; with a terminal loss, only the last window has a
+loss term. The neuron-wise synthesizer's memory starts at zero with each batch of
+sequences. Stream tasks: the memory is carried across windows and calls in a
+variable of ``[batch_size, N, m]`` and reset at each epoch end (``on_epoch_end``).
+
+Alternation (Shang & Zhang, Section 2.3): ``use_synthetic`` is ``True``, ``False``
+(truncated BPTT while the synthesizer still learns), or a schedule with
+``synthetic(epoch)`` (``tfcredit.training.schedules.AlternatingRestarts``, also the
+run's ``train.lr_schedule``). ``on_epoch_start`` sets a variable from it, which the
+compiled step reads: the phase never retraces. In a real phase the target still
+includes the injected term, which needs a second backward pass for ``s_0``; the
+synthetic phase needs one.
+"""
+
+from typing import Optional, Union
+
+import gin
+import keras
+import tensorflow as tf
+
+from tfcredit.errors import ConfigurationError
+from tfcredit.methods import base
+from tfcredit.models import synthesizers as synthesizers_lib
+from tfcredit.tasks import base as task_base
+from tfcredit.training import schedules
+
+SYNTHESIZERS = (synthesizers_lib.LayerwiseSynthesizer,
+                synthesizers_lib.NeuronwiseSynthesizer)
+
+
+def flatten_state(state) -> tf.Tensor:
+  """The state nest as ``[B, N]``: every layer's tensors concatenated."""
+  return tf.concat(tf.nest.flatten(state), axis=-1)
+
+
+class DNI(base.Method):
+  """Truncated BPTT plus synthetic gradients (see the module docstring).
+
+  ``train_segment`` metrics: the base ones plus ``synthesizer_loss_sum``,
+  ``cosine_sum`` (cosine between ``SG(s_0)`` and its target, over the batch),
+  ``norm_ratio_sum`` (``‖SG(s_0)‖ / ‖target‖``), summed over windows, and
+  ``synthetic_phase`` (1 when synthetic gradients are injected). TensorBoard shows
+  ``method/synthesizer_loss``, ``method/cosine``, ``method/norm_ratio`` (means per
+  update) and ``method/synthetic_phase`` (the latest).
+  """
+
+  metric_reductions = {'synthetic_phase': base.LAST}
+
+  def __init__(self, *, model, task, optimizer, window: int = 35,
+               synthesizer=synthesizers_lib.LayerwiseSynthesizer,
+               sg_scale: float = 0.1,
+               synthesizer_optimizer=keras.optimizers.Adam,
+               synthesizer_learning_rate: float = 1e-3,
+               use_synthetic: Union[bool, schedules.AlternatingRestarts, type] = True,
+               windows_per_call: int = 10, batch_size: Optional[int] = None,
+               seed: int = 0, clip_norm: Optional[float] = None,
+               use_tf_function: bool = True, name: Optional[str] = None):
+    """Binds the method and builds the synthesizer and its optimizer.
+
+    Args:
+      model: the model.
+      task: the task.
+      optimizer: the model's Keras optimizer.
+      window: steps per window (``K``).
+      synthesizer: a synthesizer class (gin: ``@LayerwiseSynthesizer``,
+        ``@NeuronwiseSynthesizer``) or instance.
+      sg_scale: the factor on ``δ̂`` where it is injected and in the bootstrap
+        (0.1 in the DNI paper and the public code).
+      synthesizer_optimizer: a Keras optimizer class or instance for the
+        synthesizer (Adam in the public code).
+      synthesizer_learning_rate: its learning rate when a class is given (1e-3 in
+        the public code); the run's lr schedule does not touch it.
+      use_synthetic: ``True``, ``False``, or an ``AlternatingRestarts`` schedule
+        (class or instance) that says per epoch.
+      windows_per_call: stream tasks: windows per ``train_segment`` call.
+      batch_size: the training batch (passed by the trainer); required for the
+        neuron-wise synthesizer on stream tasks (its memory variable).
+      seed: seeds the synthesizer's input noise (the draws are keyed by a counter
+        kept in checkpoints).
+      clip_norm: global-norm clipping of the model gradient, or None.
+      use_tf_function: compile (turn off to debug eagerly).
+      name: module name.
+
+    Raises:
+      ConfigurationError: an argument is invalid.
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+      raise ConfigurationError(
+          f'DNI.window must be a positive integer number of steps, got {window!r}: '
+          'set e.g. DNI.window = 35')
+    self.window = window
+    self.windows_per_call = task_base.check_positive_int('DNI.windows_per_call',
+                                                         windows_per_call)
+    if (isinstance(sg_scale, bool) or not isinstance(sg_scale, (int, float))
+        or not sg_scale >= 0):
+      raise ConfigurationError(
+          f'DNI.sg_scale must be a number >= 0, got {sg_scale!r}: the DNI paper '
+          'uses 0.1')
+    self.sg_scale = float(sg_scale)
+    self.phase_schedule = _phase_schedule(use_synthetic)
+    if isinstance(synthesizer, type):
+      synthesizer = synthesizer()
+    if not isinstance(synthesizer, SYNTHESIZERS):
+      raise ConfigurationError(
+          f'DNI.synthesizer must be @LayerwiseSynthesizer or @NeuronwiseSynthesizer '
+          f'(class or instance), got {synthesizer!r}')
+    if batch_size is not None:
+      batch_size = task_base.check_positive_int('DNI.batch_size', batch_size)
+    carries_memory = (synthesizer.memory_size > 0 and
+                      task.regime == task_base.STREAM)
+    if carries_memory and batch_size is None:
+      raise ConfigurationError(
+          'DNI.batch_size is required with NeuronwiseSynthesizer on a stream task '
+          '(its per-neuron memory is carried across calls): the trainer passes '
+          'train.batch_size; elsewhere pass DNI(batch_size=...)')
+    super().__init__(model=model, task=task, optimizer=optimizer,
+                     clip_norm=clip_norm, use_tf_function=use_tf_function,
+                     name=name or 'DNI')
+    self.synthesizer = synthesizer
+    self.width = sum(int(spec.shape[-1])
+                     for spec in tf.nest.flatten(model.state_spec()))
+    self.synthesizer(tf.zeros([1, self.width]),
+                     tf.zeros([1, self.width, synthesizer.memory_size]))
+    if isinstance(synthesizer_optimizer, type):
+      synthesizer_optimizer = synthesizer_optimizer(
+          learning_rate=synthesizer_learning_rate)
+    if not isinstance(synthesizer_optimizer, keras.optimizers.Optimizer):
+      raise ConfigurationError(
+          f'DNI.synthesizer_optimizer must be a Keras optimizer class or instance, '
+          f'got {synthesizer_optimizer!r}')
+    self.synthesizer_optimizer = synthesizer_optimizer
+    self.synthesizer_optimizer.build(self.synthesizer.trainable_variables)
+    variable = lambda value, dtype, name: tf.Variable(
+        value, dtype=dtype, trainable=False, name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    # A constant phase is fixed at trace time; a schedule's is read in the graph.
+    self._constant_phase = (None if self.phase_schedule is not None
+                            else bool(use_synthetic))
+    initially = (self.phase_schedule.synthetic(0) if self.phase_schedule
+                 else bool(use_synthetic))
+    self.synthetic_phase = variable(float(initially), tf.float32, 'synthetic_phase')
+    self.noise_seed = variable(int(seed), tf.int64, 'noise_seed')
+    self.noise_draws = variable(0, tf.int64, 'noise_draws')
+    self.memory = None
+    if carries_memory:
+      self.memory = variable(
+          tf.zeros([batch_size, self.width, synthesizer.memory_size]), tf.float32,
+          'synthesizer_memory')
+
+  # ------------------------------------------------------------- public API
+  def segment_length(self) -> Optional[int]:
+    return self.window * self.windows_per_call
+
+  def on_epoch_start(self, epoch: int) -> None:
+    """Sets the phase of ``epoch`` from the alternation schedule, if any."""
+    if self.phase_schedule is not None:
+      self.synthetic_phase.assign(float(self.phase_schedule.synthetic(epoch)))
+
+  def on_epoch_end(self) -> None:
+    """Resets the neuron-wise synthesizer's memory (Shang & Zhang's code)."""
+    if self.memory is not None:
+      self.memory.assign(tf.zeros_like(self.memory))
+
+  @property
+  def synthesizer_variables(self):
+    return self.synthesizer.trainable_variables
+
+  def synthetic_gradient(self, state, memory=None, noise=None):
+    """``(δ̂, new memory)`` of the synthesizer at a state nest (no noise by default)."""
+    flat = flatten_state(state)
+    if memory is None:
+      memory = self._zero_memory(tf.shape(flat)[0])
+    return self.synthesizer(flat, memory, noise)
+
+  # ------------------------------------------------------------ the method
+  def _for_each_window(self, segment, carried, window_ends, body, accumulators):
+    """``Method.for_each_window`` for a carried nest beyond the model state.
+
+    The synthesizer memory and noise are split over the replicas with the state
+    (rows are sequences); every window trains, so there is no forward prefix.
+    """
+    segment, carried = self.shard(segment), self.shard(carried)
+    num_windows = tf.shape(window_ends)[0]
+
+    def loop_body(index, carried, accumulators):
+      start = tf.where(index > 0, window_ends[tf.maximum(index - 1, 0)], 0)
+      carried, accumulators = body(index, segment, carried, start,
+                                   window_ends[index], accumulators)
+      return index + 1, carried, accumulators
+
+    _, carried, accumulators = tf.while_loop(
+        lambda index, *_: index < num_windows, loop_body,
+        (tf.constant(0), carried, accumulators))
+    return self.unshard(carried), accumulators
+
+  def _zero_memory(self, batch):
+    return tf.zeros(tf.stack([batch, self.width, self.synthesizer.memory_size]))
+
+  def _initial_memory(self, batch):
+    if self.memory is not None:
+      return tf.identity(self.memory)
+    return self._zero_memory(batch)
+
+  def _noise(self, batch, boundaries):
+    """``[B, boundaries, N]`` multiplicative noise, drawn in the cross-replica context."""
+    stddev = self.synthesizer.noise_stddev
+    shape = tf.stack([batch, boundaries, self.width])
+    if stddev == 0:
+      return tf.ones(shape)
+    seed = tf.stack([self.noise_seed, self.noise_draws])
+    self.noise_draws.assign_add(1)
+    return tf.random.stateless_normal(shape, seed=seed, mean=1.0, stddev=stddev)
+
+  def _global_batch(self, local_batch):
+    return tf.cast(local_batch * self.num_replicas, tf.float32)
+
+  def _injected(self, delta, final_state, batch, has_future, ratio):
+    """``ratio·sg_scale·⟨stop_grad(δ̂), s_K⟩ / B``, zero where there is no future."""
+    delta = tf.stop_gradient(delta) * has_future
+    return (ratio * self.sg_scale * tf.reduce_sum(delta * flatten_state(final_state))
+            / batch)
+
+  def _window_objective(self, outputs, targets, normalizer, end, length):
+    """The window's objective and loss sum; a terminal loss only at the end."""
+    objective, loss_sum = self.objective(outputs, targets, normalizer)
+    if self.task.readout == task_base.TERMINAL:
+      has_loss = tf.cast(tf.equal(end, length), tf.float32)
+      objective, loss_sum = objective * has_loss, loss_sum * has_loss
+    return objective, loss_sum
+
+  def _has_future(self, end, length):
+    if self.task.regime == task_base.STREAM:
+      return tf.constant(1.0)
+    return tf.cast(end < length, tf.float32)
+
+  def _window_pass(self, inputs, targets, state, memory_start, noise_end,
+                   has_future, end, length, inject: bool):
+    """One window's model gradients, final state and synthesizer target (per replica).
+
+    Args:
+      memory_start: the synthesizer memory after the window's start boundary
+        (the input of its prediction at the end boundary).
+      inject: whether the model gradient includes the synthetic term (the target
+        always does).
+
+    Returns:
+      ``(model gradients, final state, loss sum, target [B, N])``.
+    """
+    state = tf.nest.map_structure(tf.stop_gradient, state)
+    start_tensors = tf.nest.flatten(state)
+    batch = self._global_batch(tf.shape(start_tensors[0])[0])
+    variables = self.trainable_variables
+    with tf.GradientTape(persistent=not inject) as tape:
+      tape.watch(start_tensors)
+      outputs, final_state = self.model.unroll(inputs, state, training=True)
+      objective, loss_sum = self._window_objective(outputs, targets, self.window,
+                                                   end, length)
+      with tape.stop_recording():
+        delta, _ = self.synthesizer(flatten_state(final_state), memory_start,
+                                    noise_end, training=True)
+      injected = self._injected(delta, final_state, batch, has_future, 1.0)
+      total = objective + injected
+    zero = tf.UnconnectedGradients.ZERO
+    if inject:
+      gradients = tape.gradient(total, variables + start_tensors,
+                                unconnected_gradients=zero)
+      start_gradients = gradients[len(variables):]
+    else:  # Truncated BPTT for the model; the target still bootstraps.
+      gradients = tape.gradient(objective, variables + start_tensors,
+                                unconnected_gradients=zero)
+      propagated = tape.gradient(injected, start_tensors, unconnected_gradients=zero)
+      start_gradients = [g + p for g, p in
+                         zip(gradients[len(variables):], propagated)]
+    del tape
+    target = batch * tf.concat(start_gradients, axis=-1)
+    gradients = gradients[:len(variables)]
+    if self.num_replicas > 1:
+      gradients = base.densify(gradients, variables)
+    return gradients, final_state, loss_sum, target
+
+  def _window_step(self, inputs, targets, state, memory, noise_start, noise_end,
+                   has_future, end, length, synthetic):
+    """A window's model and synthesizer gradients (per replica).
+
+    The synthesizer's prediction at ``s_0`` is taken once, on a tape that records
+    only the synthesizer; its loss gradient is the prediction's gradient with
+    ``∂loss/∂prediction = 2 (prediction − target) / B``.
+
+    Returns:
+      ``(final state, memory after the start boundary), (model gradients,
+      synthesizer gradients, loss sum, synthesizer loss, [Σ p·t, Σ p², Σ t²])``.
+    """
+    flat = flatten_state(tf.nest.map_structure(tf.stop_gradient, state))
+    batch = self._global_batch(tf.shape(flat)[0])
+    synthesizer_variables = self.synthesizer_variables
+    with tf.GradientTape() as synthesizer_tape:  # Records the synthesizer only.
+      prediction, memory_start = self.synthesizer(flat, memory, noise_start,
+                                                  training=True)
+
+    def window_pass(inject):
+      return lambda: self._window_pass(inputs, targets, state, memory_start,
+                                       noise_end, has_future, end, length, inject)
+    if self._constant_phase is None:
+      gradients, final_state, loss_sum, target = tf.cond(
+          synthetic > 0.5, window_pass(True), window_pass(False))
+    else:
+      gradients, final_state, loss_sum, target = window_pass(self._constant_phase)()
+    target = tf.stop_gradient(target)
+    error = prediction - target
+    synthesizer_gradients = base.densify(
+        synthesizer_tape.gradient(prediction, synthesizer_variables,
+                                  output_gradients=2.0 * error / batch),
+        synthesizer_variables)
+    synthesizer_loss = tf.reduce_sum(tf.square(error)) / batch
+    statistics = tf.stack([tf.reduce_sum(prediction * target),
+                           tf.reduce_sum(tf.square(prediction)),
+                           tf.reduce_sum(tf.square(target))])
+    return ((final_state, tf.stop_gradient(memory_start)),
+            (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
+             statistics))
+
+  def _train_segment(self, segment, state):
+    length = tf.shape(segment[0])[1]
+    window_ends = self.fixed_window_ends(length, tf.constant(self.window))
+    num_windows = tf.shape(window_ends)[0]
+    batch = tf.shape(segment[0])[0]
+    carried = (state, self._initial_memory(batch),
+               self._noise(batch, num_windows + 1))
+    synthetic = self.synthetic_phase.read_value()
+
+    def body(index, segment, carried, start, end, totals):
+      def per_replica(segment, carried):
+        inputs, targets = segment
+        state, memory, noise = carried
+        (final_state, memory_start), per_window = self._window_step(
+            inputs[:, start:end], self.window_targets(targets, start, end), state,
+            memory, noise[:, index], noise[:, index + 1],
+            self._has_future(end, length), end, length, synthetic)
+        return (final_state, memory_start, noise), per_window
+
+      carried, per_window = self.replicate(per_replica, segment, carried)
+      (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
+       statistics) = self.replica_sum(per_window)
+      norm = self.apply_gradients(gradients)
+      self.synthesizer_optimizer.apply(synthesizer_gradients,
+                                       self.synthesizer_variables)
+      dot, prediction_squares, target_squares = tf.unstack(statistics)
+      cosine = tf.math.divide_no_nan(dot, tf.sqrt(prediction_squares *
+                                                  target_squares))
+      norm_ratio = tf.math.divide_no_nan(tf.sqrt(prediction_squares),
+                                         tf.sqrt(target_squares))
+      additions = (loss_sum, norm, 1.0, synthesizer_loss, cosine, norm_ratio)
+      return carried, tuple(t + a for t, a in zip(totals, additions))
+
+    zero = tf.constant(0.0)
+    (state, memory, _), totals = self._for_each_window(
+        segment, carried, window_ends, body, (zero,) * 6)
+    if self.memory is not None:
+      self.memory.assign(memory)
+    loss_sum, norm_sum, updates, synthesizer_loss, cosine, norm_ratio = totals
+    metrics = {'loss_sum': loss_sum,
+               'count': task_base.count_of(self.task, segment[1]),
+               'grad_norm_sum': norm_sum, 'updates': updates,
+               'synthesizer_loss_sum': synthesizer_loss, 'cosine_sum': cosine,
+               'norm_ratio_sum': norm_ratio, 'synthetic_phase': synthetic}
+    return state, metrics
+
+  def _estimate_gradients(self, segment, state):
+    """Sum over windows of ``∇[Σ ℓ / B + ratio·sg_scale·⟨δ̂, s_K⟩ / B]`` (no noise).
+
+    ``ratio`` is ``K`` for per-step losses (see the module docstring); the phase
+    variable gates the synthetic term. The memory variable is read, not moved.
+    """
+    length = tf.shape(segment[0])[1]
+    window_ends = self.fixed_window_ends(length, tf.constant(self.window))
+    batch = tf.shape(segment[0])[0]
+    ratio = 1.0 if self.task.readout == task_base.TERMINAL else float(self.window)
+    synthetic = self.synthetic_phase.read_value()
+    variables = self.trainable_variables
+
+    def body(index, segment, carried, start, end, totals):
+      del index
+      def per_replica(segment, carried):
+        inputs, targets = segment
+        state, memory = carried
+        state = tf.nest.map_structure(tf.stop_gradient, state)
+        _, memory_start = self.synthesizer(flatten_state(state), memory)
+        with tf.GradientTape() as tape:
+          outputs, final_state = self.model.unroll(
+              inputs[:, start:end], state, training=True)
+          objective, _ = self._window_objective(
+              outputs, self.window_targets(targets, start, end), 1, end, length)
+          with tape.stop_recording():
+            delta, _ = self.synthesizer(flatten_state(final_state), memory_start)
+          injected = self._injected(
+              delta, final_state,
+              self._global_batch(tf.shape(tf.nest.flatten(state)[0])[0]),
+              self._has_future(end, length), ratio)
+          total = objective + synthetic * injected
+        gradients = base.densify(tape.gradient(total, variables), variables)
+        return (final_state, memory_start), gradients
+
+      carried, gradients = self.replicate(per_replica, segment, carried)
+      gradients = self.replica_sum(gradients)
+      return carried, [t + g for t, g in zip(totals, gradients)]
+
+    (state, _), totals = self._for_each_window(
+        segment, (state, self._initial_memory(batch)), window_ends, body,
+        base.zeros_like_variables(variables))
+    return totals, state
+
+
+def _phase_schedule(use_synthetic):
+  """The alternation schedule behind ``use_synthetic``, or None for a constant."""
+  if isinstance(use_synthetic, bool):
+    return None
+  if isinstance(use_synthetic, type) and issubclass(
+      use_synthetic, schedules.AlternatingRestarts):
+    use_synthetic = use_synthetic()  # The base rate does not change the phases.
+  if not isinstance(use_synthetic, schedules.AlternatingRestarts):
+    raise ConfigurationError(
+        f'DNI.use_synthetic must be True, False or @AlternatingRestarts, got '
+        f'{use_synthetic!r}')
+  _check_matches_lr_schedule()
+  return use_synthetic
+
+
+def _check_matches_lr_schedule() -> None:
+  """With gin, the run's ``train.lr_schedule`` must be the same alternation."""
+  schedule_class = schedules.AlternatingRestarts
+  try:
+    bound = gin.query_parameter('train.lr_schedule')
+  except (ValueError, KeyError):
+    return  # Not configured through gin (or the default schedule).
+  bound_class = getattr(getattr(bound, 'configurable', None), 'wrapped', None)
+  if bound_class is not None and not (
+      isinstance(bound_class, type) and issubclass(bound_class, schedule_class)):
+    raise ConfigurationError(
+        f'DNI.use_synthetic = @{schedule_class.__name__} alternates phases at its '
+        f'restarts, but train.lr_schedule = {bound!r} restarts elsewhere: bind '
+        f'train.lr_schedule = @{schedule_class.__name__} too (both read the same '
+        f'{schedule_class.__name__}.* bindings)')
