@@ -15,6 +15,7 @@ from tfcredit.errors import DataError
 from tfcredit.errors import TrainingError
 from tfcredit.methods import ARTBP
 from tfcredit.methods import BPTT
+from tfcredit.methods import FPTT
 from tfcredit.methods import DNI
 from tfcredit.methods import Method
 from tfcredit.methods import TruncatedBPTT
@@ -38,6 +39,7 @@ __all__ = [
     'InfluenceBalancingCell', 'InfluenceBalancingTask',
     'LanguageModelTask', 'MarkovLanguageTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
     'TruncatedBPTT', 'train',
+    'FPTT',
     'DNI', 'LayerwiseSynthesizer', 'NeuronwiseSynthesizer',
 ]
 
@@ -50,6 +52,7 @@ for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
                       DNI, LayerwiseSynthesizer, NeuronwiseSynthesizer,
                       schedules.AlternatingRestarts):
   gin.external_configurable(_configurable, module='tfcredit')
+gin.external_configurable(FPTT, module='tfcredit')
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,
                    keras.optimizers.Adagrad, keras.optimizers.RMSprop,

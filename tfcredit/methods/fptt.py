@@ -1,0 +1,330 @@
+"""FPTT: Forward Propagation Through Time (Kag & Saligrama 2021; papers/README.md §5).
+
+Each sequence (episodic) or segment (stream) is cut into ``K = windows`` windows;
+the state is carried from window to window with its gradient stopped, and every
+window makes its own parameter update. Per trainable tensor ``W`` the method keeps a
+running average ``W̄`` (initialised to ``W``) and a gradient state ``λ``
+(initialised to 0). Window ``t`` minimises, by ``inner_steps`` optimizer steps,
+
+    ℓ_t(W) − ⟨λ_t, W⟩ + quadratic_scale · (α/2) ‖W − W̄_t‖²,
+
+whose gradient is ``∇ℓ_t(W) − λ_t + quadratic_scale · α (W − W̄_t)``; then
+
+    λ_{t+1} = λ_t − α (W_{t+1} − W̄_t),
+    W̄_{t+1} = (1 − β) W̄_t + β W_{t+1} − (β/α) λ_{t+1}.
+
+With the inner problem solved exactly (and ``quadratic_scale = 1``) the first
+order condition is the appendix's Eq. 7, ``W_{t+1} = W̄_t + (1/α)(λ_t −
+∇ℓ_t(W_{t+1}))``, where ``λ_t`` plays ``∇ℓ_{t−1}(W_t)``. At the end of every epoch
+the weights become ``W̄`` (the evaluated, checkpointed and exported model is ``W̄``)
+and ``λ`` is zeroed, unless ``reset_gradient_state_each_epoch=False`` (the authors'
+language-model runs keep it).
+
+Terminal-loss tasks: the last state of every window ``p = 0..K−1`` also predicts the
+sequence's target through the model's readout, with weight ``(p + 1)/K``; every
+window, the last included, is trained. (The authors' add-task code writes ``p +
+0.1`` through an operator-precedence slip and skips the last window; not copied.)
+Per-step tasks: window ``p``'s loss is its steps' losses, divided by ``batch ×
+T/K`` (episodic) or ``batch × window_length`` (stream), the nominal window length.
+
+Window boundaries: episodic sequences of ``T`` steps end window ``p`` at
+``⌊(p + 1)·T/K⌋`` (lengths differ by at most one step); a stream segment is
+``windows × window_length`` steps (the trainer may hand a shorter one at the
+stream's end, whose windows are then fewer).
+
+With ``inner_steps > 1`` each inner step runs the window forward and backward again
+from the same carried state; the state handed to the next window is the one of the
+first pass (computed with the weights the window started from, as with one step).
+
+``estimate_gradients`` returns ``Σ_p w_p ∇ℓ_p`` at the current weights (``w_p =
+(p+1)/K`` for terminal losses, 1 otherwise; state stopped between windows): the
+window-loss part of FPTT's updates, without the regularizer, and nothing applied.
+"""
+
+import math
+import numbers
+from typing import Optional
+
+import tensorflow as tf
+
+from tfcredit.errors import ConfigurationError
+from tfcredit.methods import base
+from tfcredit.tasks import base as task_base
+
+
+def _real(name: str, value, low: float, high: float = math.inf,
+          low_inclusive: bool = False, hint: str = '') -> float:
+  """Validates a finite number in ``(low, high]`` (``[low, high]`` if inclusive)."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not math.isfinite(value) or value > high or value < low or
+      (value == low and not low_inclusive)):
+    interval = (f'{"[" if low_inclusive else "("}{low:g}, '
+                f'{high:g}{"]" if math.isfinite(high) else ")"}')
+    raise ConfigurationError(
+        f'FPTT.{name} must be a finite number in {interval}, got {value!r}{hint}')
+  return float(value)
+
+
+class FPTT(base.Method):
+  """FPTT with ``windows`` windows per sequence or segment (module docstring).
+
+  State (checkpointed, created in the current distribution strategy's scope):
+  ``running_average`` (``W̄``) and ``gradient_state`` (``λ``), one non-trainable
+  variable per trainable variable of the model, in the same order.
+
+  ``train_segment`` metrics: the base ones (``loss_sum`` is the task loss: the last
+  window's for terminal tasks, all windows' for per-step tasks; ``updates`` counts
+  optimizer steps) plus ``windows``, ``regularizer_sum`` (the regularizer
+  ``−⟨λ, W⟩ + quadratic_scale·(α/2)‖W − W̄‖²`` at each window's start, summed),
+  ``distance_to_average`` (``‖W − W̄‖`` over all weights, after the segment) and
+  ``window_loss_sum_<p>`` / ``window_count_<p>`` (each window's unweighted loss and
+  its units). TensorBoard: ``method/distance_to_average``, ``method/regularizer``
+  (mean per window) and ``method/window_loss/<p>`` (mean loss per unit of window
+  ``p``; for terminal tasks the readout of window ``p``'s last state).
+  """
+
+  metric_reductions = {'distance_to_average': base.LAST}
+
+  def __init__(self, *, model, task, optimizer, windows: int, alpha: float,
+               beta: float = 0.5, quadratic_scale: float = 1.0,
+               inner_steps: int = 1, reset_gradient_state_each_epoch: bool = True,
+               window_length: Optional[int] = None,
+               clip_norm: Optional[float] = None, use_tf_function: bool = True,
+               name: Optional[str] = None):
+    """Binds the method and creates ``W̄`` and ``λ``.
+
+    Args:
+      model: the model (built).
+      task: the task.
+      optimizer: the Keras optimizer (built on the model's weights).
+      windows: ``K``, windows per sequence (episodic) or per segment (stream); the
+        authors use 10 (adding task, PTB) and 20 (sequential images).
+      alpha: ``α`` of the dynamic regularizer (> 0); the authors' code defaults to
+        0.5, the appendix's adding-task runs use 0.01, Table 8 shows PTB-300 is
+        insensitive for ``α ≤ 0.5``.
+      beta: ``β`` of the running average, in (0, 1]; 0.5 in the authors' code.
+      quadratic_scale: multiplies the quadratic term ``(α/2)‖W − W̄‖²`` in the
+        window objective (not in the ``λ`` and ``W̄`` updates); the authors' PTB
+        code uses 2.
+      inner_steps: optimizer steps per window on the window objective.
+      reset_gradient_state_each_epoch: zero ``λ`` at every epoch end (True), or
+        keep it (the authors' language-model runs).
+      window_length: stream tasks only (required there): steps per window; a
+        segment is ``windows × window_length`` steps. Must be None for episodic
+        tasks, whose sequences are cut into ``windows`` near-equal windows.
+      clip_norm: global-norm clipping of each step's full gradient (window loss
+        and regularizer), or None.
+      use_tf_function: compile (turn off to debug eagerly).
+      name: module name.
+
+    Raises:
+      ConfigurationError: an argument is out of range or does not fit the task.
+    """
+    self.windows = task_base.check_positive_int('FPTT.windows', windows)
+    self.alpha = _real('alpha', alpha, 0.0, hint=': the authors use 0.01 to 0.5')
+    self.beta = _real('beta', beta, 0.0, 1.0, hint=': the authors use 0.5')
+    self.quadratic_scale = _real('quadratic_scale', quadratic_scale, 0.0,
+                                 low_inclusive=True, hint=': 1 is the paper\'s '
+                                 'objective, 2 the authors\' PTB code')
+    self.inner_steps = task_base.check_positive_int('FPTT.inner_steps', inner_steps)
+    if not isinstance(reset_gradient_state_each_epoch, bool):
+      raise ConfigurationError(
+          'FPTT.reset_gradient_state_each_epoch must be True or False, got '
+          f'{reset_gradient_state_each_epoch!r}')
+    self.reset_gradient_state_each_epoch = reset_gradient_state_each_epoch
+    if task.regime == task_base.STREAM:
+      if window_length is None:
+        raise ConfigurationError(
+            'FPTT.window_length is required for stream tasks (a segment is windows '
+            '× window_length steps): set e.g. FPTT.window_length = 50')
+      self.window_length = task_base.check_positive_int('FPTT.window_length',
+                                                        window_length)
+    else:
+      if window_length is not None:
+        raise ConfigurationError(
+            f'FPTT.window_length={window_length!r} applies to stream tasks only; '
+            f'episodic sequences are cut into FPTT.windows={self.windows} windows: '
+            'remove the binding')
+      self.window_length = None
+      length = getattr(task, 'sequence_steps', None) or getattr(
+          task, 'sequence_length', None)
+      if isinstance(length, int) and length < self.windows:
+        raise ConfigurationError(
+            f'FPTT.windows={self.windows} is more than the {length} steps of a '
+            f'{task.name} sequence: use at most {length} windows')
+    super().__init__(model=model, task=task, optimizer=optimizer,
+                     clip_norm=clip_norm, use_tf_function=use_tf_function,
+                     name=name or 'FPTT')
+    variables = self.trainable_variables
+    # Created in the strategy's scope the trainer builds the method in, so they
+    # are mirrored like the weights; updated in the cross-replica context only.
+    self.running_average = [
+        tf.Variable(tf.identity(v), trainable=False, name=f'running_average_{i}')
+        for i, v in enumerate(variables)]
+    self.gradient_state = [
+        tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                    name=f'gradient_state_{i}')
+        for i, v in enumerate(variables)]
+    swap = self._traced('epoch_end', self._swap_in_average)
+    self._swap_fn = tf.function(swap, input_signature=[]) if use_tf_function else swap
+
+  # ------------------------------------------------------------- public API
+  def segment_length(self) -> Optional[int]:
+    if self.task.regime != task_base.STREAM:
+      return None
+    return self.windows * self.window_length
+
+  def on_epoch_end(self) -> None:
+    """The weights become ``W̄``; ``λ`` is zeroed if so configured."""
+    with self.strategy.scope():
+      self._swap_fn()
+
+  def summaries(self, totals):
+    values = {'distance_to_average': totals['distance_to_average']}
+    if totals.get('windows', 0) > 0:
+      values['regularizer'] = totals['regularizer_sum'] / totals['windows']
+    for p in range(self.windows):
+      count = totals.get(f'window_count_{p}', 0.0)
+      if count > 0:
+        values[f'window_loss/{p:02d}'] = totals[f'window_loss_sum_{p}'] / count
+    return values
+
+  # ------------------------------------------------------------ the method
+  def _swap_in_average(self):
+    for variable, average in zip(self.trainable_variables, self.running_average):
+      variable.assign(average)
+    if self.reset_gradient_state_each_epoch:
+      for state in self.gradient_state:
+        state.assign(tf.zeros_like(state))
+    return tf.constant(0)
+
+  def _window_ends(self, length):
+    if self.task.regime == task_base.STREAM:
+      return self.fixed_window_ends(length, self.window_length)
+    tf.debugging.assert_greater_equal(
+        length, self.windows,
+        message=f'FPTT: a sequence has fewer steps than FPTT.windows='
+        f'{self.windows}')
+    return (tf.range(1, self.windows + 1) * length) // self.windows
+
+  def _nominal_window(self, length):
+    if self.task.regime == task_base.STREAM:
+      return float(self.window_length)
+    return tf.cast(length, tf.float32) / float(self.windows)
+
+  def window_weight(self, index, num_windows) -> tf.Tensor:
+    """``(p + 1)/K`` for terminal losses, 1 for per-step ones."""
+    if self.task.readout != task_base.TERMINAL:
+      return tf.constant(1.0)
+    return tf.cast(index + 1, tf.float32) / tf.cast(num_windows, tf.float32)
+
+  def _regularizer(self):
+    """``−⟨λ, W⟩ + quadratic_scale·(α/2)‖W − W̄‖²`` at the current weights."""
+    total = tf.constant(0.0)
+    for v, average, state in zip(self.trainable_variables, self.running_average,
+                                 self.gradient_state):
+      v = tf.convert_to_tensor(v)
+      total += (-tf.reduce_sum(state * v) + self.quadratic_scale * 0.5 * self.alpha *
+                tf.reduce_sum(tf.square(v - average)))
+    return total
+
+  def _distance_to_average(self):
+    return tf.sqrt(tf.add_n([
+        tf.reduce_sum(tf.square(tf.convert_to_tensor(v) - average))
+        for v, average in zip(self.trainable_variables, self.running_average)]))
+
+  def _inner_step(self, segment, state, start, end, normalizer, weight):
+    """One optimizer step on the window objective; returns (state, loss, norm)."""
+    variables = self.trainable_variables
+
+    def per_replica(segment, state):
+      inputs, targets = segment
+      gradients, new_state, loss_sum = self.window_gradients(
+          inputs[:, start:end], self.window_targets(targets, start, end), state,
+          normalizer)
+      return base.densify(gradients, variables), new_state, loss_sum
+
+    gradients, new_state, loss_sum = self.replicate(per_replica, segment, state)
+    gradients, loss_sum = self.replica_sum((gradients, loss_sum))
+    scale = self.quadratic_scale * self.alpha
+    full = [weight * g - lam + scale * (tf.convert_to_tensor(v) - average)
+            for g, v, average, lam in zip(gradients, variables,
+                                          self.running_average, self.gradient_state)]
+    return new_state, loss_sum, self.apply_gradients(full)
+
+  def _update_averages(self):
+    """``λ ← λ − α(W − W̄)``, then ``W̄ ← (1−β)W̄ + βW − (β/α)λ`` (new ``λ``)."""
+    for v, average, state in zip(self.trainable_variables, self.running_average,
+                                 self.gradient_state):
+      v = tf.convert_to_tensor(v)
+      new_state = state - self.alpha * (v - average)
+      new_average = ((1.0 - self.beta) * average + self.beta * v -
+                     (self.beta / self.alpha) * new_state)
+      state.assign(new_state)
+      average.assign(new_average)
+
+  def _train_segment(self, segment, state):
+    length = tf.shape(segment[0])[1]
+    window_ends = self._window_ends(length)
+    num_windows = tf.shape(window_ends)[0]
+    normalizer = self._nominal_window(length)
+    batch = tf.cast(tf.shape(segment[0])[0], tf.float32)
+    terminal = self.task.readout == task_base.TERMINAL
+
+    def body(index, segment, state, start, end, totals):
+      weight = self.window_weight(index, num_windows)
+      regularizer = self._regularizer()
+      new_state, loss_sum, norm = self._inner_step(segment, state, start, end,
+                                                   normalizer, weight)
+      if self.inner_steps > 1:
+        def repeat(step, norm_total):
+          _, _, step_norm = self._inner_step(segment, state, start, end, normalizer,
+                                             weight)
+          return step + 1, norm_total + step_norm
+        _, norm = tf.while_loop(lambda step, _: step < self.inner_steps, repeat,
+                                (tf.constant(1), norm))
+      self._update_averages()
+      units = batch if terminal else batch * tf.cast(end - start, tf.float32)
+      slot = [[tf.minimum(index, self.windows - 1)]]
+      (last_loss, loss_total, norm_total, regularizer_total, window_losses,
+       window_counts) = totals
+      return new_state, (
+          loss_sum, loss_total + loss_sum, norm_total + norm,
+          regularizer_total + regularizer,
+          tf.tensor_scatter_nd_add(window_losses, slot, [loss_sum]),
+          tf.tensor_scatter_nd_add(window_counts, slot, [units]))
+
+    zero = tf.constant(0.0)
+    zeros = tf.zeros([self.windows])
+    state, (last_loss, loss_total, norm_sum, regularizer_sum, window_losses,
+            window_counts) = self.for_each_window(
+                segment, state, window_ends, body,
+                (zero, zero, zero, zero, zeros, zeros))
+    windows_run = tf.cast(num_windows, tf.float32)
+    metrics = {'loss_sum': last_loss if terminal else loss_total,
+               'count': task_base.count_of(self.task, segment[1]),
+               'grad_norm_sum': norm_sum,
+               'updates': windows_run * float(self.inner_steps),
+               'windows': windows_run,
+               'regularizer_sum': regularizer_sum,
+               'distance_to_average': self._distance_to_average()}
+    for p in range(self.windows):
+      metrics[f'window_loss_sum_{p}'] = window_losses[p]
+      metrics[f'window_count_{p}'] = window_counts[p]
+    return state, metrics
+
+  def _estimate_gradients(self, segment, state):
+    length = tf.shape(segment[0])[1]
+    window_ends = self._window_ends(length)
+    num_windows = tf.shape(window_ends)[0]
+
+    def body(index, segment, state, start, end, totals):
+      weight = self.window_weight(index, num_windows)
+      state, gradients = self.window_estimate(segment, state, start, end)
+      return state, [t + weight * g for t, g in zip(totals, gradients)]
+
+    state, totals = self.for_each_window(
+        segment, state, window_ends, body,
+        base.zeros_like_variables(self.trainable_variables))
+    return totals, state
+
