@@ -21,6 +21,7 @@ class Progress(tf.Module):
     self.position = int64()        # stream: next column; episodic: next batch index
     self.calls = int64()           # training calls so far
     self.units_seen = int64()      # tokens (stream) or sequences (episodic) trained on
+    self.updates = int64()         # parameter updates applied
     self.best_valid = tf.Variable(float('inf'), dtype=tf.float64, trainable=False)
     # Summed training loss and its count since the start of the run: the
     # "average loss so far" curve of online-learning papers (ARTBP, Fig. 3).

@@ -6,6 +6,7 @@ rates line up on the data they have consumed.
 """
 
 import datetime
+import glob
 import os
 import sys
 import time
@@ -157,3 +158,20 @@ def combine(reduction: str, total, value):
   raise ValueError(f'unknown metric reduction {reduction!r}: use one of '
                    f'{method_base.SUM!r}, {method_base.MAX!r}, {method_base.LAST!r}, '
                    f'{method_base.CONCAT!r}')
+
+
+def read_scalars(directory: str) -> Dict[str, list]:
+  """``{tag: [(step, value), ...]}`` (sorted by step) from the TensorBoard event
+  files directly in ``directory`` (for example ``<model_dir>/valid``); scalar
+  summaries only."""
+  series = {}
+  for path in sorted(glob.glob(os.path.join(directory, 'events.out.tfevents.*'))):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if not value.HasField('tensor'):
+          continue
+        array = tf.make_ndarray(value.tensor)
+        if array.ndim == 0 and array.dtype.kind == 'f':
+          series.setdefault(value.tag, []).append((int(event.step), float(array)))
+  return {tag: sorted(points) for tag, points in series.items()}

@@ -199,6 +199,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       progress.position.assign_add(1 if not stream else units // batch_size)
       progress.calls.assign_add(1)
       progress.units_seen.assign_add(units)
+      progress.updates.assign_add(int(metrics['updates']))
       progress.loss_total.assign_add(float(metrics['loss_sum']))
       progress.count_total.assign_add(float(metrics['count']))
       calls_here += 1
@@ -241,7 +242,9 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                         os.path.basename(os.path.normpath(model_dir)))
     saved_model = export_lib.export(model_obj, task_obj, root,
                                     eval_batch_size=eval_batch_size)
-  final.update({'epochs': int(progress.epoch), 'model_dir': model_dir,
+  final.update({'epochs': int(progress.epoch), 'updates': int(progress.updates),
+                'units_seen': int(progress.units_seen), 'unit': unit_name,
+                'model_dir': model_dir,
                 'saved_model': saved_model})
   with open(os.path.join(write_dir, 'final_metrics.json'), 'w') as f:
     json.dump(final, f, indent=1)

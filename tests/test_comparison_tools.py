@@ -1,0 +1,128 @@
+"""compare.py and gradient_fidelity.py end to end, and the fidelity statistics."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfcredit import fidelity
+from tfcredit.errors import ConfigurationError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, 'gin_configs', 'testing', 'tiny.gin')
+HAS_MATPLOTLIB = importlib.util.find_spec('matplotlib') is not None
+
+
+def _run(script, *args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run([sys.executable, os.path.join(REPO, 'tools', script), *args],
+                        capture_output=True, text=True, env=env, cwd=REPO,
+                        timeout=900)
+
+
+def _table_rows(path):
+  lines = open(path).read().strip().splitlines()[2:]
+  return [[cell.strip() for cell in line.strip('|').split('|')] for line in lines]
+
+
+def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
+  out = tmp_path / 'compare'
+  done = _run('compare.py', f'--gin_file={TINY}', f'--output_dir={out}',
+              '--method=tbptt K=5: train.method = @TruncatedBPTT; '
+              'TruncatedBPTT.window = 5',
+              '--method=tbptt K=20: train.method = @TruncatedBPTT; '
+              'TruncatedBPTT.window = 20',
+              '--gin_bindings=train.log_every_seconds = 1e9')
+  assert done.returncode == 0, done.stdout + done.stderr
+  rows = _table_rows(out / 'comparison.md')
+  assert [row[0] for row in rows] == ['tbptt K=5', 'tbptt K=20']
+  results = json.load(open(out / 'comparison.json'))
+  for row, result, directory in zip(rows, results, ('tbptt_K=5', 'tbptt_K=20')):
+    final = json.load(open(out / directory / 'final_metrics.json'))
+    # The table reports each run's own numbers, not another run's.
+    assert float(row[1]) == pytest.approx(final['valid_mse'], rel=1e-3)
+    assert float(row[3]) == pytest.approx(final['test_mse'], rel=1e-3)
+    assert int(row[6].replace(',', '')) == final['updates'] == 8
+    assert int(row[7].replace(',', '')) == final['units_seen'] == 64
+    # One validation point per epoch, read back from the events.
+    assert [step for step, _ in result['curve']] == [32, 64]
+    assert result['best'] == min(value for _, value in result['curve'])
+    assert result['curve'][-1][1] == pytest.approx(final['valid_mse'], rel=1e-5)
+    assert 'window = %s' % directory.split('=')[1] in open(
+        out / directory / 'operative_config.gin').read()
+  # Same seed: the same initial weights, so different windows differ only in
+  # training; the two runs must not be identical copies.
+  assert results[0]['final'] != results[1]['final']
+  if HAS_MATPLOTLIB:
+    assert os.path.getsize(out / 'comparison.png') > 1000
+
+
+def test_compare_rejects_a_single_config_without_methods(tmp_path):
+  done = _run('compare.py', f'--gin_file={TINY}', f'--output_dir={tmp_path}')
+  assert done.returncode == 2
+  assert 'at least two --gin_file' in done.stderr
+
+
+def test_gradient_fidelity_end_to_end(tmp_path):
+  out = tmp_path / 'fidelity'
+  done = _run('gradient_fidelity.py', f'--gin_file={TINY}', f'--output_dir={out}',
+              '--method=full BPTT: train.method = @BPTT',
+              '--method=truncated BPTT K={window}: train.method = @TruncatedBPTT; '
+              'TruncatedBPTT.window = {window}',
+              '--windows=4', '--lengths=24', '--draws=2', '--sequences=16')
+  assert done.returncode == 0, done.stdout + done.stderr
+  rows = json.load(open(out / 'fidelity.json'))
+  assert [row['method'] for row in rows] == ['full BPTT', 'truncated BPTT K=4']
+  assert all(row['length'] == 24 for row in rows)
+  full, truncated = rows
+  assert full['relative_bias'] < 1e-5 and full['cosine'] > 1 - 1e-6
+  # The adding task's answer depends on two marked steps anywhere in the
+  # sequence: windows of 4 cut most of those dependencies.
+  assert truncated['relative_bias'] > 0.05
+  assert truncated['relative_spread'] == 0.0  # Deterministic estimator.
+  assert len(_table_rows(out / 'fidelity.md')) == 2
+  if HAS_MATPLOTLIB:
+    assert os.path.getsize(out / 'fidelity.png') > 1000
+
+
+def test_gradient_fidelity_rejects_a_malformed_method(tmp_path):
+  done = _run('gradient_fidelity.py', f'--gin_file={TINY}',
+              f'--output_dir={tmp_path}', '--method=TruncatedBPTT.window = 4')
+  assert done.returncode == 2
+  assert 'NAME: BINDINGS' in done.stderr and 'Traceback' not in done.stderr
+
+
+def test_gradient_statistics_by_hand():
+  reference = np.array([3.0, 4.0])  # Norm 5.
+  deviation = np.array([1.0, -2.0])
+  stats = fidelity.gradient_statistics(
+      np.stack([reference + deviation, reference - deviation]), reference)
+  assert stats['relative_bias'] == pytest.approx(0.0, abs=1e-12)
+  assert stats['cosine'] == pytest.approx(1.0)
+  # Unbiased covariance of two draws: trace = (|d|^2 + |d|^2) / (2 - 1) = 10.
+  assert stats['relative_spread'] == pytest.approx(np.sqrt(10.0) / 5.0)
+  assert stats['bias_noise'] == pytest.approx(np.sqrt(10.0 / 2) / 5.0)
+  expected_cosines = [(reference @ (reference + s * deviation))
+                      / (5.0 * np.linalg.norm(reference + s * deviation))
+                      for s in (1, -1)]
+  assert stats['mean_draw_cosine'] == pytest.approx(np.mean(expected_cosines))
+  scaled = fidelity.gradient_statistics(np.stack([2 * reference]), reference)
+  assert scaled['relative_bias'] == pytest.approx(1.0)
+  assert scaled['cosine'] == pytest.approx(1.0)
+  orthogonal = fidelity.gradient_statistics(np.array([[-4.0, 3.0]]), reference)
+  assert orthogonal['cosine'] == pytest.approx(0.0, abs=1e-12)
+  assert orthogonal['relative_bias'] == pytest.approx(np.sqrt(2.0))
+
+
+def test_variant_parsing():
+  variant = fidelity.Variant.parse(
+      'ARTBP L0={window}: train.method = @ARTBP; ARTBP.mean_length = {window}')
+  assert variant.sweeps_window
+  assert variant.label(8) == 'ARTBP L0=8'
+  assert variant.bound(8) == ['train.method = @ARTBP', 'ARTBP.mean_length = 8']
+  with pytest.raises(ConfigurationError, match='NAME: BINDINGS'):
+    fidelity.Variant.parse('no bindings:')

@@ -1,0 +1,277 @@
+"""Gradient fidelity: how far each method's gradient estimate is from full BPTT's.
+
+Every method offers ``estimate_gradients(segment, state)``: its estimate of the
+gradient of the segment's total loss at the current weights, on the scale of full
+BPTT's (``tfcredit.methods.base``). So the same sequences, the same weights and one
+reference, the full-BPTT gradient ``g``, measure every estimator ``ĝ``:
+
+* relative bias ``‖E[ĝ] − g‖ / ‖g‖``, with ``E[ĝ]`` the mean of ``draws`` estimates
+  (stochastic methods: ARTBP's random truncations, noisy synthesizers) and its
+  Monte-Carlo noise ``sqrt(tr Cov(ĝ) / draws) / ‖g‖``, below which a bias is not
+  resolved;
+* cosine between ``E[ĝ]`` and ``g``, and the mean cosine of single draws;
+* relative spread ``sqrt(tr Cov(ĝ)) / ‖g‖`` of one draw around its mean.
+
+A method and its settings are a *variant*: gin bindings applied on top of the base
+configuration, in which ``{window}`` stands for each value of the window sweep; the
+sequence-length sweep rebinds the task's ``sequence_length`` (episodic tasks) or
+cuts stream segments of that length. Used by ``tools/gradient_fidelity.py``.
+"""
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcredit import config as config_lib
+from tfcredit.errors import ConfigurationError
+from tfcredit.methods.truncated_bptt import BPTT
+from tfcredit.tasks import base as task_base
+from tfcredit.training import trainer
+
+WINDOW = '{window}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A named method setting: ``bindings`` (gin) may contain ``{window}``."""
+  name: str
+  bindings: Sequence[str]
+
+  @classmethod
+  def parse(cls, text: str) -> 'Variant':
+    """``'NAME: binding; binding'`` -> Variant (the flag syntax)."""
+    name, colon, rest = text.partition(':')
+    bindings = [b.strip() for b in rest.split(';') if b.strip()]
+    if not colon or not name.strip() or not bindings:
+      raise ConfigurationError(
+          f'--method={text!r} is not NAME: BINDINGS; write e.g. '
+          "--method='tbptt K={window}: train.method = @TruncatedBPTT; "
+          "TruncatedBPTT.window = {window}'")
+    return cls(name.strip(), bindings)
+
+  @property
+  def sweeps_window(self) -> bool:
+    return any(WINDOW in b for b in self.bindings)
+
+  def label(self, window: Optional[int]) -> str:
+    return self.name.replace(WINDOW, str(window)) if window is not None else self.name
+
+  def bound(self, window: Optional[int]) -> List[str]:
+    return [b.replace(WINDOW, str(window)) for b in self.bindings]
+
+
+DEFAULT_VARIANTS = (
+    'full BPTT: train.method = @BPTT',
+    'truncated BPTT K={window}: train.method = @TruncatedBPTT; '
+    'TruncatedBPTT.window = {window}',
+    "ARTBP L0={window}: train.method = @ARTBP; ARTBP.mean_length = {window}; "
+    "ARTBP.estimate_draws = 'per_row'",
+)
+
+
+def gradient_statistics(estimates: np.ndarray, reference: np.ndarray
+                        ) -> Dict[str, float]:
+  """Fidelity of ``estimates`` ``[draws, P]`` to ``reference`` ``[P]``.
+
+  Returns:
+    ``relative_bias``, ``bias_noise`` (the bias one would measure for an unbiased
+    estimator with this spread, ``sqrt(tr Cov / draws) / ‖g‖``), ``cosine`` (of the
+    mean), ``mean_draw_cosine`` and ``relative_spread`` (``sqrt(tr Cov) / ‖g‖``,
+    the unbiased covariance over draws; 0 for one draw).
+  """
+  estimates = np.asarray(estimates, np.float64)
+  reference = np.asarray(reference, np.float64)
+  draws = estimates.shape[0]
+  norm = np.linalg.norm(reference)
+  if norm == 0:
+    raise ValueError('the reference gradient is zero: fidelity is undefined')
+  mean = estimates.mean(axis=0)
+  spread = (np.sum((estimates - mean) ** 2) / (draws - 1)) if draws > 1 else 0.0
+
+  def cosine(a, b):
+    denominator = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denominator) if denominator > 0 else 0.0
+
+  return {
+      'relative_bias': float(np.linalg.norm(mean - reference) / norm),
+      'bias_noise': float(math.sqrt(spread / draws) / norm),
+      'cosine': cosine(mean, reference),
+      'mean_draw_cosine': float(np.mean([cosine(e, reference) for e in estimates])),
+      'relative_spread': float(math.sqrt(spread) / norm),
+  }
+
+
+def _flat(gradients) -> np.ndarray:
+  return np.concatenate([np.reshape(tf.convert_to_tensor(g).numpy(), [-1])
+                         for g in gradients])
+
+
+def _segment(task: task_base.Task, length: int, sequences: int):
+  if task.regime == task_base.STREAM:
+    data = task.stream('train', sequences)
+    if data.shape[1] - 1 < length:
+      raise ConfigurationError(
+          f'--lengths value {length} is longer than the training stream '
+          f'({data.shape[1] - 1} steps per column at {sequences} columns): use '
+          'shorter lengths or fewer --sequences')
+    return (tf.constant(data[:, :length]), tf.constant(data[:, 1:length + 1]))
+  inputs, targets = task.batch('train', 0, 0, sequences)
+  return tf.constant(inputs), tf.constant(targets)
+
+
+def _task_for_length(base_task: task_base.Task, length: int) -> List[str]:
+  """Bindings that give an episodic task sequences of ``length`` steps."""
+  if base_task.regime == task_base.STREAM:
+    return []
+  if 'sequence_length' not in base_task.get_config():
+    raise ConfigurationError(
+        f'{type(base_task).__name__} has no sequence_length to sweep: leave '
+        '--lengths empty to use its own length')
+  return [f'{type(base_task).__name__}.sequence_length = {length}']
+
+
+def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
+            variants: Sequence[Variant], windows: Sequence[int],
+            lengths: Sequence[Optional[int]], draws: int, sequences: int,
+            data_dir: Optional[str] = None, checkpoint: Optional[str] = None,
+            seed: int = 0, progress=None) -> List[Dict]:
+  """Measures every variant at every window and length against full BPTT.
+
+  Args:
+    gin_files, gin_bindings: the base configuration (task and model; its method is
+      replaced by each variant's).
+    variants: the methods to measure.
+    windows: values of ``{window}`` (variants without it run once per length).
+    lengths: sequence lengths; None uses the task's own.
+    draws: estimates per variant, window and length.
+    sequences: sequences (episodic) or stream columns per estimate.
+    data_dir: the data directory for tasks that read data.
+    checkpoint: a run directory or checkpoint path whose model weights are loaded;
+      None: fresh weights seeded by ``seed``.
+    seed: seeds the weights (without a checkpoint) and the methods' draws.
+    progress: optional ``print``-like callable for progress lines.
+
+  Returns:
+    One dict per (variant, window, length): the labels and
+    ``gradient_statistics``, plus ``draws`` and ``reference_norm``.
+  """
+  if draws < 1 or sequences < 1:
+    raise ConfigurationError(
+        f'--draws={draws} and --sequences={sequences} must be positive')
+  rows = []
+  for length in lengths:
+    def configure(extra):
+      gin.clear_config()
+      config_lib.parse(gin_files, list(gin_bindings) + extra)
+    length_bindings = []
+    if length is not None:
+      configure([])
+      probe = trainer.build_components(
+          **_component_arguments(data_dir), batch_size=sequences).task
+      length_bindings = _task_for_length(probe, length)
+    configure(length_bindings)
+    keras.utils.set_random_seed(seed)
+    parts = trainer.build_components(**_component_arguments(data_dir),
+                                     batch_size=sequences)
+    if checkpoint:
+      _load_weights(parts.model, checkpoint)
+    segment = _segment(parts.task, length or _own_length(parts.task), sequences)
+    state = parts.model.initial_state(sequences)
+    reference_method = BPTT(
+        model=parts.model, task=parts.task, optimizer=parts.optimizer,
+        sequence_length=(int(segment[0].shape[1])
+                         if parts.task.regime == task_base.STREAM else None))
+    reference = _flat(reference_method.estimate_gradients(segment, state)[0])
+    steps = int(segment[0].shape[1])
+    for variant in variants:
+      for window in (windows if variant.sweeps_window else [None]):
+        configure(length_bindings + variant.bound(window))
+        method_class = trainer.configured_arguments()['method']
+        method = trainer.build_method(method_class, parts.model, parts.task,
+                                      parts.optimizer, sequences)
+        estimates = np.stack([_flat(method.estimate_gradients(segment, state)[0])
+                              for _ in range(draws)])
+        row = {'method': variant.label(window), 'variant': variant.name,
+               'window': window, 'length': steps, 'draws': draws,
+               'reference_norm': float(np.linalg.norm(reference))}
+        row.update(gradient_statistics(estimates, reference))
+        rows.append(row)
+        if progress:
+          progress(f"length {steps:5d}  {row['method']:28s} bias "
+                   f"{row['relative_bias']:.4f} (noise {row['bias_noise']:.4f})  "
+                   f"cosine {row['cosine']:.4f}")
+  gin.clear_config()
+  return rows
+
+
+def _component_arguments(data_dir):
+  arguments = trainer.configured_arguments()
+  return {'task': arguments['task'], 'method': arguments['method'],
+          'model': arguments['model'], 'optimizer': arguments['optimizer'],
+          'learning_rate': arguments['learning_rate'], 'data_dir': data_dir}
+
+
+def _own_length(task: task_base.Task) -> int:
+  length = task.get_config().get('sequence_length')
+  if length is None:
+    raise ConfigurationError(
+        f'{type(task).__name__} is a stream: give --lengths (steps per segment)')
+  return int(length)
+
+
+def _load_weights(model: keras.Model, checkpoint: str) -> None:
+  path = (tf.train.latest_checkpoint(f'{checkpoint}/checkpoints')
+          or tf.train.latest_checkpoint(checkpoint) or checkpoint)
+  try:
+    tf.train.Checkpoint(model=model).read(path).expect_partial()
+  except (tf.errors.NotFoundError, ValueError) as error:
+    raise ConfigurationError(
+        f'--checkpoint={checkpoint!r}: no checkpoint of this model there ({error}); '
+        'give a run directory written by tools/train.py with the same config'
+    ) from None
+
+
+def markdown_table(rows: Sequence[Dict]) -> str:
+  """The rows as a markdown table."""
+  lines = ['| method | sequence length | relative bias | (noise) | cosine of mean | '
+           'mean cosine of one draw | relative spread | draws |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|']
+  for row in rows:
+    lines.append(
+        f"| {row['method']} | {row['length']} | {row['relative_bias']:.4f} | "
+        f"{row['bias_noise']:.4f} | {row['cosine']:.4f} | "
+        f"{row['mean_draw_cosine']:.4f} | {row['relative_spread']:.4f} | "
+        f"{row['draws']} |")
+  return '\n'.join(lines) + '\n'
+
+
+def plot(rows: Sequence[Dict], path: str) -> bool:
+  """Bias and cosine against sequence length, one line per method; False when
+  matplotlib is not installed (``pip install -e .[plots]``)."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  figure, (bias_axis, cosine_axis) = pyplot.subplots(1, 2, figsize=(11, 4))
+  for method in dict.fromkeys(row['method'] for row in rows):
+    points = sorted((r['length'], r['relative_bias'], r['cosine'])
+                    for r in rows if r['method'] == method)
+    lengths = [p[0] for p in points]
+    bias_axis.plot(lengths, [p[1] for p in points], marker='o', label=method)
+    cosine_axis.plot(lengths, [p[2] for p in points], marker='o', label=method)
+  bias_axis.set(xlabel='sequence length', ylabel='‖E[ĝ] − g‖ / ‖g‖',
+                title='relative bias vs full BPTT')
+  cosine_axis.set(xlabel='sequence length', ylabel='cos(E[ĝ], g)',
+                  title='cosine to full BPTT')
+  bias_axis.legend(fontsize='small')
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+  return True

@@ -1,0 +1,203 @@
+"""Runs one task with several methods and compares them: curves and a table.
+
+Several configs, one run each (same seed, so the same initial weights and data
+order)::
+
+  python tools/compare.py --gin_file=gin_configs/tallec17_artbp/influence_balancing_tbptt10.gin \
+      --gin_file=gin_configs/tallec17_artbp/influence_balancing_artbp.gin
+
+or one base config and a run per method (``NAME: gin bindings`` separated by ``;``)::
+
+  python tools/compare.py --gin_file=gin_configs/quickstart.gin \
+      --method='truncated BPTT K=10: train.method = @TruncatedBPTT; TruncatedBPTT.window = 10' \
+      --method='ARTBP L0=10: train.method = @ARTBP; ARTBP.mean_length = 10'
+
+Each run is ``tools/train.py`` in its own process with ``--model_dir=<output_dir>/
+<run name>`` (running the comparison again resumes unfinished runs and reuses
+finished ones), ``--gin_bindings`` applied to every run and ``train.seed = --seed``.
+The validation curves are read back from the runs' TensorBoard events. Writes
+``comparison.md`` (final and best validation metric, throughput, wall time,
+parameter updates, units trained on), ``comparison.json`` and, with matplotlib
+(``pip install -e .[plots]``), ``comparison.png`` into ``--output_dir``.
+Exit codes: 0 success, 2 bad configuration, 1 a run failed.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+flags.DEFINE_multi_string('gin_file', [], 'Gin files: one run each, or (with '
+                          '--method) the base config of every run.')
+flags.DEFINE_multi_string('method', None, "Runs as 'NAME: bindings; ...' on top of "
+                          'the --gin_file base (repeatable).')
+flags.DEFINE_multi_string('gin_bindings', [], 'Bindings applied to every run, e.g. '
+                          '"train.epochs = 2".')
+flags.DEFINE_integer('seed', 0, 'train.seed of every run.')
+flags.DEFINE_string('data_dir', None, 'Data directory passed to every run.')
+flags.DEFINE_string('output_dir', 'runs/compare', 'Runs and results go here.')
+FLAGS = flags.FLAGS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BadFlags(Exception):
+  """A flag makes no sense; the message says which and how to fix it."""
+
+
+def slug(name: str) -> str:
+  """A directory name for a run name."""
+  return re.sub(r'[^A-Za-z0-9_.=-]+', '_', name).strip('_') or 'run'
+
+
+def plan_runs(gin_files, methods):
+  """``[(name, gin files, bindings)]`` from the flags."""
+  if not gin_files:
+    raise BadFlags('--gin_file is required: one per run, or a base config with '
+                   '--method')
+  if not methods:
+    if len(gin_files) < 2:
+      raise BadFlags('give at least two --gin_file (one run each), or --method '
+                     'variants of one config')
+    names = [os.path.splitext(os.path.basename(path))[0] for path in gin_files]
+    if len(set(names)) < len(names):
+      names = [os.path.relpath(path).replace(os.sep, '_') for path in gin_files]
+    return [(name, [path], []) for name, path in zip(names, gin_files)]
+  runs = []
+  for text in methods:
+    name, colon, rest = text.partition(':')
+    bindings = [b.strip() for b in rest.split(';') if b.strip()]
+    if not colon or not name.strip() or not bindings:
+      raise BadFlags(f'--method={text!r} is not NAME: BINDINGS; write e.g. '
+                     "--method='tbptt: train.method = @TruncatedBPTT; "
+                     "TruncatedBPTT.window = 10'")
+    runs.append((name.strip(), list(gin_files), bindings))
+  if len({slug(name) for name, _, _ in runs}) < len(runs):
+    raise BadFlags('--method names must differ: they name the run directories')
+  return runs
+
+
+def train(name, gin_files, bindings, model_dir):
+  """Runs tools/train.py; returns (final metrics, wall seconds)."""
+  command = [sys.executable, os.path.join(HERE, 'train.py'),
+             f'--model_dir={model_dir}', '--export_dir=']
+  command += [f'--gin_file={path}' for path in gin_files]
+  command += [f'--gin_bindings={b}' for b in
+              list(FLAGS.gin_bindings) + bindings + [f'train.seed = {FLAGS.seed}']]
+  if FLAGS.data_dir:
+    command.append(f'--data_dir={FLAGS.data_dir}')
+  print(f'== {name}: {" ".join(command[1:])}', flush=True)
+  start = time.time()
+  process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  last = ''
+  for line in process.stdout:
+    print(f'   {line}', end='', flush=True)
+    if line.strip():
+      last = line.strip()
+  code = process.wait()
+  if code != 0:
+    return None, code
+  return json.loads(last), time.time() - start
+
+
+def summarize(name, final, wall, model_dir):
+  """One table row: metrics from final_metrics.json, curves from the events."""
+  from tfcredit.training import reporting  # pylint: disable=g-import-not-at-top
+  metric = next((key[len('valid_'):] for key in final
+                 if key.startswith('valid_') and key != 'valid_loss'), 'loss')
+  valid = reporting.read_scalars(os.path.join(model_dir, 'valid'))
+  train_curves = reporting.read_scalars(os.path.join(model_dir, 'train'))
+  curve = valid.get(metric, [])
+  rates = [v for _, v in train_curves.get(f'{final.get("unit", "")}_per_second', [])]
+  lower_is_better = metric not in ('accuracy',)
+  values = [v for _, v in curve] or [final[f'valid_{metric}']]
+  return {
+      'run': name, 'metric': metric, 'final': final[f'valid_{metric}'],
+      'best': min(values) if lower_is_better else max(values),
+      'test': final.get(f'test_{metric}'), 'unit': final.get('unit'),
+      'units_per_second': sum(rates) / len(rates) if rates else None,
+      'wall_seconds': wall, 'updates': final.get('updates'),
+      'units_seen': final.get('units_seen'), 'curve': curve,
+      'model_dir': model_dir,
+  }
+
+
+def markdown_table(rows) -> str:
+  metric = rows[0]['metric']
+  unit = rows[0]['unit'] or 'units'
+  lines = [f'| run | final valid {metric} | best valid {metric} | test {metric} | '
+           f'{unit}/s | wall time | updates | {unit} |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|']
+  for row in rows:
+    rate = (f"{row['units_per_second']:,.0f}" if row['units_per_second'] is not None
+            else '—')
+    test = f"{row['test']:.4g}" if row['test'] is not None else '—'
+    lines.append(f"| {row['run']} | {row['final']:.4g} | {row['best']:.4g} | "
+                 f"{test} | {rate} | {row['wall_seconds']:.0f} s | "
+                 f"{row['updates']:,} | {row['units_seen']:,} |")
+  return '\n'.join(lines) + '\n'
+
+
+def plot(rows, path) -> bool:
+  """Validation curves against units trained on; False without matplotlib."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  figure, axis = pyplot.subplots(figsize=(7, 4.5))
+  for row in rows:
+    if row['curve']:
+      steps, values = zip(*row['curve'])
+      axis.plot(steps, values, marker='o', markersize=3, label=row['run'])
+  axis.set(xlabel=f"{rows[0]['unit'] or 'units'} trained on",
+           ylabel=f"validation {rows[0]['metric']}")
+  axis.legend(fontsize='small')
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+  return True
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    return 2
+  try:
+    runs = plan_runs(FLAGS.gin_file, FLAGS.method)
+  except BadFlags as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  rows = []
+  for name, gin_files, bindings in runs:
+    model_dir = os.path.join(FLAGS.output_dir, slug(name))
+    final, wall = train(name, gin_files, bindings, model_dir)
+    if final is None:
+      print(f'error: run {name!r} failed (exit {wall}); its output is above and '
+            f'its directory is {model_dir}', file=sys.stderr)
+      return wall if wall in (1, 2) else 1
+    rows.append(summarize(name, final, wall, model_dir))
+  table = markdown_table(rows)
+  with open(os.path.join(FLAGS.output_dir, 'comparison.md'), 'w') as f:
+    f.write(table)
+  with open(os.path.join(FLAGS.output_dir, 'comparison.json'), 'w') as f:
+    json.dump(rows, f, indent=1)
+  plotted = plot(rows, os.path.join(FLAGS.output_dir, 'comparison.png'))
+  print(table)
+  print(f'wrote {FLAGS.output_dir}/comparison.md, comparison.json'
+        + (', comparison.png' if plotted else ' (no plot: pip install -e .[plots])'))
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(lambda argv: sys.exit(main(argv)))
