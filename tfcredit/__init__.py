@@ -18,6 +18,7 @@ from tfcredit.methods import BPTT
 from tfcredit.methods import FPTT
 from tfcredit.methods import DNI
 from tfcredit.methods import Method
+from tfcredit.methods import TargetProp
 from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import InfluenceBalancingCell
 from tfcredit.models import LayerwiseSynthesizer
@@ -39,6 +40,7 @@ __all__ = [
     'InfluenceBalancingCell', 'InfluenceBalancingTask',
     'LanguageModelTask', 'MarkovLanguageTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
     'TruncatedBPTT', 'train',
+    'TargetProp',
     'FPTT',
     'DNI', 'LayerwiseSynthesizer', 'NeuronwiseSynthesizer',
 ]
@@ -53,6 +55,7 @@ for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
                       schedules.AlternatingRestarts):
   gin.external_configurable(_configurable, module='tfcredit')
 gin.external_configurable(FPTT, module='tfcredit')
+gin.external_configurable(TargetProp, module='tfcredit')
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,
                    keras.optimizers.Adagrad, keras.optimizers.RMSprop,
