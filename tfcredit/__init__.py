@@ -25,6 +25,7 @@ from tfcredit.models import LayerwiseSynthesizer
 from tfcredit.models import NeuronwiseSynthesizer
 from tfcredit.models import RecurrentModel
 from tfcredit.tasks.base import Task
+from tfcredit.tasks.images import SequentialImageTask
 from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
 from tfcredit.tasks.language_modeling import LanguageModelTask
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
@@ -41,7 +42,7 @@ __all__ = [
     'LanguageModelTask', 'MarkovLanguageTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
     'TruncatedBPTT', 'train',
     'TargetProp',
-    'FPTT',
+    'FPTT', 'SequentialImageTask',
     'DNI', 'LayerwiseSynthesizer', 'NeuronwiseSynthesizer',
 ]
 
@@ -55,6 +56,7 @@ for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
                       schedules.AlternatingRestarts):
   gin.external_configurable(_configurable, module='tfcredit')
 gin.external_configurable(FPTT, module='tfcredit')
+gin.external_configurable(SequentialImageTask, module='tfcredit')
 gin.external_configurable(TargetProp, module='tfcredit')
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,
