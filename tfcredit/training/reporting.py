@@ -87,7 +87,8 @@ class Reporter:
       loss = window['loss_sum'] / window['count']
       with self._writers['train'].as_default(step=units_seen):
         tf.summary.scalar('loss', loss)
-        tf.summary.scalar(self.metric_name, self.metric_fn(loss))
+        if self.metric_name != 'loss':
+          tf.summary.scalar(self.metric_name, self.metric_fn(loss))
         tf.summary.scalar('average_loss_so_far', window['average_loss'])
         tf.summary.scalar('learning_rate', learning_rate)
         if window['updates'] > 0:
@@ -120,9 +121,11 @@ class Reporter:
     loss = (window['loss_sum'] / window['count'] if window['count']
             else getattr(self, '_last_train_loss', float('nan')))
     fraction = units_done_overall / max(self.total_units, 1)
+    metric = ('' if self.metric_name == 'loss'
+              else f'{self.metric_name} {self.metric_fn(loss):.4g}  ')
     print(f'epoch {epoch + 1}/{epochs}  {100 * fraction:5.1f}%  loss {loss:.4f}  '
-          f'{self.metric_name} {self.metric_fn(loss):.4g}  '
-          f'{rate:,.0f} {self.unit_name}/s  ETA {eta}', file=self.stream, flush=True)
+          f'{metric}{rate:,.0f} {self.unit_name}/s  ETA {eta}', file=self.stream,
+          flush=True)
     self._last_log = now
     self._log_window = {'units': units_done_overall, 'time': now}
 
