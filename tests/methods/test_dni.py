@@ -20,6 +20,7 @@ from tfcredit.models import LayerwiseSynthesizer, NeuronwiseSynthesizer
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.training import schedules
+from tfcredit.training import trainer
 from tfcredit.testing import built_optimizer, clean_gin, tiny_model  # noqa: F401
 
 BATCH = 4
@@ -303,3 +304,82 @@ def test_alternation_must_also_be_the_lr_schedule(clean_gin):
   method = DNI(model=model, task=task, optimizer=optimizer,
                use_synthetic=gin.query_parameter('train.lr_schedule').scoped_configurable_fn)
   assert float(method.synthetic_phase.numpy()) == 1.0
+
+
+# --------------------------------------------------------------- with the trainer
+_TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'gin_configs', 'testing',
+                     'tiny.gin')
+_ALTERNATING_STREAM = (
+    'train.deterministic = True', 'train.log_every_seconds = 1e9',
+    'train.task = @MarkovLanguageTask', 'MarkovLanguageTask.train_length = 300',
+    'MarkovLanguageTask.eval_length = 80', 'train.epochs = 3',
+    'train.method = @DNI', 'DNI.window = 5', 'DNI.windows_per_call = 2',
+    'DNI.synthesizer = @NeuronwiseSynthesizer',
+    'NeuronwiseSynthesizer.hidden_units = 4',
+    'DNI.use_synthetic = @AlternatingRestarts',
+    'train.lr_schedule = @AlternatingRestarts',
+    'AlternatingRestarts.period_epochs = 1',
+    'AlternatingRestarts.start_phase = "synthetic"')
+
+
+def _events(directory):
+  series = {}
+  for path in tf.io.gfile.glob(os.path.join(directory, 'events.out.tfevents.*')):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        array = tf.make_ndarray(value.tensor)
+        if array.dtype.kind == 'f':
+          series.setdefault(value.tag, []).append((event.step, float(array)))
+  return {tag: [v for _, v in sorted(points)] for tag, points in series.items()}
+
+
+def test_alternating_run_logs_the_synthesizer_and_checkpoints_its_state(
+    tmp_path, clean_gin):
+  # 4 calls per epoch; epoch 1 is synthetic, epochs 2-3 real (cycles of 1, 2).
+  tfcredit.config.parse([_TINY], list(_ALTERNATING_STREAM))
+  model_dir = str(tmp_path / 'run')
+  tfcredit.train(model_dir, export_dir=None, evaluate_test=False,
+                 stop_after_calls=6)  # Stops mid-epoch 2, memory carried.
+  series = _events(os.path.join(model_dir, 'train'))
+  assert series['method/synthetic_phase'] == [1.0] * 4 + [0.0] * 2
+  for tag in ('method/synthesizer_loss', 'method/cosine', 'method/norm_ratio'):
+    assert len(series[tag]) == 6 and all(np.isfinite(series[tag])), tag
+  # The learning rate is back at its base at the restart (epoch 2's first call).
+  rates = series['learning_rate']
+  assert rates[4] == pytest.approx(0.01) and rates[3] < 0.5 * rates[4]
+
+  # A freshly built method restores every piece of its state from the checkpoint.
+  arguments = trainer.configured_arguments()
+  components = trainer.build_components(**{
+      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
+                                      'learning_rate', 'batch_size')})
+  method = components.method
+  saved = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
+  reader = tf.train.load_checkpoint(saved)
+  names = [name for name, _ in tf.train.list_variables(saved)
+           if name.startswith('method/')]
+  for part in ('method/synthesizer/cell/kernel', 'method/synthesizer_optimizer/',
+               'method/memory/', 'method/noise_draws/', 'method/synthetic_phase/'):
+    assert any(n.startswith(part) for n in names), part
+  assert np.abs(reader.get_tensor('method/memory/.ATTRIBUTES/VARIABLE_VALUE')).max() > 0
+  assert float(method.noise_draws.numpy()) == 0
+  tf.train.Checkpoint(method=method).restore(saved).expect_partial()
+  for variable in (method.memory, method.noise_draws, method.synthetic_phase,
+                   *method.synthesizer.weights,
+                   *method.synthesizer_optimizer.variables):
+    key = next(n for n in names if reader.get_tensor(n).shape == variable.shape and
+               np.array_equal(reader.get_tensor(n), variable.numpy()))
+    assert key  # Every restored value is one the checkpoint holds.
+  assert int(method.noise_draws.numpy()) == 6
+
+
+def test_several_replicas_are_refused():
+  devices = tf.config.list_logical_devices('CPU')
+  strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+  task = MarkovLanguageTask(train_length=200, eval_length=50)
+  with strategy.scope():
+    model = tiny_model(task, seed=0)
+    optimizer = built_optimizer(model)
+    with pytest.raises(ConfigurationError, match='one replica'):
+      DNI(model=model, task=task, optimizer=optimizer)

@@ -114,8 +114,15 @@ class DNI(base.Method):
       name: module name.
 
     Raises:
-      ConfigurationError: an argument is invalid.
+      ConfigurationError: an argument is invalid, or the strategy has several
+        replicas (the replica-split code paths are in place, but the
+        several-replica run is not yet verified).
     """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+      raise ConfigurationError(
+          f'DNI supports one replica only for now; the current strategy has '
+          f'{replicas}: run it without --strategy=mirrored (or with one device)')
     if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
       raise ConfigurationError(
           f'DNI.window must be a positive integer number of steps, got {window!r}: '
