@@ -173,8 +173,11 @@ class _QuadraticStateTask(task_base.Task):
     return {'size': self.size}
 
 
-def test_linear_synthesizer_converges_to_the_true_future_gradient():
-  # With sg_scale = 1 the bootstrap's fixed point is the undiscounted future
+@pytest.mark.parametrize('use_synthetic', [True, False],
+                         ids=['synthetic_phase', 'real_phase'])
+def test_linear_synthesizer_converges_to_the_true_future_gradient(use_synthetic):
+  # In a real phase the synthesizer keeps learning toward the same target (the
+  # model does not move here: its learning rate is 0). With sg_scale = 1 the bootstrap's fixed point is the undiscounted future
   # gradient in the objective's units: for loss ½‖s‖²/K per step and zero-mean
   # inputs, E[∂ future / ∂s_K | s_K] = s_K P / K with P = Σ_{j≥1} A^j (A^j)ᵀ.
   size, window, batch = 4, 2, 64
@@ -189,7 +192,7 @@ def test_linear_synthesizer_converges_to_the_true_future_gradient():
   model.build_for(tf.zeros([batch, 1, size]))
   optimizer = built_optimizer(model, keras.optimizers.SGD, learning_rate=0.0)
   method = DNI(model=model, task=task, optimizer=optimizer, window=window,
-               sg_scale=1.0, windows_per_call=50,
+               sg_scale=1.0, windows_per_call=50, use_synthetic=use_synthetic,
                synthesizer_optimizer=keras.optimizers.Adam(learning_rate=0.01))
   state = model.initial_state(batch)
   targets = tf.zeros([batch, window * 50])
@@ -210,7 +213,7 @@ def test_linear_synthesizer_converges_to_the_true_future_gradient():
   # with sg_scale = 0.1's fixed point 0.68: the norm pins the target down.
   assert cosine > 0.9, cosine
   assert 0.85 < ratio < 1.15, ratio
-  assert float(metrics['synthetic_phase']) == 1.0
+  assert float(metrics['synthetic_phase']) == float(use_synthetic)
 
 
 # ------------------------------------------------- phases, memory, one trace
