@@ -93,6 +93,9 @@ flags.DEFINE_bool('replicas_row', True, 'Also time the PTB shape with '
 flags.DEFINE_bool('artbp_row', True, 'Also time ARTBP (L0 = '
                   f'{ARTBP_MEAN_LENGTH}, alpha = {ARTBP_ALPHA}) on the PTB shape '
                   'against truncated BPTT with window L0 in the same rounds.')
+flags.DEFINE_bool('fptt_row', True, 'Also time FPTT (K = 10 windows of 20 steps, '
+                  'alpha = 0.01) on the adding task, T = 200, against truncated '
+                  'BPTT with the same windows in the same rounds.')
 flags.DEFINE_integer('rounds', None, 'Interleaved measurement rounds; default 3 '
                      '(1 with --quick).')
 flags.DEFINE_integer('seed', 0, 'Seeds the weights and the synthetic data.')
@@ -649,6 +652,20 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
                                        ARTBP_MEAN_LENGTH, ARTBP_WINDOWS_PER_CALL)
     add(artbp_runner, artbp_model, ARTBP_MEAN_LENGTH, ARTBP_ALPHA,
         ARTBP_WINDOWS_PER_CALL)
+  if FLAGS.fptt_row:
+    # FPTT (Kag & Saligrama 2021) on the adding task, T = 200, K = 10 windows of
+    # 20 steps, against truncated BPTT with the same windows (issue 7's goal: a
+    # ratio of at least 0.8). FPTT backpropagates every window (each one's last
+    # state predicts the target); truncated BPTT only the last window, the only
+    # one with a loss, and runs the others forward.
+    from tfcredit.methods.fptt import FPTT  # pylint: disable=g-import-not-at-top
+    fptt_task = dataclasses.replace(adding_task, name='adding T=200, FPTT')
+    references[fptt_task.name] = add(tfcredit_runner, fptt_task, 20)
+    add(method_runner, fptt_task, 'tfcredit FPTT windows=10, alpha=0.01',
+        lambda model, task, optimizer: FPTT(
+            model=model, task=task, optimizer=optimizer, windows=10, alpha=0.01,
+            clip_norm=fptt_task.clip_norm),
+        flops_window=None)
   return runners, roofline, references
 
 

@@ -32,6 +32,10 @@ METHODS = {
     'truncated_bptt/stream': (
         lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
         lambda **kw: tfcredit.TruncatedBPTT(window=4, windows_per_call=3, **kw)),
+    'fptt/stream': (
+        lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
+        lambda **kw: tfcredit.FPTT(windows=3, window_length=4, alpha=0.5,
+                                   inner_steps=2, **kw)),
 }
 
 BATCH = 4
