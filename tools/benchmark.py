@@ -96,6 +96,9 @@ flags.DEFINE_bool('artbp_row', True, 'Also time ARTBP (L0 = '
 flags.DEFINE_bool('fptt_row', True, 'Also time FPTT (K = 10 windows of 20 steps, '
                   'alpha = 0.01) on the adding task, T = 200, against truncated '
                   'BPTT with the same windows in the same rounds.')
+flags.DEFINE_bool('dni_row', True, 'Also time DNI (layer-wise and neuron-wise '
+                  'synthesizers, window 20, 10 windows per call) on the PTB shape '
+                  'against truncated BPTT with the same window in the same rounds.')
 flags.DEFINE_integer('rounds', None, 'Interleaved measurement rounds; default 3 '
                      '(1 with --quick).')
 flags.DEFINE_integer('seed', 0, 'Seeds the weights and the synthetic data.')
@@ -666,6 +669,23 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
             model=model, task=task, optimizer=optimizer, windows=10, alpha=0.01,
             clip_norm=fptt_task.clip_norm),
         flops_window=None)
+  if FLAGS.dni_row:
+    # DNI (Jaderberg et al. 2016; Shang & Zhang 2019) against truncated BPTT with
+    # the same window and windows per call (issue 6's goal: >= 0.75 layer-wise).
+    from tfcredit import DNI, LayerwiseSynthesizer, NeuronwiseSynthesizer  # pylint: disable=g-import-not-at-top
+    dni_model = dataclasses.replace(
+        ptb_small(steps=20 * 10 * (2 if quick else 10), seed=seed),
+        name='PTB small (random ids), DNI')
+    references[dni_model.name] = add(tfcredit_runner, dni_model, 20, 10)
+    for label, synthesizer in (('layer-wise (linear)', LayerwiseSynthesizer),
+                               ('neuron-wise (GRU 50)', NeuronwiseSynthesizer)):
+      add(method_runner, dni_model,
+          f'tfcredit DNI {label} window=20, windows_per_call=10',
+          lambda model, task, optimizer, synthesizer=synthesizer: DNI(
+              model=model, task=task, optimizer=optimizer, window=20,
+              windows_per_call=10, synthesizer=synthesizer(),
+              clip_norm=dni_model.clip_norm, batch_size=dni_model.batch_size),
+          segment_length=200, flops_window=20)
   return runners, roofline, references
 
 

@@ -204,13 +204,6 @@ class DNI(base.Method):
   def synthesizer_variables(self):
     return self.synthesizer.trainable_variables
 
-  def synthetic_gradient(self, state, memory=None, noise=None):
-    """``(δ̂, new memory)`` of the synthesizer at a state nest (no noise by default)."""
-    flat = flatten_state(state)
-    if memory is None:
-      memory = self._zero_memory(tf.shape(flat)[0])
-    return self.synthesizer(flat, memory, noise)
-
   # ------------------------------------------------------------ the method
   def _for_each_window(self, segment, carried, window_ends, body, accumulators):
     """``Method.for_each_window`` for a carried nest beyond the model state.
