@@ -99,6 +99,10 @@ flags.DEFINE_bool('fptt_row', True, 'Also time FPTT (K = 10 windows of 20 steps,
 flags.DEFINE_bool('dni_row', True, 'Also time DNI (layer-wise and neuron-wise '
                   'synthesizers, window 20, 10 windows per call) on the PTB shape '
                   'against truncated BPTT with the same window in the same rounds.')
+flags.DEFINE_bool('target_prop_row', True, 'Also time TargetProp (Wiseman et al. '
+                  '2017; blocks of 10, 4 blocks per update, 1 H-step, 1 theta-step) '
+                  'on the PTB shape against truncated BPTT with K = 10 and with '
+                  'K = 4 x 10 (the same tokens per update) in the same rounds.')
 flags.DEFINE_integer('rounds', None, 'Interleaved measurement rounds; default 3 '
                      '(1 with --quick).')
 flags.DEFINE_integer('seed', 0, 'Seeds the weights and the synthetic data.')
@@ -686,6 +690,30 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
               windows_per_call=10, synthesizer=synthesizer(),
               clip_norm=dni_model.clip_norm, batch_size=dni_model.batch_size),
           segment_length=200, flops_window=20)
+  if FLAGS.target_prop_row:
+    # TargetProp: B = 10, 4 blocks per update stacked on the batch axis (one
+    # unroll of 4 x 20 rows), 1 H-step, 1 theta-step. Two workloads on the same
+    # stream, so each row gets its own reference: truncated BPTT with K = B (the
+    # same window length) and with K = 4·B (the same tokens per update; the goal
+    # is a ratio of at least 1 / 2.5 = 0.4 against it).
+    from tfcredit.methods.target_prop import TargetProp  # pylint: disable=g-import-not-at-top
+    tp_block, tp_blocks, tp_updates = 10, 4, 5
+    tp_steps = tp_block * tp_blocks * tp_updates * (2 if quick else 10)
+    tp_base = ptb_small(steps=tp_steps, seed=seed)
+    for tp_window in (tp_block, tp_block * tp_blocks):
+      tp_workload = dataclasses.replace(
+          tp_base, name=f'PTB small (random ids), TargetProp vs K={tp_window}')
+      references[tp_workload.name] = add(
+          tfcredit_runner, tp_workload, tp_window,
+          tp_block * tp_blocks * tp_updates // tp_window)
+      add(method_runner, tp_workload,
+          f'tfcredit TargetProp block_size={tp_block}, blocks_per_update='
+          f'{tp_blocks}, h_steps=1, theta_steps=1, updates_per_call={tp_updates}',
+          lambda model, task, optimizer, workload=tp_workload: TargetProp(
+              model=model, task=task, optimizer=optimizer, block_size=tp_block,
+              blocks_per_update=tp_blocks, h_steps=1, theta_steps=1,
+              updates_per_call=tp_updates, clip_norm=workload.clip_norm),
+          segment_length=tp_block * tp_blocks * tp_updates, flops_window=tp_block)
   return runners, roofline, references
 
 
