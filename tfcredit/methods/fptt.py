@@ -201,10 +201,8 @@ class FPTT(base.Method):
   def _window_ends(self, length):
     if self.task.regime == task_base.STREAM:
       return self.fixed_window_ends(length, self.window_length)
-    tf.debugging.assert_greater_equal(
-        length, self.windows,
-        message=f'FPTT: a sequence has fewer steps than FPTT.windows='
-        f'{self.windows}')
+    # Sequences shorter than K steps are refused at construction (the task's
+    # sequence_length); an in-graph assertion would cost the loops' optimization.
     return (tf.range(1, self.windows + 1) * length) // self.windows
 
   def _nominal_window(self, length):
