@@ -37,6 +37,12 @@ position in the stream is the method variable ``block_position`` (reset when a
 new epoch starts, advanced by each call). In epoch 0 ``h_init='forward'`` sets
 the rows from the forward pass on their first visit.
 
+Carried state. Minibatch mode with ``h_init='forward'`` carries the forward
+pass's final state to the next update (the model's own state, as truncated BPTT
+carries it); otherwise the carried state is the last block's ``ĥ`` from the
+update's last unroll (in batch mode it is the ``ĥ`` that the next update's first
+free variable is tied to).
+
 Duals. ``'per_minibatch'`` (the authors' code): ``u = 0`` at every minibatch, so
 the dual step has no effect and ADMM behaves as the penalty method.
 ``'persistent'``: one dual per stream boundary, kept across minibatches and
@@ -348,7 +354,7 @@ class TargetProp(base.Method):
 
     def step(index, state, arrays):
       start = index * block_length
-      state = self.forward(inputs[:, start:start + block_length], state)
+      state = self._core_forward(inputs[:, start:start + block_length], state)
       arrays = tf.nest.map_structure(lambda a, s: a.write(index + 1, s),
                                      arrays, state)
       return index + 1, state, arrays
@@ -356,6 +362,26 @@ class TargetProp(base.Method):
     _, _, arrays = tf.while_loop(lambda index, *_: index < blocks, step,
                                  (tf.constant(0), carried, arrays))
     return tf.nest.map_structure(lambda a: a.stack(), arrays)
+
+  def _core_forward(self, inputs, state):
+    """The final state of a window, without the readout (the forward pass only
+    needs states; a language model's softmax layer would dominate its cost)."""
+    model = self.model
+    if not hasattr(model, 'core') or model.readout != task_base.PER_STEP:
+      return self.forward(inputs, state)
+    if not model.token_inputs and inputs.shape.rank == 2:
+      inputs = tf.expand_dims(inputs, -1)
+    features = inputs if model.encoder is None else model.encoder(inputs)
+    if not model.token_inputs and model.encoder is None:
+      features = tf.cast(features, tf.float32)
+    final_state = []
+    for layer, layer_state in zip(model.core, state):
+      if model.dropout is not None:
+        features = model.dropout(features, training=True)
+      result = layer(features, initial_state=list(layer_state), training=True)
+      features = result[0]
+      final_state.append(tuple(result[1:]))
+    return tf.nest.map_structure(tf.stop_gradient, tuple(final_state))
 
   def _gather(self, variables, rows, valid):
     """Rows of stream variables (zero where ``valid`` is false)."""
