@@ -376,13 +376,3 @@ def test_alternating_run_logs_the_synthesizer_and_checkpoints_its_state(
     assert key  # Every restored value is one the checkpoint holds.
   assert int(method.noise_draws.numpy()) == 6
 
-
-def test_several_replicas_are_refused():
-  devices = tf.config.list_logical_devices('CPU')
-  strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-  task = MarkovLanguageTask(train_length=200, eval_length=50)
-  with strategy.scope():
-    model = tiny_model(task, seed=0)
-    optimizer = built_optimizer(model)
-    with pytest.raises(ConfigurationError, match='one replica'):
-      DNI(model=model, task=task, optimizer=optimizer)

@@ -36,6 +36,13 @@ METHODS = {
         lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
         lambda **kw: tfcredit.FPTT(windows=3, window_length=4, alpha=0.5,
                                    inner_steps=2, **kw)),
+    'dni_neuronwise/stream': (
+        lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
+        lambda **kw: tfcredit.DNI(
+            window=4, windows_per_call=3, sg_scale=1.0, batch_size=BATCH,
+            synthesizer=tfcredit.NeuronwiseSynthesizer(hidden_units=4),
+            use_synthetic=tfcredit.schedules.AlternatingRestarts(
+                start_phase='synthetic'), **kw)),
 }
 
 BATCH = 4

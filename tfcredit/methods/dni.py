@@ -114,15 +114,8 @@ class DNI(base.Method):
       name: module name.
 
     Raises:
-      ConfigurationError: an argument is invalid, or the strategy has several
-        replicas (the replica-split code paths are in place, but the
-        several-replica run is not yet verified).
+      ConfigurationError: an argument is invalid.
     """
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas > 1:
-      raise ConfigurationError(
-          f'DNI supports one replica only for now; the current strategy has '
-          f'{replicas}: run it without --strategy=mirrored (or with one device)')
     if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
       raise ConfigurationError(
           f'DNI.window must be a positive integer number of steps, got {window!r}: '
@@ -210,6 +203,7 @@ class DNI(base.Method):
 
     The synthesizer memory and noise are split over the replicas with the state
     (rows are sequences); every window trains, so there is no forward prefix.
+    Returns the carried nest per replica.
     """
     segment, carried = self.shard(segment), self.shard(carried)
     num_windows = tf.shape(window_ends)[0]
@@ -223,7 +217,7 @@ class DNI(base.Method):
     _, carried, accumulators = tf.while_loop(
         lambda index, *_: index < num_windows, loop_body,
         (tf.constant(0), carried, accumulators))
-    return self.unshard(carried), accumulators
+    return carried, accumulators  # Per replica: the caller gathers what it keeps.
 
   def _zero_memory(self, batch):
     return tf.zeros(tf.stack([batch, self.width, self.synthesizer.memory_size]))
@@ -387,8 +381,9 @@ class DNI(base.Method):
     zero = tf.constant(0.0)
     (state, memory, _), totals = self._for_each_window(
         segment, carried, window_ends, body, (zero,) * 6)
-    if self.memory is not None:
-      self.memory.assign(memory)
+    state = self.unshard(state)
+    if self.memory is not None:  # (A layer-wise memory is empty: never gathered.)
+      self.memory.assign(self.unshard(memory))
     loss_sum, norm_sum, updates, synthesizer_loss, cosine, norm_ratio = totals
     metrics = {'loss_sum': loss_sum,
                'count': task_base.count_of(self.task, segment[1]),
@@ -439,7 +434,7 @@ class DNI(base.Method):
     (state, _), totals = self._for_each_window(
         segment, (state, self._initial_memory(batch)), window_ends, body,
         base.zeros_like_variables(variables))
-    return totals, state
+    return totals, self.unshard(state)
 
 
 def _phase_schedule(use_synthetic):
