@@ -1,9 +1,9 @@
 """DNI: truncated BPTT with synthetic gradients at the window boundaries.
 
-Jaderberg et al. 2016, "Decoupled Neural Interfaces using Synthetic Gradients",
-Section 3.2 (recurrent models), and Shang & Zhang 2019, "Alternating Synthetic and
-Real Gradients for Neural Language Modeling", Eq. 1 and Sections 2.2-2.3
-(papers/README.md, section 4).
+Jaderberg et al. 2017 (ICML; arXiv:1608.05343), "Decoupled Neural Interfaces using
+Synthetic Gradients" (synthetic gradients for recurrent networks), and Shang & Zhang
+2019, "Alternating Synthetic and Real Gradients for Neural Language Modeling", Eq. 1
+and Sections 2.2-2.3 (papers/README.md, section 4).
 
 Windows of ``K`` steps as in truncated BPTT, the state carried with its gradient
 stopped. For a window from ``s_0`` to ``s_K``, with one tape:

@@ -1,11 +1,11 @@
-"""Synthetic-gradient models for DNI (Jaderberg et al. 2016; Shang & Zhang 2019).
+"""Synthetic-gradient models for DNI (Jaderberg et al. 2017; Shang & Zhang 2019).
 
 A synthesizer maps the recurrent state at a window boundary, flattened to
 ``[B, N]`` (every layer's ``h`` and, for LSTM, ``c``, concatenated), to a predicted
 gradient ``δ̂ ≈ ∂(future loss)/∂s`` of the same shape (papers/README.md, section 4).
 
-* ``LayerwiseSynthesizer``: one MLP over the whole state (Jaderberg et al. 2016,
-  Section 3); depth 0 is a linear map. Its last layer starts at zero, so DNI starts
+* ``LayerwiseSynthesizer``: one MLP over the whole state (Jaderberg et al. 2017);
+  depth 0 is a linear map. Its last layer starts at zero, so DNI starts
   as truncated BPTT.
 * ``NeuronwiseSynthesizer``: ONE network shared by every neuron, applied to each
   scalar neuron value independently (Shang & Zhang, Section 2.2):
