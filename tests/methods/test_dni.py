@@ -112,12 +112,32 @@ def test_model_gradient_is_truncated_gradient_plus_injected_term():
       injected = (jacobian.T @ delta.reshape(-1)).reshape(variable.shape)
     expected.append(gradient.numpy() + sg_scale * injected / batch)
   del tape
+  # The synthesizer's target at s_0: B·∂/∂s_0 [objective + sg_scale·⟨δ̂, s_K⟩ / B].
+  start = tf.nest.flatten(state)
+  with tf.GradientTape() as tape:
+    tape.watch(start)
+    outputs, final = model.unroll(inputs, state, training=True)
+    log_probabilities = tf.nn.log_softmax(outputs, axis=-1)
+    objective = -tf.reduce_sum(tf.gather(log_probabilities, targets,
+                                         batch_dims=2)) / (batch * window)
+    bootstrapped = objective + sg_scale * tf.reduce_sum(delta * _flat(final)) / batch
+  target = batch * tf.concat(tape.gradient(bootstrapped, start), axis=-1).numpy()
+  prediction = _flat(state).numpy() @ kernel + bias
 
-  method.train_segment(segment, state)
+  _, metrics = method.train_segment(segment, state)
   applied = [b - v.numpy() for b, v in zip(before, variables)]  # SGD, rate 1.
   for got, want in zip(applied, expected):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
   assert max(np.abs(w - t.numpy()).max() for w, t in zip(expected, truncated)) > 1e-3
+  for key, value in (
+      ('synthesizer_loss_sum', np.sum((prediction - target)**2) / batch),
+      ('prediction_target_dot', np.sum(prediction * target)),
+      ('prediction_squares', np.sum(prediction**2)),
+      ('target_squares', np.sum(target**2))):
+    np.testing.assert_allclose(float(metrics[key]), value, rtol=1e-4, err_msg=key)
+  summaries = method.summaries({k: v.numpy() for k, v in metrics.items()})
+  np.testing.assert_allclose(summaries['cosine'], np.sum(prediction * target) / (
+      np.linalg.norm(prediction) * np.linalg.norm(target)), rtol=1e-4)
 
 
 # ------------------------------------------------------------------- the target

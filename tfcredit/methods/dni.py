@@ -44,6 +44,7 @@ includes the injected term, which needs a second backward pass for ``s_0``; the
 synthetic phase needs one.
 """
 
+import math
 from typing import Optional, Union
 
 import gin
@@ -68,15 +69,32 @@ def flatten_state(state) -> tf.Tensor:
 class DNI(base.Method):
   """Truncated BPTT plus synthetic gradients (see the module docstring).
 
-  ``train_segment`` metrics: the base ones plus ``synthesizer_loss_sum``,
-  ``cosine_sum`` (cosine between ``SG(s_0)`` and its target, over the batch),
-  ``norm_ratio_sum`` (``‖SG(s_0)‖ / ‖target‖``), summed over windows, and
-  ``synthetic_phase`` (1 when synthetic gradients are injected). TensorBoard shows
-  ``method/synthesizer_loss``, ``method/cosine``, ``method/norm_ratio`` (means per
-  update) and ``method/synthetic_phase`` (the latest).
+  ``train_segment`` metrics: the base ones plus, summed over windows,
+  ``synthesizer_loss_sum``, ``prediction_target_dot`` (``Σ SG(s_0)·target`` over
+  the batch and the state), ``prediction_squares`` (``Σ SG(s_0)²``) and
+  ``target_squares`` (``Σ target²``), and ``synthetic_phase`` (1 when synthetic
+  gradients are injected). TensorBoard shows ``method/synthesizer_loss`` (mean per
+  update), ``method/cosine`` and ``method/norm_ratio`` (``‖SG(s_0)‖ / ‖target‖``)
+  between the predictions and their targets pooled over the summary interval (so
+  windows with larger gradients weigh more) and ``method/synthetic_phase`` (the
+  latest).
   """
 
   metric_reductions = {'synthetic_phase': base.LAST}
+
+  def summaries(self, totals):
+    values = {'synthetic_phase': totals['synthetic_phase']}
+    updates = float(totals['updates'])
+    if updates > 0:
+      values['synthesizer_loss'] = float(totals['synthesizer_loss_sum']) / updates
+    dot = float(totals['prediction_target_dot'])
+    predictions = float(totals['prediction_squares'])
+    targets = float(totals['target_squares'])
+    if predictions > 0 and targets > 0:
+      values['cosine'] = dot / math.sqrt(predictions * targets)
+    if targets > 0:
+      values['norm_ratio'] = math.sqrt(predictions / targets)
+    return values
 
   def __init__(self, *, model, task, optimizer, window: int = 35,
                synthesizer=synthesizers_lib.LayerwiseSynthesizer,
@@ -370,26 +388,24 @@ class DNI(base.Method):
       norm = self.apply_gradients(gradients)
       self.synthesizer_optimizer.apply(synthesizer_gradients,
                                        self.synthesizer_variables)
-      dot, prediction_squares, target_squares = tf.unstack(statistics)
-      cosine = tf.math.divide_no_nan(dot, tf.sqrt(prediction_squares *
-                                                  target_squares))
-      norm_ratio = tf.math.divide_no_nan(tf.sqrt(prediction_squares),
-                                         tf.sqrt(target_squares))
-      additions = (loss_sum, norm, 1.0, synthesizer_loss, cosine, norm_ratio)
+      additions = (loss_sum, norm, 1.0, synthesizer_loss, *tf.unstack(statistics))
       return carried, tuple(t + a for t, a in zip(totals, additions))
 
     zero = tf.constant(0.0)
     (state, memory, _), totals = self._for_each_window(
-        segment, carried, window_ends, body, (zero,) * 6)
+        segment, carried, window_ends, body, (zero,) * 7)
     state = self.unshard(state)
     if self.memory is not None:  # (A layer-wise memory is empty: never gathered.)
       self.memory.assign(self.unshard(memory))
-    loss_sum, norm_sum, updates, synthesizer_loss, cosine, norm_ratio = totals
+    (loss_sum, norm_sum, updates, synthesizer_loss, dot, prediction_squares,
+     target_squares) = totals
     metrics = {'loss_sum': loss_sum,
                'count': task_base.count_of(self.task, segment[1]),
                'grad_norm_sum': norm_sum, 'updates': updates,
-               'synthesizer_loss_sum': synthesizer_loss, 'cosine_sum': cosine,
-               'norm_ratio_sum': norm_ratio, 'synthetic_phase': synthetic}
+               'synthesizer_loss_sum': synthesizer_loss,
+               'prediction_target_dot': dot,
+               'prediction_squares': prediction_squares,
+               'target_squares': target_squares, 'synthetic_phase': synthetic}
     return state, metrics
 
   def _estimate_gradients(self, segment, state):
