@@ -674,7 +674,7 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
             clip_norm=fptt_task.clip_norm),
         flops_window=None)
   if FLAGS.dni_row:
-    # DNI (Jaderberg et al. 2016; Shang & Zhang 2019) against truncated BPTT with
+    # DNI (Jaderberg et al. 2017; Shang & Zhang 2019) against truncated BPTT with
     # the same window and windows per call (issue 6's goal: >= 0.75 layer-wise).
     from tfcredit import DNI, LayerwiseSynthesizer, NeuronwiseSynthesizer  # pylint: disable=g-import-not-at-top
     dni_model = dataclasses.replace(
