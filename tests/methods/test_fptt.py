@@ -184,7 +184,8 @@ def test_epoch_end_swaps_in_the_average_and_resets_lambda_by_option(reset):
   task = CopyTask(sequence_length=6)
   model = tiny_model(task, seed=0)
   method = FPTT(model=model, task=task, optimizer=built_optimizer(model),
-                windows=4, alpha=0.5, reset_gradient_state_each_epoch=reset)
+                windows=4, alpha=0.5, reset_gradient_state_each_epoch=reset,
+                use_tf_function=False)  # Eager (no tracing); the trainer test compiles it.
   for call in range(2):
     method.train_segment(_segment(task, call, batch=4), model.initial_state(4))
   averages = _numpy(method.running_average)
@@ -203,7 +204,7 @@ def test_state_is_checkpointed_and_restored(tmp_path):
   task = CopyTask(sequence_length=6)
   model = tiny_model(task, seed=0)
   method = FPTT(model=model, task=task, optimizer=built_optimizer(model),
-                windows=2, alpha=0.5)
+                windows=2, alpha=0.5, use_tf_function=False)
   method.train_segment(_segment(task, 0, batch=4), model.initial_state(4))
   saved = _numpy(method.running_average) + _numpy(method.gradient_state)
   path = tf.train.Checkpoint(method=method).save(str(tmp_path / 'ckpt'))
