@@ -183,9 +183,10 @@ def test_inner_problem_solved_exactly_satisfies_eq7():
 def test_epoch_end_swaps_in_the_average_and_resets_lambda_by_option(reset):
   task = CopyTask(sequence_length=6)
   model = tiny_model(task, seed=0)
+  # Eager (no tracing); the trainer test below runs the compiled path.
   method = FPTT(model=model, task=task, optimizer=built_optimizer(model),
                 windows=4, alpha=0.5, reset_gradient_state_each_epoch=reset,
-                use_tf_function=False)  # Eager (no tracing); the trainer test compiles it.
+                use_tf_function=False)
   for call in range(2):
     method.train_segment(_segment(task, call, batch=4), model.initial_state(4))
   averages = _numpy(method.running_average)
