@@ -303,3 +303,22 @@ def test_batchify_rows_are_contiguous_chunks():
 def test_batchify_errors(batch_size):
   with pytest.raises(ConfigurationError, match='batch_size'):
     corpora.batchify(np.arange(23), batch_size)
+
+
+def test_train_tokens_keeps_a_prefix_of_the_training_split_only(tiny):
+  from tfcredit.tasks.language_modeling import LanguageModelTask
+  from tfcredit.errors import ConfigurationError
+  _write_tiny(tiny, 'a b a\nc a b\nb c\n', 'a c\n', 'b\nb\n')
+  whole = LanguageModelTask(corpus='tiny', data_dir=str(tiny.parent), download=False)
+  cut = LanguageModelTask(corpus='tiny', data_dir=str(tiny.parent), download=False,
+                          train_tokens=5)
+  vocab = whole.vocabulary
+  assert vocab.decode(cut.stream('train', 1)[0]) == 'a b a <eos> c'.split()
+  assert len(whole.stream('train', 1)[0]) == 11
+  # The vocabulary and the evaluation splits are those of the whole corpus.
+  assert cut.vocabulary.tokens == vocab.tokens
+  np.testing.assert_array_equal(cut.stream('valid', 1), whole.stream('valid', 1))
+  assert cut.get_config()['train_tokens'] == 5
+  with pytest.raises(ConfigurationError, match='LanguageModelTask.train_tokens'):
+    LanguageModelTask(corpus='tiny', data_dir=str(tiny.parent), download=False,
+                      train_tokens=0)

@@ -72,15 +72,21 @@ class LanguageModelTask(_TokenStreamTask):
   """Next-token prediction on a corpus of ``tfcredit.tasks.corpora``."""
 
   def __init__(self, *, corpus: str = 'ptb', data_dir: Optional[str] = None,
-               download: bool = True):
+               download: bool = True, train_tokens: Optional[int] = None):
     """Loads (and if needed downloads) the corpus.
 
     Args:
       corpus: ``'ptb'``, ``'ptb_char'``, ``'wikitext2'`` or ``'text8'``.
       data_dir: the data directory (``--data_dir``; run plumbing, not gin).
       download: fetch absent files from their canonical source.
+      train_tokens: train on the first ``train_tokens`` tokens of the training
+        split only (a reduced budget that stays reproducible); validation and test
+        are whole. None: the whole split.
     """
     super().__init__()
+    if train_tokens is not None:
+      base.check_positive_int('LanguageModelTask.train_tokens', train_tokens)
+    self.train_tokens = train_tokens
     self.corpus_name = corpus
     self._corpus = corpora.load_corpus(corpus, data_dir=data_dir, download=download)
     self.name = f'lm_{corpus}'
@@ -95,13 +101,19 @@ class LanguageModelTask(_TokenStreamTask):
     return len(self.vocabulary)
 
   def _ids(self, split: str) -> np.ndarray:
-    return getattr(self._corpus, split)
+    ids = getattr(self._corpus, split)
+    if split == 'train' and self.train_tokens is not None:
+      return ids[:self.train_tokens]
+    return ids
 
   def vocabulary_tokens(self):
     return list(self.vocabulary.tokens)
 
   def get_config(self) -> Dict[str, Any]:
-    return {'corpus': self.corpus_name}
+    config = {'corpus': self.corpus_name}
+    if self.train_tokens is not None:
+      config['train_tokens'] = self.train_tokens
+    return config
 
 
 class MarkovLanguageTask(_TokenStreamTask):
