@@ -8,7 +8,6 @@ own tape; the window weights are checked against the same recursion with the
 authors' slips (``p + 0.1``, last window skipped), which must not match.
 """
 
-import glob
 import os
 
 import gin
@@ -25,6 +24,7 @@ from tfcredit.tasks import base as task_base
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
 from tfcredit.testing import built_optimizer, tiny_model
+from tfcredit.training import reporting
 
 TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'gin_configs', 'testing',
                     'tiny.gin')
@@ -321,15 +321,10 @@ def test_fptt_learns_the_adding_task_where_truncated_bptt_stays_at_baseline():
 
 
 def _events(directory):
-  tags = {}
-  for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
-    for record in tf.data.TFRecordDataset(path):
-      event = tf.compat.v1.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.tag.startswith('method/'):
-          tags.setdefault(value.tag, []).append(
-              float(tf.make_ndarray(value.tensor)))
-  return tags
+  """``{method/ tag: [values in step order]}``."""
+  return {tag: [value for _, value in points]
+          for tag, points in reporting.read_scalars(directory).items()
+          if tag.startswith('method/')}
 
 
 def _configure(*bindings):

@@ -390,3 +390,16 @@ def test_unroll_traces_once_for_any_window_length():
     assert_nests_close(plain, eager, rtol=1e-5, atol=1e-6)
     assert_nests_close(scaled, eager, rtol=1e-5, atol=1e-6)
   assert len(traces) == 1
+
+
+def test_unroll_without_readout_returns_the_same_state_and_no_outputs():
+  model = RecurrentModel(output_dim=50, input_vocab_size=50, units=6, num_layers=2,
+                         cell='lstm')
+  inputs = tf.constant(np.random.RandomState(0).randint(0, 50, size=(3, 7)))
+  model.build_for(inputs)
+  state = model.initial_state(3)
+  outputs, with_head = model.unroll(inputs, state)
+  none, without_head = model.unroll(inputs, state, readout=False)
+  assert none is None and outputs.shape == (3, 7, 50)
+  for a, b in zip(tf.nest.flatten(with_head), tf.nest.flatten(without_head)):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -366,22 +366,8 @@ class TargetProp(base.Method):
   def _core_forward(self, inputs, state):
     """The final state of a window, without the readout (the forward pass only
     needs states; a language model's softmax layer would dominate its cost)."""
-    model = self.model
-    if not hasattr(model, 'core') or model.readout != task_base.PER_STEP:
-      return self.forward(inputs, state)
-    if not model.token_inputs and inputs.shape.rank == 2:
-      inputs = tf.expand_dims(inputs, -1)
-    features = inputs if model.encoder is None else model.encoder(inputs)
-    if not model.token_inputs and model.encoder is None:
-      features = tf.cast(features, tf.float32)
-    final_state = []
-    for layer, layer_state in zip(model.core, state):
-      if model.dropout is not None:
-        features = model.dropout(features, training=True)
-      result = layer(features, initial_state=list(layer_state), training=True)
-      features = result[0]
-      final_state.append(tuple(result[1:]))
-    return tf.nest.map_structure(tf.stop_gradient, tuple(final_state))
+    _, state = self.model.unroll(inputs, state, training=True, readout=False)
+    return tf.nest.map_structure(tf.stop_gradient, state)
 
   def _gather(self, variables, rows, valid):
     """Rows of stream variables (zero where ``valid`` is false)."""

@@ -230,8 +230,8 @@ class RecurrentModel(keras.Model):
     self.unroll(example_inputs[:, :1], self.initial_state(batch), training=False)
 
   def unroll(self, inputs: tf.Tensor, state: State, training: bool = False,
-             state_grad_scale: Optional[tf.Tensor] = None
-             ) -> Tuple[tf.Tensor, State]:
+             state_grad_scale: Optional[tf.Tensor] = None, readout: bool = True
+             ) -> Tuple[Optional[tf.Tensor], State]:
     """Runs one window from ``state``.
 
     Args:
@@ -245,6 +245,9 @@ class RecurrentModel(keras.Model):
         ``t`` (the last entry scales the gradient entering the returned final
         state). The per-step outputs' own gradient paths are not scaled. ``None``
         runs the plain Keras layers.
+      readout: False skips the head and returns None for the outputs: for passes
+        that only need the final state, where a large softmax layer would
+        dominate the cost.
 
     Returns:
       ``(outputs, final_state)``: outputs ``[B, T, output_dim]`` (per-step readout)
@@ -266,6 +269,8 @@ class RecurrentModel(keras.Model):
         features, new_state = self._scaled_layer_unroll(
             layer.cell, features, layer_state, state_grad_scale, training)
       final_state.append(new_state)
+    if not readout:
+      return None, tuple(final_state)
     if self.readout == 'terminal' and features.shape.rank == 3:
       features = features[:, -1]
     if self.dropout is not None:
