@@ -94,8 +94,9 @@ flags.DEFINE_bool('artbp_row', True, 'Also time ARTBP (L0 = '
                   f'{ARTBP_MEAN_LENGTH}, alpha = {ARTBP_ALPHA}) on the PTB shape '
                   'against truncated BPTT with window L0 in the same rounds.')
 flags.DEFINE_bool('fptt_row', True, 'Also time FPTT (K = 10 windows of 20 steps, '
-                  'alpha = 0.01) on the adding task, T = 200, against truncated '
-                  'BPTT with the same windows in the same rounds.')
+                  'alpha = 0.01) on the adding task, T = 200, and on the PTB '
+                  'shape, against truncated BPTT with the same windows in the '
+                  'same rounds.')
 flags.DEFINE_bool('dni_row', True, 'Also time DNI (layer-wise and neuron-wise '
                   'synthesizers, window 20, 10 windows per call) on the PTB shape '
                   'against truncated BPTT with the same window in the same rounds.')
@@ -673,6 +674,19 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
             model=model, task=task, optimizer=optimizer, windows=10, alpha=0.01,
             clip_norm=fptt_task.clip_norm),
         flops_window=None)
+    # The same comparison where both do the same arithmetic: a stream, where
+    # every truncated-BPTT window has a loss and is backpropagated too, so the
+    # ratio is the cost of FPTT's own work (regularizer, W̄ and λ updates).
+    fptt_stream = dataclasses.replace(
+        ptb_small(steps=20 * 10 * (2 if quick else 10), seed=seed),
+        name='PTB small (random ids), FPTT')
+    references[fptt_stream.name] = add(tfcredit_runner, fptt_stream, 20, 10)
+    add(method_runner, fptt_stream,
+        'tfcredit FPTT windows=10, window_length=20, alpha=0.01',
+        lambda model, task, optimizer: FPTT(
+            model=model, task=task, optimizer=optimizer, windows=10,
+            window_length=20, alpha=0.01, clip_norm=fptt_stream.clip_norm),
+        segment_length=200, flops_window=20)
   if FLAGS.dni_row:
     # DNI (Jaderberg et al. 2017; Shang & Zhang 2019) against truncated BPTT with
     # the same window and windows per call (issue 6's goal: >= 0.75 layer-wise).
