@@ -15,7 +15,9 @@ or one base config and a run per method (``NAME: gin bindings`` separated by ``;
 Each run is ``tools/train.py`` in its own process with ``--model_dir=<output_dir>/
 <run name>`` (running the comparison again resumes unfinished runs and reuses
 finished ones), ``--gin_bindings`` applied to every run and ``train.seed = --seed``.
-The validation curves are read back from the runs' TensorBoard events. Writes
+The curves are read back from the runs' TensorBoard events (``--curve``: the
+validation metric by default, or any training scalar such as
+``train/average_loss_so_far``; ``--log_scale`` for curves over decades). Writes
 ``comparison.md`` (final and best validation metric, throughput, wall time,
 parameter updates, units trained on), ``comparison.json`` and, with matplotlib
 (``pip install -e .[plots]``), ``comparison.png`` into ``--output_dir``.
@@ -43,6 +45,10 @@ flags.DEFINE_multi_string('gin_bindings', [], 'Bindings applied to every run, e.
 flags.DEFINE_integer('seed', 0, 'train.seed of every run.')
 flags.DEFINE_string('data_dir', None, 'Data directory passed to every run.')
 flags.DEFINE_string('output_dir', 'runs/compare', 'Runs and results go here.')
+flags.DEFINE_string('curve', None, "The plotted curve, as '<train|valid>/<tag>' of "
+                    "the runs' TensorBoard scalars, e.g. train/average_loss_so_far; "
+                    'default: valid/<the task metric>.')
+flags.DEFINE_bool('log_scale', False, 'Plot both axes on a log scale.')
 FLAGS = flags.FLAGS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -115,10 +121,12 @@ def summarize(name, final, wall, model_dir):
                  if key.startswith('valid_') and key != 'valid_loss'), 'loss')
   valid = reporting.read_scalars(os.path.join(model_dir, 'valid'))
   train_curves = reporting.read_scalars(os.path.join(model_dir, 'train'))
-  curve = valid.get(metric, [])
+  split, _, tag = (FLAGS.curve or f'valid/{metric}').partition('/')
+  curve = {'valid': valid, 'train': train_curves}.get(split, {}).get(tag, [])
+  best_curve = valid.get(metric, [])
   rates = [v for _, v in train_curves.get(f'{final.get("unit", "")}_per_second', [])]
   lower_is_better = metric not in ('accuracy',)
-  values = [v for _, v in curve] or [final[f'valid_{metric}']]
+  values = [v for _, v in best_curve] or [final[f'valid_{metric}']]
   return {
       'run': name, 'metric': metric, 'final': final[f'valid_{metric}'],
       'best': min(values) if lower_is_better else max(values),
@@ -126,6 +134,7 @@ def summarize(name, final, wall, model_dir):
       'units_per_second': sum(rates) / len(rates) if rates else None,
       'wall_seconds': wall, 'updates': final.get('updates'),
       'units_seen': final.get('units_seen'), 'curve': curve,
+      'curve_name': FLAGS.curve or f'valid/{metric}',
       'model_dir': model_dir,
   }
 
@@ -147,7 +156,7 @@ def markdown_table(rows) -> str:
 
 
 def plot(rows, path) -> bool:
-  """Validation curves against units trained on; False without matplotlib."""
+  """The runs' curves against units trained on; False without matplotlib."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
@@ -160,7 +169,10 @@ def plot(rows, path) -> bool:
       steps, values = zip(*row['curve'])
       axis.plot(steps, values, marker='o', markersize=3, label=row['run'])
   axis.set(xlabel=f"{rows[0]['unit'] or 'units'} trained on",
-           ylabel=f"validation {rows[0]['metric']}")
+           ylabel=FLAGS.curve or f"validation {rows[0]['metric']}")
+  if FLAGS.log_scale:
+    axis.set_xscale('log')
+    axis.set_yscale('log')
   axis.legend(fontsize='small')
   figure.tight_layout()
   figure.savefig(path, dpi=120)
@@ -187,6 +199,10 @@ def main(argv):
             f'its directory is {model_dir}', file=sys.stderr)
       return wall if wall in (1, 2) else 1
     rows.append(summarize(name, final, wall, model_dir))
+    if not rows[-1]['curve']:
+      print(f"warning: run {name!r} has no {rows[-1]['curve_name']!r} scalars in "
+            f'{model_dir}; --curve takes train/<tag> or valid/<tag> of its '
+            'TensorBoard scalars', file=sys.stderr)
   table = markdown_table(rows)
   with open(os.path.join(FLAGS.output_dir, 'comparison.md'), 'w') as f:
     f.write(table)
