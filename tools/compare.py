@@ -19,7 +19,8 @@ The curves are read back from the runs' TensorBoard events (``--curve``: the
 validation metric by default, or any training scalar such as
 ``train/average_loss_so_far``; ``--log_scale`` for curves over decades). Writes
 ``comparison.md`` (final and best validation metric, throughput, wall time,
-parameter updates, units trained on), ``comparison.json`` and, with matplotlib
+parameter updates, units trained on; wall time summed over every invocation that
+ran the run), ``comparison.json`` and, with matplotlib
 (``pip install -e .[plots]``), ``comparison.png`` into ``--output_dir``.
 Exit codes: 0 success, 2 bad configuration, 1 a run failed.
 """
@@ -111,7 +112,20 @@ def train(name, gin_files, bindings, model_dir):
   code = process.wait()
   if code != 0:
     return None, code
-  return json.loads(last), time.time() - start
+  return json.loads(last), _add_wall_time(model_dir, time.time() - start)
+
+
+def _add_wall_time(model_dir, seconds):
+  """Adds this invocation's seconds to the run's total (kept in the run
+  directory, so a resumed or reused run reports all the time it took)."""
+  path = os.path.join(model_dir, 'compare_wall_seconds.json')
+  total = seconds
+  if os.path.exists(path):
+    with open(path) as f:
+      total += json.load(f)['seconds']
+  with open(path, 'w') as f:
+    json.dump({'seconds': total}, f)
+  return total
 
 
 def summarize(name, final, wall, model_dir):
