@@ -3,25 +3,17 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from tfcredit import fidelity
 from tfcredit.errors import ConfigurationError
+from tfcredit.testing import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'gin_configs', 'testing', 'tiny.gin')
 HAS_MATPLOTLIB = importlib.util.find_spec('matplotlib') is not None
-
-
-def _run(script, *args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, os.path.join(REPO, 'tools', script), *args],
-                        capture_output=True, text=True, env=env, cwd=REPO,
-                        timeout=900)
 
 
 def _table_rows(path):
@@ -31,12 +23,12 @@ def _table_rows(path):
 
 def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
   out = tmp_path / 'compare'
-  done = _run('compare.py', f'--gin_file={TINY}', f'--output_dir={out}',
-              '--method=tbptt K=5: train.method = @TruncatedBPTT; '
-              'TruncatedBPTT.window = 5',
-              '--method=tbptt K=20: train.method = @TruncatedBPTT; '
-              'TruncatedBPTT.window = 20',
-              '--gin_bindings=train.log_every_seconds = 1e9')
+  done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={out}',
+                 '--method=tbptt K=5: train.method = @TruncatedBPTT; '
+                 'TruncatedBPTT.window = 5',
+                 '--method=tbptt K=20: train.method = @TruncatedBPTT; '
+                 'TruncatedBPTT.window = 20',
+                 '--gin_bindings=train.log_every_seconds = 1e9')
   assert done.returncode == 0, done.stdout + done.stderr
   rows = _table_rows(out / 'comparison.md')
   assert [row[0] for row in rows] == ['tbptt K=5', 'tbptt K=20']
@@ -62,18 +54,18 @@ def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
 
 
 def test_compare_rejects_a_single_config_without_methods(tmp_path):
-  done = _run('compare.py', f'--gin_file={TINY}', f'--output_dir={tmp_path}')
+  done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={tmp_path}')
   assert done.returncode == 2
   assert 'at least two --gin_file' in done.stderr
 
 
 def test_gradient_fidelity_end_to_end(tmp_path):
   out = tmp_path / 'fidelity'
-  done = _run('gradient_fidelity.py', f'--gin_file={TINY}', f'--output_dir={out}',
-              '--method=full BPTT: train.method = @BPTT',
-              '--method=truncated BPTT K={window}: train.method = @TruncatedBPTT; '
-              'TruncatedBPTT.window = {window}',
-              '--windows=4', '--lengths=24', '--draws=2', '--sequences=16')
+  done = run_tool('gradient_fidelity.py', f'--gin_file={TINY}', f'--output_dir={out}',
+                 '--method=full BPTT: train.method = @BPTT',
+                 '--method=truncated BPTT K={window}: train.method = @TruncatedBPTT; '
+                 'TruncatedBPTT.window = {window}',
+                 '--windows=4', '--lengths=24', '--draws=2', '--sequences=16')
   assert done.returncode == 0, done.stdout + done.stderr
   rows = json.load(open(out / 'fidelity.json'))
   assert [row['method'] for row in rows] == ['full BPTT', 'truncated BPTT K=4']
@@ -90,8 +82,8 @@ def test_gradient_fidelity_end_to_end(tmp_path):
 
 
 def test_gradient_fidelity_rejects_a_malformed_method(tmp_path):
-  done = _run('gradient_fidelity.py', f'--gin_file={TINY}',
-              f'--output_dir={tmp_path}', '--method=TruncatedBPTT.window = 4')
+  done = run_tool('gradient_fidelity.py', f'--gin_file={TINY}',
+                 f'--output_dir={tmp_path}', '--method=TruncatedBPTT.window = 4')
   assert done.returncode == 2
   assert 'NAME: BINDINGS' in done.stderr and 'Traceback' not in done.stderr
 

@@ -2,33 +2,26 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from tfcredit.testing import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'gin_configs', 'testing', 'tiny.gin')
 
 
-def _run(script, *args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, os.path.join(REPO, 'tools', script), *args],
-                        capture_output=True, text=True, env=env, cwd=REPO,
-                        timeout=600)
-
-
 def test_train_then_evaluate_the_export(tmp_path):
-  done = _run('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
-              f'--export_dir={tmp_path}/exports')
+  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+                 f'--export_dir={tmp_path}/exports')
   assert done.returncode == 0, done.stderr
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result['model_dir'] == f'{tmp_path}/run'
   for name in ('config.gin', 'operative_config.gin'):
     assert os.path.getsize(tmp_path / 'run' / name) > 0
   assert 'TruncatedBPTT.window = 5' in (tmp_path / 'run' / 'config.gin').read_text()
-  evaluated = _run('evaluate.py', f'--saved_model={result["saved_model"]}',
-                   '--split=valid')
+  evaluated = run_tool('evaluate.py', f'--saved_model={result["saved_model"]}',
+                      '--split=valid')
   assert evaluated.returncode == 0, evaluated.stderr
   metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
   assert metrics['mse'] == pytest.approx(result['valid_mse'], rel=1e-6)
@@ -50,8 +43,8 @@ def _ptb_bindings(data_dir, download=False):
 ], ids=['misspelt-binding', 'unknown-cell', 'window-0', 'unknown-corpus',
         'missing-gin-file'])
 def test_configuration_errors_exit_2_with_a_message(tmp_path, extra, code, words):
-  done = _run('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
-              *extra)
+  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+                 *extra)
   assert done.returncode == code, done.stderr
   assert any(line.startswith('error: ') for line in done.stderr.splitlines())
   assert 'Traceback' not in done.stderr
@@ -60,8 +53,8 @@ def test_configuration_errors_exit_2_with_a_message(tmp_path, extra, code, words
 
 
 def test_missing_data_exits_1_naming_files_and_folder(tmp_path):
-  done = _run('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
-              *_ptb_bindings(tmp_path / 'data'))
+  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+                 *_ptb_bindings(tmp_path / 'data'))
   assert done.returncode == 1, done.stderr
   assert 'Traceback' not in done.stderr
   assert 'ptb.train.txt' in done.stderr and str(tmp_path / 'data' / 'ptb') in done.stderr
@@ -72,13 +65,13 @@ def test_checksum_mismatch_exits_1_naming_the_path(tmp_path):
   folder.mkdir(parents=True)
   for split in ('train', 'valid', 'test'):
     (folder / f'ptb.{split}.txt').write_text(' the cat sat\n')
-  done = _run('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
-              *_ptb_bindings(tmp_path / 'data'))
+  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+                 *_ptb_bindings(tmp_path / 'data'))
   assert done.returncode == 1, done.stderr
   assert 'Traceback' not in done.stderr
   assert str(folder / 'ptb.') in done.stderr and 'sha256' in done.stderr.lower()
 
 
 def test_evaluate_rejects_a_path_that_is_not_an_export(tmp_path):
-  done = _run('evaluate.py', f'--saved_model={tmp_path}')
+  done = run_tool('evaluate.py', f'--saved_model={tmp_path}')
   assert done.returncode == 2 and 'saved_model.pb' in done.stderr

@@ -5,6 +5,9 @@ imported by the library itself, so the helpers may depend on pytest lazily.
 """
 
 import contextlib
+import os
+import subprocess
+import sys
 from typing import Any, Iterator, Optional
 
 import gin
@@ -124,3 +127,17 @@ def assert_nests_close(actual: Any, expected: Any, rtol: float = 1e-5,
                                      tf.nest.flatten(expected))):
     np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=rtol, atol=atol,
                                err_msg=f'leaf {index}')
+
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tool(script: str, *args: str, timeout: float = 900
+             ) -> subprocess.CompletedProcess:
+  """Runs ``tools/<script>`` with ``args`` in a fresh interpreter from the
+  repository root, TensorFlow's logging quiet; returns the completed process
+  (text ``stdout`` and ``stderr``)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run(
+      [sys.executable, os.path.join(REPOSITORY, 'tools', script), *args],
+      capture_output=True, text=True, env=env, cwd=REPOSITORY, timeout=timeout)
