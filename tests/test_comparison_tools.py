@@ -118,3 +118,35 @@ def test_variant_parsing():
   assert variant.bound(8) == ['train.method = @ARTBP', 'ARTBP.mean_length = 8']
   with pytest.raises(ConfigurationError, match='NAME: BINDINGS'):
     fidelity.Variant.parse('no bindings:')
+
+
+def test_fidelity_restores_a_trained_synthesizer_only_when_asked(tmp_path):
+  import gin
+  import tfcredit
+  copy = ['train.task = @CopyTask', 'CopyTask.sequence_length = 10',
+          'CopyTask.train_batches_per_epoch = 4']
+  gin.clear_config()
+  tfcredit.config.parse([TINY], copy + [
+      'train.method = @DNI', 'DNI.window = 5',
+      'DNI.synthesizer_learning_rate = 0.05', 'train.log_every_seconds = 1e9'])
+  run = str(tmp_path / 'dni_run')
+  tfcredit.train(run, export_dir=None, evaluate_test=False)
+  variants = [fidelity.Variant.parse(
+                  'DNI: train.method = @DNI; DNI.window = 5'),
+              fidelity.Variant.parse(
+                  'TBPTT: train.method = @TruncatedBPTT; TruncatedBPTT.window = 5')]
+  try:
+    measured = {
+        restore: fidelity.measure([TINY], copy, variants, windows=[5],
+                                  lengths=[None], draws=1, sequences=8,
+                                  checkpoint=run, restore_method_state=restore)
+        for restore in (False, True)}
+  finally:
+    gin.clear_config()
+  fresh_dni, truncated = measured[False]
+  trained_dni, truncated_again = measured[True]
+  # A fresh synthesizer (zero last layer) adds nothing: exactly truncated BPTT.
+  assert fresh_dni['relative_bias'] == truncated['relative_bias']
+  # The trained one injects its predictions; truncated BPTT is not restored into.
+  assert trained_dni['relative_bias'] != truncated['relative_bias']
+  assert truncated_again['relative_bias'] == truncated['relative_bias']

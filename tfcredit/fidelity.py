@@ -20,6 +20,8 @@ cuts stream segments of that length. Used by ``tools/gradient_fidelity.py``.
 
 import dataclasses
 import math
+import os
+import re
 from typing import Dict, List, Optional, Sequence
 
 import gin
@@ -139,7 +141,8 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
             variants: Sequence[Variant], windows: Sequence[int],
             lengths: Sequence[Optional[int]], draws: int, sequences: int,
             data_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-            seed: int = 0, progress=None) -> List[Dict]:
+            seed: int = 0, progress=None, restore_method_state: bool = False
+            ) -> List[Dict]:
   """Measures every variant at every window and length against full BPTT.
 
   Args:
@@ -154,6 +157,9 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
     checkpoint: a run directory or checkpoint path whose model weights are loaded;
       None: fresh weights seeded by ``seed``.
     seed: seeds the weights (without a checkpoint) and the methods' draws.
+    restore_method_state: with ``checkpoint``, also restore the method's own state
+      (a trained DNI synthesizer, FPTT's averages, ARTBP's draws) into the
+      variants of the checkpointed run's method class; other variants start fresh.
     progress: optional ``print``-like callable for progress lines.
 
   Returns:
@@ -194,6 +200,8 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
         method_class = trainer.configured_arguments()['method']
         method = trainer.build_method(method_class, parts.model, parts.task,
                                       parts.optimizer, sequences)
+        if checkpoint and restore_method_state:
+          _load_method_state(method, checkpoint)
         estimates = np.stack([_flat(method.estimate_gradients(segment, state)[0])
                               for _ in range(draws)])
         row = {'method': variant.label(window), 'variant': variant.name,
@@ -225,8 +233,7 @@ def _own_length(task: task_base.Task) -> int:
 
 
 def _load_weights(model: keras.Model, checkpoint: str) -> None:
-  path = (tf.train.latest_checkpoint(f'{checkpoint}/checkpoints')
-          or tf.train.latest_checkpoint(checkpoint) or checkpoint)
+  path = _checkpoint_path(checkpoint)
   try:
     tf.train.Checkpoint(model=model).read(path).expect_partial()
   except (tf.errors.NotFoundError, ValueError) as error:
@@ -234,6 +241,30 @@ def _load_weights(model: keras.Model, checkpoint: str) -> None:
         f'--checkpoint={checkpoint!r}: no checkpoint of this model there ({error}); '
         'give a run directory written by tools/train.py with the same config'
     ) from None
+
+
+def _checkpoint_path(checkpoint: str) -> str:
+  return (tf.train.latest_checkpoint(os.path.join(checkpoint, 'checkpoints'))
+          or tf.train.latest_checkpoint(checkpoint) or checkpoint)
+
+
+def _load_method_state(method, checkpoint: str) -> bool:
+  """Restores ``method``'s state when the run at ``checkpoint`` trained a method of
+  the same class (read from its ``operative_config.gin``); True if it did."""
+  config = os.path.join(checkpoint, 'operative_config.gin')
+  if not os.path.exists(config):
+    raise ConfigurationError(
+        f'--restore_method_state needs a run directory with operative_config.gin; '
+        f'--checkpoint={checkpoint!r} has none: give the directory tools/train.py '
+        'wrote')
+  with open(config) as f:
+    trained = re.search(r'^train\.method\s*=\s*@([\w.]+)', f.read(), re.MULTILINE)
+  if not trained or trained.group(1).split('.')[-1] != type(method).__name__:
+    return False
+  # The model (same weights) and the optimizer come along; the method's own
+  # variables are what matters here.
+  tf.train.Checkpoint(method=method).read(_checkpoint_path(checkpoint)).expect_partial()
+  return True
 
 
 def markdown_table(rows: Sequence[Dict]) -> str:

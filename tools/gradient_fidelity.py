@@ -37,6 +37,9 @@ flags.DEFINE_integer('draws', 64, 'Estimates per method, window and length.')
 flags.DEFINE_integer('sequences', 32, 'Sequences (or stream columns) per estimate.')
 flags.DEFINE_string('checkpoint', None, 'A run directory (or checkpoint) whose model '
                     'weights to use; default: fresh weights.')
+flags.DEFINE_bool('restore_method_state', False, 'With --checkpoint, also restore '
+                  'the trained method state (a DNI synthesizer, FPTT averages) '
+                  'into the variants of the run\'s own method class.')
 flags.DEFINE_string('data_dir', None, 'Data directory, for tasks that read data.')
 flags.DEFINE_integer('seed', 0, 'Seeds fresh weights and the methods\' draws.')
 flags.DEFINE_string('output_dir', 'runs/gradient_fidelity', 'Where to write.')
@@ -77,6 +80,7 @@ def main(argv):
         lengths=_integers('lengths', FLAGS.lengths) or [None],
         draws=FLAGS.draws, sequences=FLAGS.sequences, data_dir=FLAGS.data_dir,
         checkpoint=FLAGS.checkpoint, seed=FLAGS.seed,
+        restore_method_state=FLAGS.restore_method_state,
         progress=lambda line: print(line, flush=True))
   except errors.TfcreditError as error:
     print(f'error: {error}', file=sys.stderr)

@@ -403,3 +403,15 @@ def test_unroll_without_readout_returns_the_same_state_and_no_outputs():
   assert none is None and outputs.shape == (3, 7, 50)
   for a, b in zip(tf.nest.flatten(with_head), tf.nest.flatten(without_head)):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_checkpoint_of_the_model_alone_holds_every_weight(tmp_path):
+  task_model = dict(output_dim=7, input_vocab_size=7, units=5, num_layers=2)
+  model = RecurrentModel(**task_model)
+  model.build_for(tf.zeros([1, 1], tf.int32))
+  path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'model'))
+  other = RecurrentModel(**task_model)
+  other.build_for(tf.zeros([1, 1], tf.int32))
+  tf.train.Checkpoint(model=other).read(path).assert_consumed()
+  for a, b in zip(model.weights, other.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

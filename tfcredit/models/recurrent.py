@@ -189,6 +189,11 @@ class RecurrentModel(keras.Model):
         kwargs['unit_forget_bias'] = False
         kwargs['bias_initializer'] = ForgetGateBias(forget_bias)
       self.core.append(_CELLS[cell](**kwargs))
+    # A list attribute is tracked by Keras (weights) but not by tf.train.Checkpoint:
+    # each layer is also an attribute, so a checkpoint of the model alone holds
+    # the recurrent weights too.
+    for index, layer in enumerate(self.core):
+      setattr(self, f'core_{index}', layer)
     self.dropout = keras.layers.Dropout(dropout) if dropout > 0 else None
 
     if tie_embeddings or identity_head:
