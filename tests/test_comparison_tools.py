@@ -53,10 +53,15 @@ def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
     assert os.path.getsize(out / 'comparison.png') > 1000
 
 
-def test_compare_rejects_a_single_config_without_methods(tmp_path):
-  done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={tmp_path}')
+@pytest.mark.parametrize('extra, message', [
+    ([], 'at least two --gin_file'),
+    (['--method=TruncatedBPTT.window = 4'], 'NAME: BINDINGS'),
+], ids=['single-config', 'malformed-method'])
+def test_compare_rejects_bad_flags(tmp_path, extra, message):
+  done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
+                  *extra)
   assert done.returncode == 2
-  assert 'at least two --gin_file' in done.stderr
+  assert message in done.stderr and 'Traceback' not in done.stderr
 
 
 def test_gradient_fidelity_end_to_end(tmp_path):

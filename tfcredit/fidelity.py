@@ -52,8 +52,8 @@ class Variant:
     if not colon or not name.strip() or not bindings:
       raise ConfigurationError(
           f'--method={text!r} is not NAME: BINDINGS; write e.g. '
-          "--method='tbptt K={window}: train.method = @TruncatedBPTT; "
-          "TruncatedBPTT.window = {window}'")
+          "--method='tbptt K=10: train.method = @TruncatedBPTT; "
+          "TruncatedBPTT.window = 10'")
     return cls(name.strip(), bindings)
 
   @property

@@ -37,6 +37,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from tfcredit import fidelity  # pylint: disable=g-import-not-at-top
+from tfcredit.errors import ConfigurationError  # pylint: disable=g-import-not-at-top
+
 flags.DEFINE_multi_string('gin_file', [], 'Gin files: one run each, or (with '
                           '--method) the base config of every run.')
 flags.DEFINE_multi_string('method', None, "Runs as 'NAME: bindings; ...' on top of "
@@ -55,10 +58,6 @@ FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class BadFlags(Exception):
-  """A flag makes no sense; the message says which and how to fix it."""
-
-
 def slug(name: str) -> str:
   """A directory name for a run name."""
   return re.sub(r'[^A-Za-z0-9_.=-]+', '_', name).strip('_') or 'run'
@@ -67,27 +66,21 @@ def slug(name: str) -> str:
 def plan_runs(gin_files, methods):
   """``[(name, gin files, bindings)]`` from the flags."""
   if not gin_files:
-    raise BadFlags('--gin_file is required: one per run, or a base config with '
-                   '--method')
+    raise ConfigurationError('--gin_file is required: one per run, or a base '
+                             'config with --method')
   if not methods:
     if len(gin_files) < 2:
-      raise BadFlags('give at least two --gin_file (one run each), or --method '
-                     'variants of one config')
+      raise ConfigurationError('give at least two --gin_file (one run each), or '
+                               '--method variants of one config')
     names = [os.path.splitext(os.path.basename(path))[0] for path in gin_files]
     if len(set(names)) < len(names):
       names = [os.path.relpath(path).replace(os.sep, '_') for path in gin_files]
     return [(name, [path], []) for name, path in zip(names, gin_files)]
-  runs = []
-  for text in methods:
-    name, colon, rest = text.partition(':')
-    bindings = [b.strip() for b in rest.split(';') if b.strip()]
-    if not colon or not name.strip() or not bindings:
-      raise BadFlags(f'--method={text!r} is not NAME: BINDINGS; write e.g. '
-                     "--method='tbptt: train.method = @TruncatedBPTT; "
-                     "TruncatedBPTT.window = 10'")
-    runs.append((name.strip(), list(gin_files), bindings))
+  runs = [(variant.name, list(gin_files), list(variant.bindings))
+          for variant in map(fidelity.Variant.parse, methods)]
   if len({slug(name) for name, _, _ in runs}) < len(runs):
-    raise BadFlags('--method names must differ: they name the run directories')
+    raise ConfigurationError('--method names must differ: they name the run '
+                             'directories')
   return runs
 
 
@@ -200,7 +193,7 @@ def main(argv):
     return 2
   try:
     runs = plan_runs(FLAGS.gin_file, FLAGS.method)
-  except BadFlags as error:
+  except ConfigurationError as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
   os.makedirs(FLAGS.output_dir, exist_ok=True)
