@@ -155,3 +155,14 @@ def test_fidelity_restores_a_trained_synthesizer_only_when_asked(tmp_path):
   # The trained one injects its predictions; truncated BPTT is not restored into.
   assert trained_dni['relative_bias'] != truncated['relative_bias']
   assert truncated_again['relative_bias'] == truncated['relative_bias']
+
+
+def test_fidelity_refuses_a_checkpoint_without_the_models_weights(tmp_path):
+  import tensorflow as tf
+  # A checkpoint that holds something else: measuring would silently use fresh
+  # weights for whatever it lacks.
+  path = tf.train.Checkpoint(step=tf.Variable(3)).write(str(tmp_path / 'ckpt'))
+  variant = fidelity.Variant.parse('TBPTT: train.method = @TruncatedBPTT')
+  with pytest.raises(ConfigurationError, match='does not hold every weight'):
+    fidelity.measure([TINY], [], [variant], windows=[5], lengths=[None], draws=1,
+                     sequences=4, checkpoint=path)

@@ -235,12 +235,19 @@ def _own_length(task: task_base.Task) -> int:
 def _load_weights(model: keras.Model, checkpoint: str) -> None:
   path = _checkpoint_path(checkpoint)
   try:
-    tf.train.Checkpoint(model=model).read(path).expect_partial()
-  except (tf.errors.NotFoundError, ValueError) as error:
+    # Every weight of the model must come from the checkpoint: a partial restore
+    # would measure a half-trained model without saying so.
+    tf.train.Checkpoint(model=model).read(path).expect_partial(
+        ).assert_existing_objects_matched()
+  except (tf.errors.NotFoundError, ValueError, AssertionError) as error:
+    missing = re.findall(r'path=([^,\s]+)', str(error))
+    detail = (f'missing {", ".join(missing)}' if missing
+              else str(error).strip().split('\n')[0])
     raise ConfigurationError(
-        f'--checkpoint={checkpoint!r}: no checkpoint of this model there ({error}); '
-        'give a run directory written by tools/train.py with the same config'
-    ) from None
+        f'--checkpoint={checkpoint!r}: it does not hold every weight of this '
+        f'model ({detail}); give a run directory written by tools/train.py '
+        'with the same task and model config (checkpoints written before the '
+        'recurrent layers were tracked as core_<i> do not hold them)') from None
 
 
 def _checkpoint_path(checkpoint: str) -> str:
