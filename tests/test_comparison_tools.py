@@ -110,9 +110,13 @@ def test_gradient_statistics_by_hand():
   scaled = fidelity.gradient_statistics(np.stack([2 * reference]), reference)
   assert scaled['relative_bias'] == pytest.approx(1.0)
   assert scaled['cosine'] == pytest.approx(1.0)
+  assert scaled['norm_ratio'] == pytest.approx(2.0)
   orthogonal = fidelity.gradient_statistics(np.array([[-4.0, 3.0]]), reference)
   assert orthogonal['cosine'] == pytest.approx(0.0, abs=1e-12)
   assert orthogonal['relative_bias'] == pytest.approx(np.sqrt(2.0))
+  assert orthogonal['norm_ratio'] == pytest.approx(1.0)
+  # The two draws above average to the reference itself.
+  assert stats['norm_ratio'] == pytest.approx(1.0)
 
 
 def test_variant_parsing():

@@ -10,6 +10,8 @@ reference, the full-BPTT gradient ``g``, measure every estimator ``ĝ``:
   Monte-Carlo noise ``sqrt(tr Cov(ĝ) / draws) / ‖g‖``, below which a bias is not
   resolved;
 * cosine between ``E[ĝ]`` and ``g``, and the mean cosine of single draws;
+* norm ratio ``‖E[ĝ]‖ / ‖g‖`` (with the cosine, it tells an estimate that is too
+  large or too small from one that points elsewhere);
 * relative spread ``sqrt(tr Cov(ĝ)) / ‖g‖`` of one draw around its mean.
 
 A method and its settings are a *variant*: gin bindings applied on top of the base
@@ -83,7 +85,8 @@ def gradient_statistics(estimates: np.ndarray, reference: np.ndarray
   Returns:
     ``relative_bias``, ``bias_noise`` (the bias one would measure for an unbiased
     estimator with this spread, ``sqrt(tr Cov / draws) / ‖g‖``), ``cosine`` (of the
-    mean), ``mean_draw_cosine`` and ``relative_spread`` (``sqrt(tr Cov) / ‖g‖``,
+    mean), ``mean_draw_cosine``, ``norm_ratio`` (``‖E[ĝ]‖ / ‖g‖``) and
+    ``relative_spread`` (``sqrt(tr Cov) / ‖g‖``,
     the unbiased covariance over draws; 0 for one draw).
   """
   estimates = np.asarray(estimates, np.float64)
@@ -104,6 +107,7 @@ def gradient_statistics(estimates: np.ndarray, reference: np.ndarray
       'bias_noise': float(math.sqrt(spread / draws) / norm),
       'cosine': cosine(mean, reference),
       'mean_draw_cosine': float(np.mean([cosine(e, reference) for e in estimates])),
+      'norm_ratio': float(np.linalg.norm(mean) / norm),
       'relative_spread': float(math.sqrt(spread) / norm),
   }
 
@@ -212,7 +216,7 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
         if progress:
           progress(f"length {steps:5d}  {row['method']:28s} bias "
                    f"{row['relative_bias']:.4f} (noise {row['bias_noise']:.4f})  "
-                   f"cosine {row['cosine']:.4f}")
+                   f"cosine {row['cosine']:.4f}  norm ratio {row['norm_ratio']:.3f}")
   gin.clear_config()
   return rows
 
@@ -277,13 +281,14 @@ def _load_method_state(method, checkpoint: str) -> bool:
 def markdown_table(rows: Sequence[Dict]) -> str:
   """The rows as a markdown table."""
   lines = ['| method | sequence length | relative bias | (noise) | cosine of mean | '
-           'mean cosine of one draw | relative spread | draws |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|']
+           'mean cosine of one draw | norm ratio | relative spread | draws |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
   for row in rows:
     lines.append(
         f"| {row['method']} | {row['length']} | {row['relative_bias']:.4f} | "
         f"{row['bias_noise']:.4f} | {row['cosine']:.4f} | "
-        f"{row['mean_draw_cosine']:.4f} | {row['relative_spread']:.4f} | "
+        f"{row['mean_draw_cosine']:.4f} | {row['norm_ratio']:.4f} | "
+        f"{row['relative_spread']:.4f} | "
         f"{row['draws']} |")
   return '\n'.join(lines) + '\n'
 
