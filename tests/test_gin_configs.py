@@ -37,3 +37,20 @@ def test_misspelt_binding_is_an_error_naming_it():
     tfcredit.config.parse([os.path.join(ROOT, 'testing', 'tiny.gin')],
                           ['TruncatedBPTT.windw = 3'])
   gin.clear_config()
+
+
+def test_include_resolves_quietly_and_a_missing_include_is_named(tmp_path, caplog):
+  including = os.path.join(ROOT, 'jaderberg17_dni', 'copy_dni.gin')  # Has an include.
+  assert 'include' in open(including).read()
+  gin.clear_config()
+  try:
+    with caplog.at_level('INFO'):
+      tfcredit.config.parse([including], [])
+    assert not [r for r in caplog.records if r.levelname == 'ERROR'], caplog.text
+    broken = tmp_path / 'broken.gin'
+    broken.write_text("include 'no_such_folder/absent.gin'\n")
+    gin.clear_config()
+    with pytest.raises(tfcredit.ConfigurationError, match='absent.gin'):
+      tfcredit.config.parse([str(broken)], [])
+  finally:
+    gin.clear_config()

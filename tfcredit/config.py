@@ -1,5 +1,6 @@
 """Gin plumbing shared by the entry scripts: parse files and bindings with clear errors."""
 
+import logging
 import os
 from typing import Sequence
 
@@ -9,6 +10,18 @@ from tfcredit.errors import ConfigurationError
 
 GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), 'gin_configs')
+
+
+class _QuietResourceProbe(logging.Filter):
+  """Drops gin's error line for an ``include`` that is not a Python-package
+  resource: gin logs it before it finds the file on the search path."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.msg == 'Path not found: %s'
+                and record.pathname.endswith('resource_reader.py'))
+
+
+_RESOURCE_PROBE_FILTER = _QuietResourceProbe()
 
 
 def parse(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
@@ -27,6 +40,8 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
           f'--gin_file={path!r} does not exist: give the path of a .gin file, e.g. '
           'gin_configs/quickstart.gin')
     gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
+  root_logger = logging.getLogger()  # gin's resource reader logs to the root
+  root_logger.addFilter(_RESOURCE_PROBE_FILTER)
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
                                         skip_unknown=False)
@@ -35,4 +50,6 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
         f'invalid gin configuration: {error}. Check the spelling of the binding '
         'against the class or function signature (see README, "Configuration").'
     ) from None
+  finally:
+    root_logger.removeFilter(_RESOURCE_PROBE_FILTER)
   return gin.config_str()
