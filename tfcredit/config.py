@@ -12,16 +12,11 @@ GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), 'gin_configs')
 
 
-class _QuietResourceProbe(logging.Filter):
-  """Drops gin's error line for an ``include`` that is not a Python-package
+def _not_a_resource_probe(record: logging.LogRecord) -> bool:
+  """False for gin's error line about an ``include`` that is not a Python-package
   resource: gin logs it before it finds the file on the search path."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.msg == 'Path not found: %s'
-                and record.pathname.endswith('resource_reader.py'))
-
-
-_RESOURCE_PROBE_FILTER = _QuietResourceProbe()
+  return not (record.msg == 'Path not found: %s'
+              and record.pathname.endswith('resource_reader.py'))
 
 
 def parse(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
@@ -41,7 +36,7 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
           'gin_configs/quickstart.gin')
     gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
   root_logger = logging.getLogger()  # gin's resource reader logs to the root
-  root_logger.addFilter(_RESOURCE_PROBE_FILTER)
+  root_logger.addFilter(_not_a_resource_probe)
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
                                         skip_unknown=False)
@@ -51,5 +46,5 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
         'against the class or function signature (see README, "Configuration").'
     ) from None
   finally:
-    root_logger.removeFilter(_RESOURCE_PROBE_FILTER)
+    root_logger.removeFilter(_not_a_resource_probe)
   return gin.config_str()

@@ -128,7 +128,8 @@ def summarize(name, final, wall, model_dir):
                  if key.startswith('valid_') and key != 'valid_loss'), 'loss')
   valid = reporting.read_scalars(os.path.join(model_dir, 'valid'))
   train_curves = reporting.read_scalars(os.path.join(model_dir, 'train'))
-  split, _, tag = (FLAGS.curve or f'valid/{metric}').partition('/')
+  curve_name = FLAGS.curve or f'valid/{metric}'
+  split, _, tag = curve_name.partition('/')
   curve = {'valid': valid, 'train': train_curves}.get(split, {}).get(tag, [])
   best_curve = valid.get(metric, [])
   rates = [v for _, v in train_curves.get(f'{final.get("unit", "")}_per_second', [])]
@@ -141,7 +142,7 @@ def summarize(name, final, wall, model_dir):
       'units_per_second': sum(rates) / len(rates) if rates else None,
       'wall_seconds': wall, 'updates': final.get('updates'),
       'units_seen': final.get('units_seen'), 'curve': curve,
-      'curve_name': FLAGS.curve or f'valid/{metric}',
+      'curve_name': curve_name,
       'model_dir': model_dir,
   }
 
@@ -176,7 +177,7 @@ def plot(rows, path) -> bool:
       steps, values = zip(*row['curve'])
       axis.plot(steps, values, marker='o', markersize=3, label=row['run'])
   axis.set(xlabel=f"{rows[0]['unit'] or 'units'} trained on",
-           ylabel=FLAGS.curve or f"validation {rows[0]['metric']}")
+           ylabel=rows[0]['curve_name'])
   if FLAGS.log_scale:
     axis.set_xscale('log')
     axis.set_yscale('log')
