@@ -12,7 +12,7 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.testing import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, 'gin_configs', 'testing', 'tiny.gin')
+TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
 HAS_MATPLOTLIB = importlib.util.find_spec('matplotlib') is not None
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import tfcredit
 
-ROOT = os.path.join(os.path.dirname(__file__), '..', 'gin_configs')
+ROOT = os.path.join(os.path.dirname(__file__), '..', 'tfcredit', 'gin_configs')
 FILES = sorted(glob.glob(os.path.join(ROOT, '**', '*.gin'), recursive=True))
 
 
@@ -70,3 +70,41 @@ def test_target_prop_configs_start_adagrad_like_the_authors(path):
     assert optimizer.initial_accumulator_value == 0.0
   finally:
     gin.clear_config()
+
+
+def _parsed_task(gin_file):
+  gin.clear_config()
+  try:
+    tfcredit.config.parse([gin_file], [])
+    return gin.query_parameter('train.task')
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize('name', ['gin_configs/quickstart.gin', 'quickstart.gin',
+                                  'zaremba14_tbptt/ptb_small.gin',
+                                  'gin_configs/testing/tiny.gin'])
+def test_packaged_configs_resolve_from_any_directory(name, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # no gin_configs/ folder here
+  packaged = name[len('gin_configs/'):] if name.startswith('gin_configs/') else name
+  assert tfcredit.config.resolve_gin_file(name) == os.path.join(
+      tfcredit.config.GIN_CONFIGS_DIR, *packaged.split('/'))
+  assert _parsed_task(name) is not None
+
+
+def test_a_file_on_disk_wins_over_the_packaged_one(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  local = tmp_path / 'gin_configs' / 'quickstart.gin'
+  local.parent.mkdir()
+  local.write_text(open(os.path.join(ROOT, 'testing', 'tiny.gin')).read())
+  assert tfcredit.config.resolve_gin_file('gin_configs/quickstart.gin') == \
+      'gin_configs/quickstart.gin'
+
+
+def test_a_missing_gin_file_names_the_path_and_the_packaged_folder(tmp_path,
+                                                                    monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(tfcredit.ConfigurationError) as raised:
+    tfcredit.config.parse(['gin_configs/no_such_config.gin'], [])
+  assert "'gin_configs/no_such_config.gin'" in str(raised.value)
+  assert tfcredit.config.GIN_CONFIGS_DIR in str(raised.value)

@@ -8,7 +8,7 @@ import pytest
 from tfcredit.testing import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, 'gin_configs', 'testing', 'tiny.gin')
+TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
 
 
 def test_train_then_evaluate_the_export(tmp_path):

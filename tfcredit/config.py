@@ -8,8 +8,40 @@ import gin
 
 from tfcredit.errors import ConfigurationError
 
-GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), 'gin_configs')
+# The configs shipped with the package (package data, installed with the wheel).
+GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               'gin_configs')
+_PACKAGED_PREFIX = 'gin_configs'
+
+
+def resolve_gin_file(path: str) -> str:
+  """Returns the .gin file that ``--gin_file=path`` names.
+
+  A path that exists on disk wins. Otherwise a relative path is looked up in the
+  packaged config folder (``GIN_CONFIGS_DIR``); a leading ``gin_configs/`` also
+  names that folder, so ``gin_configs/quickstart.gin`` and
+  ``zaremba14_tbptt/ptb_small.gin`` work from any directory.
+
+  Raises:
+    ConfigurationError: no such file on disk nor in the packaged folder.
+  """
+  if os.path.isfile(path):
+    return path
+  candidates = []
+  if path and not os.path.isabs(path):
+    relative = os.path.normpath(path)
+    parts = relative.split(os.sep)
+    if parts[0] == _PACKAGED_PREFIX and len(parts) > 1:
+      candidates.append(os.path.join(GIN_CONFIGS_DIR, *parts[1:]))
+    candidates.append(os.path.join(GIN_CONFIGS_DIR, relative))
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      return candidate
+  raise ConfigurationError(
+      f'--gin_file={path!r} does not exist: not on disk (relative to '
+      f'{os.getcwd()!r}) nor in the packaged config folder {GIN_CONFIGS_DIR!r}. '
+      'Give the path of a .gin file, or a packaged config such as '
+      'gin_configs/quickstart.gin or testing/tiny.gin')
 
 
 def _not_a_resource_probe(record: logging.LogRecord) -> bool:
@@ -22,23 +54,21 @@ def _not_a_resource_probe(record: logging.LogRecord) -> bool:
 def parse(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
   """Parses gin files and bindings (``skip_unknown`` stays off); returns config text.
 
-  ``include`` lines resolve against ``gin_configs/`` and each file's own folder.
+  Each file is resolved by ``resolve_gin_file``; ``include`` lines resolve against
+  the packaged config folder and each file's own folder.
 
   Raises:
     ConfigurationError: a file is missing or a binding is unknown or malformed; the
       message names it.
   """
   gin.add_config_file_search_path(GIN_CONFIGS_DIR)
+  gin_files = [resolve_gin_file(path) for path in gin_files]
   for path in gin_files:
-    if not os.path.isfile(path):
-      raise ConfigurationError(
-          f'--gin_file={path!r} does not exist: give the path of a .gin file, e.g. '
-          'gin_configs/quickstart.gin')
     gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
   root_logger = logging.getLogger()  # gin's resource reader logs to the root
   root_logger.addFilter(_not_a_resource_probe)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
+    gin.parse_config_files_and_bindings(gin_files, list(gin_bindings),
                                         skip_unknown=False)
   except (ValueError, SyntaxError, KeyError, IOError) as error:
     raise ConfigurationError(

@@ -334,7 +334,7 @@ def test_alternation_must_also_be_the_lr_schedule(clean_gin):
 
 
 # --------------------------------------------------------------- with the trainer
-_TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'gin_configs', 'testing',
+_TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs', 'testing',
                      'tiny.gin')
 _ALTERNATING_STREAM = (
     'train.deterministic = True', 'train.log_every_seconds = 1e9',

@@ -26,7 +26,7 @@ from tfcredit.tasks.synthetic import AddingTask, CopyTask
 from tfcredit.testing import built_optimizer, tiny_model
 from tfcredit.training import reporting
 
-TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'gin_configs', 'testing',
+TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs', 'testing',
                     'tiny.gin')
 
 

@@ -364,7 +364,7 @@ def test_trainer_writes_target_prop_summaries(tmp_path):
   gin.clear_config()
   try:
     tfcredit.config.parse(
-        [os.path.join(os.path.dirname(__file__), '..', '..', 'gin_configs',
+        [os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs',
                       'testing', 'tiny.gin')],
         ['train.task = @MarkovLanguageTask',
          'MarkovLanguageTask.train_length = 400',

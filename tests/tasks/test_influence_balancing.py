@@ -23,7 +23,7 @@ from tfcredit.testing import built_optimizer, cleared_gin_config, tiny_model
 
 P, N = 10, 13
 ETA0 = 3e-4  # The paper's initial learning rate, on the summed window loss.
-CONFIGS = os.path.join(os.path.dirname(__file__), '..', '..', 'gin_configs',
+CONFIGS = os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs',
                        'tallec17_artbp')
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join(REPO, 'gin_configs', 'testing', 'tiny.gin')
+TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
 BINDINGS = ['--gin_bindings=train.epochs = 1', '--gin_bindings=train.deterministic = True']
 
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tfcredit
 from tfcredit.errors import TrainingError
 
-TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'gin_configs', 'testing',
+TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs', 'testing',
                     'tiny.gin')
 
 
