@@ -5,7 +5,12 @@ names ``@TruncatedBPTT``, ``@AddingTask``, ``@RecurrentModel``, ``@StepDecay``,
 ``@keras.optimizers.SGD``... and binds their arguments.
 """
 
-import gin
+from tfcredit import _startup
+
+# Before TensorFlow is imported: the command-line entry points start quietly.
+_startup.prepare()
+
+import gin  # pylint: disable=g-import-not-at-top,wrong-import-position
 import keras
 
 from tfcredit import config

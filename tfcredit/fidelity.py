@@ -17,7 +17,8 @@ reference, the full-BPTT gradient ``g``, measure every estimator ``ĝ``:
 A method and its settings are a *variant*: gin bindings applied on top of the base
 configuration, in which ``{window}`` stands for each value of the window sweep; the
 sequence-length sweep rebinds the task's ``sequence_length`` (episodic tasks) or
-cuts stream segments of that length. Used by ``tools/gradient_fidelity.py``.
+cuts stream segments of that length. Used by ``tfcredit-fidelity``
+(``tfcredit/cli/gradient_fidelity.py``).
 """
 
 import dataclasses
@@ -249,7 +250,7 @@ def _load_weights(model: keras.Model, checkpoint: str) -> None:
               else str(error).strip().split('\n')[0])
     raise ConfigurationError(
         f'--checkpoint={checkpoint!r}: it does not hold every weight of this '
-        f'model ({detail}); give a run directory written by tools/train.py '
+        f'model ({detail}); give a run directory written by tfcredit-train '
         'with the same task and model config (checkpoints written before the '
         'recurrent layers were tracked as core_<i> do not hold them)') from None
 
@@ -266,7 +267,7 @@ def _load_method_state(method, checkpoint: str) -> bool:
   if not os.path.exists(config):
     raise ConfigurationError(
         f'--restore_method_state needs a run directory with operative_config.gin; '
-        f'--checkpoint={checkpoint!r} has none: give the directory tools/train.py '
+        f'--checkpoint={checkpoint!r} has none: give the directory tfcredit-train '
         'wrote')
   with open(config) as f:
     trained = re.search(r'^train\.method\s*=\s*@([\w.]+)', f.read(), re.MULTILINE)
@@ -295,7 +296,7 @@ def markdown_table(rows: Sequence[Dict]) -> str:
 
 def plot(rows: Sequence[Dict], path: str) -> bool:
   """Bias and cosine against sequence length, one line per method; False when
-  matplotlib is not installed (``pip install -e .[plots]``)."""
+  matplotlib is not installed (``pip install 'tfcredit[plots]'``)."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')

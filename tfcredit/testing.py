@@ -1,6 +1,6 @@
 """Shared test helpers: tiny models, built optimizers, gin reset, gradient comparison.
 
-Used by the test suite (DESIGN.md, "Tests") and handy in notebooks. Nothing here is
+Used by the test suite (docs/design.md, "Tests") and handy in notebooks. Nothing here is
 imported by the library itself, so the helpers may depend on pytest lazily.
 """
 
@@ -134,7 +134,8 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_tool(script: str, *args: str, timeout: float = 900
              ) -> subprocess.CompletedProcess:
-  """Runs ``tools/<script>`` with ``args`` in a fresh interpreter from the
+  """Runs ``tools/<script>`` (the checkout's thin wrapper of the
+  ``tfcredit.cli`` entry point) with ``args`` in a fresh interpreter from the
   repository root, TensorFlow's logging quiet; returns the completed process
   (text ``stdout`` and ``stderr``)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')

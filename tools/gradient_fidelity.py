@@ -1,102 +1,14 @@
-"""How wrong is each method's gradient? Measured against full BPTT.
+"""``python tools/gradient_fidelity.py ...`` in a checkout: the same as ``tfcredit-fidelity ...``.
 
-``python tools/gradient_fidelity.py --gin_file=gin_configs/testing/tiny.gin``
-
-For the task and model of ``--gin_file`` (fresh weights, or ``--checkpoint`` of a
-run), every ``--method`` estimates the gradient of the same sequences ``--draws``
-times (``Method.estimate_gradients``); each is compared with the full-BPTT gradient:
-relative bias of the mean estimate (with its Monte-Carlo noise), cosine, and the
-spread of single draws, for every ``--lengths`` x ``--windows`` pair
-(``tfcredit.fidelity`` defines them). A method is ``NAME: gin bindings`` separated by
-``;``, where ``{window}`` takes each ``--windows`` value:
-
-  --method='truncated BPTT K={window}: train.method = @TruncatedBPTT; TruncatedBPTT.window = {window}'
-
-Default methods: full BPTT (a check: bias 0), truncated BPTT and ARTBP (per-row
-draws). Writes ``fidelity.json``, ``fidelity.md`` and (with matplotlib,
-``pip install -e .[plots]``) ``fidelity.png`` into ``--output_dir``, and prints the
-table. Exit codes: 0 success, 2 bad configuration, 1 data failure.
+The code is ``tfcredit/cli/gradient_fidelity.py``.
 """
 
-import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
-
-flags.DEFINE_multi_string('gin_file', [], 'Gin config files of the task and model.')
-flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings (repeatable).')
-flags.DEFINE_multi_string('method', None, "Methods, 'NAME: bindings; ...' "
-                          '(repeatable); default: full BPTT, truncated BPTT, ARTBP.')
-flags.DEFINE_list('windows', ['5', '10'], 'Values of {window} in --method.')
-flags.DEFINE_list('lengths', [], 'Sequence lengths; default: the task\'s own.')
-flags.DEFINE_integer('draws', 64, 'Estimates per method, window and length.')
-flags.DEFINE_integer('sequences', 32, 'Sequences (or stream columns) per estimate.')
-flags.DEFINE_string('checkpoint', None, 'A run directory (or checkpoint) whose model '
-                    'weights to use; default: fresh weights.')
-flags.DEFINE_bool('restore_method_state', False, 'With --checkpoint, also restore '
-                  'the trained method state (a DNI synthesizer, FPTT averages) '
-                  'into the variants of the run\'s own method class.')
-flags.DEFINE_string('data_dir', None, 'Data directory, for tasks that read data.')
-flags.DEFINE_integer('seed', 0, 'Seeds fresh weights and the methods\' draws.')
-flags.DEFINE_string('output_dir', 'runs/gradient_fidelity', 'Where to write.')
-FLAGS = flags.FLAGS
-
-
-def _integers(name, values):
-  from tfcredit.errors import ConfigurationError  # pylint: disable=g-import-not-at-top
-  try:
-    numbers = [int(v) for v in values]
-  except ValueError:
-    raise ConfigurationError(
-        f'--{name}={",".join(values)} must be comma-separated integers, e.g. '
-        f'--{name}=10,20') from None
-  if any(n <= 0 for n in numbers):
-    raise ConfigurationError(f'--{name}={",".join(values)} must be positive')
-  return numbers
-
-
-def main(argv):
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    return 2
-  from tfcredit import errors  # pylint: disable=g-import-not-at-top
-  from tfcredit import fidelity
-
-  try:
-    if not FLAGS.gin_file:
-      raise errors.ConfigurationError(
-          '--gin_file is required: e.g. --gin_file=gin_configs/testing/tiny.gin')
-    variants = [fidelity.Variant.parse(text)
-                for text in (FLAGS.method or fidelity.DEFAULT_VARIANTS)]
-    rows = fidelity.measure(
-        FLAGS.gin_file, FLAGS.gin_bindings, variants,
-        windows=_integers('windows', FLAGS.windows),
-        lengths=_integers('lengths', FLAGS.lengths) or [None],
-        draws=FLAGS.draws, sequences=FLAGS.sequences, data_dir=FLAGS.data_dir,
-        checkpoint=FLAGS.checkpoint, seed=FLAGS.seed,
-        restore_method_state=FLAGS.restore_method_state,
-        progress=lambda line: print(line, flush=True))
-  except errors.TfcreditError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return error.exit_code
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
-  table = fidelity.markdown_table(rows)
-  with open(os.path.join(FLAGS.output_dir, 'fidelity.json'), 'w') as f:
-    json.dump(rows, f, indent=1)
-  with open(os.path.join(FLAGS.output_dir, 'fidelity.md'), 'w') as f:
-    f.write(table)
-  plotted = fidelity.plot(rows, os.path.join(FLAGS.output_dir, 'fidelity.png'))
-  print(table)
-  print(f'wrote {FLAGS.output_dir}/fidelity.json, fidelity.md'
-        + (', fidelity.png' if plotted else ' (no plot: pip install -e .[plots])'))
-  return 0
-
+from tfcredit.cli.gradient_fidelity import main  # pylint: disable=wrong-import-position
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  main()

@@ -1,6 +1,6 @@
 """Truncated-BPTT training throughput, as ratios to references timed in the same run.
 
-``python tools/benchmark.py [--quick] [--output_dir=runs/benchmark]``
+``tfcredit-benchmark [--quick] [--output_dir=runs/benchmark]``
 
 Workloads: the PTB "small" language model of Zaremba et al. (2014) (vocabulary
 10,000, 2-layer LSTM 200, window 20, batch 20, SGD lr 1, clip 5) on random token ids,
@@ -34,7 +34,7 @@ ARTBP (``--artbp_row``, on by default): the PTB shape trained by ``ARTBP`` (Tall
 Ollivier 2017; mean window L0 = 20, alpha = 4, 10 windows per call, each call as long
 as the method asks through ``segment_length``, as the trainer does), against
 truncated BPTT with window L0 and the same windows per call, timed in the same
-rounds (issue 4's goal: a ratio of at least 0.85).
+rounds (the target: a ratio of at least 0.85).
 
 Writes ``benchmark.json`` and ``benchmark.md`` into ``--output_dir`` and prints the
 markdown table.
@@ -51,14 +51,12 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcredit.cli import common
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.base import Method
@@ -76,38 +74,41 @@ REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration
 ARTBP_MEAN_LENGTH, ARTBP_ALPHA = 20, 4.0  # The ARTBP row: L0 = the PTB window.
 ARTBP_WINDOWS_PER_CALL = 10
 
-flags.DEFINE_bool('quick', False, 'Short measurements (well under a minute in all) '
-                  'for smoke tests: one round, windows_per_call 1 and 2 unless given, '
-                  'no steps_per_execution row; the figures are noisier.')
-flags.DEFINE_string('output_dir', 'runs/benchmark', 'Where benchmark.json and '
-                    'benchmark.md are written.')
-flags.DEFINE_multi_integer('windows_per_call', [10, 50], 'Values of '
-                           'TruncatedBPTT.windows_per_call timed on the language '
-                           'model (one row each).')
-flags.DEFINE_bool('replicas_row', True, 'Also time the PTB shape with '
-                  f'windows_per_call={REPLICAS_WINDOWS_PER_CALL} on 1 replica and '
-                  f'on {REPLICAS} (MirroredStrategy over {REPLICAS} logical CPU '
-                  'devices, split at startup) and report their throughput ratio: '
-                  'the overhead of the distributed code path. false also leaves '
-                  'the CPU unsplit.')
-flags.DEFINE_bool('artbp_row', True, 'Also time ARTBP (L0 = '
-                  f'{ARTBP_MEAN_LENGTH}, alpha = {ARTBP_ALPHA}) on the PTB shape '
-                  'against truncated BPTT with window L0 in the same rounds.')
-flags.DEFINE_bool('fptt_row', True, 'Also time FPTT (K = 10 windows of 20 steps, '
-                  'alpha = 0.01) on the adding task, T = 200, and on the PTB '
-                  'shape, against truncated BPTT with the same windows in the '
-                  'same rounds.')
-flags.DEFINE_bool('dni_row', True, 'Also time DNI (layer-wise and neuron-wise '
-                  'synthesizers, window 20, 10 windows per call) on the PTB shape '
-                  'against truncated BPTT with the same window in the same rounds.')
-flags.DEFINE_bool('target_prop_row', True, 'Also time TargetProp (Wiseman et al. '
-                  '2017; blocks of 10, 4 blocks per update, 1 H-step, 1 theta-step) '
-                  'on the PTB shape against truncated BPTT with K = 10 and with '
-                  'K = 4 x 10 (the same tokens per update) in the same rounds.')
-flags.DEFINE_integer('rounds', None, 'Interleaved measurement rounds; default 3 '
-                     '(1 with --quick).')
-flags.DEFINE_integer('seed', 0, 'Seeds the weights and the synthetic data.')
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  define = common.define_flag
+  define(flags.DEFINE_bool, 'quick', False, 'Short measurements (well under a '
+         'minute in all) for smoke tests: one round, windows_per_call 1 and 2 '
+         'unless given, no steps_per_execution row; the figures are noisier.')
+  define(flags.DEFINE_string, 'output_dir', 'runs/benchmark', 'Where '
+         'benchmark.json and benchmark.md are written.')
+  define(flags.DEFINE_multi_integer, 'windows_per_call', [10, 50], 'Values of '
+         'TruncatedBPTT.windows_per_call timed on the language model (one row '
+         'each).')
+  define(flags.DEFINE_bool, 'replicas_row', True, 'Also time the PTB shape with '
+         f'windows_per_call={REPLICAS_WINDOWS_PER_CALL} on 1 replica and on '
+         f'{REPLICAS} (MirroredStrategy over {REPLICAS} logical CPU devices, split '
+         'at startup) and report their throughput ratio: the overhead of the '
+         'distributed code path. false also leaves the CPU unsplit.')
+  define(flags.DEFINE_bool, 'artbp_row', True, 'Also time ARTBP (L0 = '
+         f'{ARTBP_MEAN_LENGTH}, alpha = {ARTBP_ALPHA}) on the PTB shape against '
+         'truncated BPTT with window L0 in the same rounds.')
+  define(flags.DEFINE_bool, 'fptt_row', True, 'Also time FPTT (K = 10 windows of '
+         '20 steps, alpha = 0.01) on the adding task, T = 200, and on the PTB '
+         'shape, against truncated BPTT with the same windows in the same rounds.')
+  define(flags.DEFINE_bool, 'dni_row', True, 'Also time DNI (layer-wise and '
+         'neuron-wise synthesizers, window 20, 10 windows per call) on the PTB '
+         'shape against truncated BPTT with the same window in the same rounds.')
+  define(flags.DEFINE_bool, 'target_prop_row', True, 'Also time TargetProp '
+         '(Wiseman et al. 2017; blocks of 10, 4 blocks per update, 1 H-step, 1 '
+         'theta-step) on the PTB shape against truncated BPTT with K = 10 and '
+         'with K = 4 x 10 (the same tokens per update) in the same rounds.')
+  define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
+         'default 3 (1 with --quick).')
+  define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
+         'data.')
 
 
 # ---------------------------------------------------------------------- FLOPs
@@ -662,7 +663,7 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
         ARTBP_WINDOWS_PER_CALL)
   if FLAGS.fptt_row:
     # FPTT (Kag & Saligrama 2021) on the adding task, T = 200, K = 10 windows of
-    # 20 steps, against truncated BPTT with the same windows (issue 7's goal: a
+    # 20 steps, against truncated BPTT with the same windows (the target: a
     # ratio of at least 0.8). FPTT backpropagates every window (each one's last
     # state predicts the target); truncated BPTT only the last window, the only
     # one with a loss, and runs the others forward.
@@ -689,7 +690,7 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
         segment_length=200, flops_window=20)
   if FLAGS.dni_row:
     # DNI (Jaderberg et al. 2017; Shang & Zhang 2019) against truncated BPTT with
-    # the same window and windows per call (issue 6's goal: >= 0.75 layer-wise).
+    # the same window and windows per call (the target: >= 0.75 layer-wise).
     from tfcredit import DNI, LayerwiseSynthesizer, NeuronwiseSynthesizer  # pylint: disable=g-import-not-at-top
     dni_model = dataclasses.replace(
         ptb_small(steps=20 * 10 * (2 if quick else 10), seed=seed),
@@ -731,10 +732,11 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
   return runners, roofline, references
 
 
-def main(argv):
-  del argv
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
+def run(argv: List[str]) -> int:
+  """Measures with the parsed flags; returns the exit code."""
+  code = common.unexpected_arguments(argv)
+  if code is not None:
+    return code
   windows_per_call = FLAGS.windows_per_call
   if FLAGS.quick and not FLAGS['windows_per_call'].present:
     windows_per_call = QUICK_WINDOWS_PER_CALL
@@ -796,5 +798,12 @@ def main(argv):
   print(f'wrote {os.path.join(FLAGS.output_dir, "benchmark.json")} and benchmark.md')
   return 0
 
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The ``tfcredit-benchmark`` console script."""
+  define_flags()
+  common.run(run, argv)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -1,0 +1,109 @@
+"""A quiet start for the command-line entry points (standard library only).
+
+TensorFlow writes C++ log lines to the process's stderr while it is imported (the
+absl ``InitializeLog`` notice, "Could not find cuda drivers", ``oneDNN``...) and
+when it first looks for devices (``E0000 ... failed call to cuInit`` on machines
+without a GPU). ``TF_CPP_MIN_LOG_LEVEL`` filters only some of them and must be set
+before TensorFlow is imported, which ``import tfcredit`` does. So
+``tfcredit/__init__.py`` calls ``prepare()`` first: when the process is one of the
+entry points (``tfcredit-train``..., ``python -m tfcredit.cli.<name>``,
+``python tools/<name>.py``), it sets ``TF_CPP_MIN_LOG_LEVEL=3`` and imports
+TensorFlow with the stderr file descriptor pointed at ``/dev/null``.
+
+Nothing is hidden when the user set ``TF_CPP_MIN_LOG_LEVEL`` (their choice wins),
+when ``--verbose`` is on the command line, or when tfcredit is imported as a
+library.
+"""
+
+import os
+import sys
+from typing import Optional, Sequence
+
+# Console scripts (setup.cfg) and the modules that implement them.
+COMMANDS = {
+    'tfcredit-train': 'train',
+    'tfcredit-evaluate': 'evaluate',
+    'tfcredit-compare': 'compare',
+    'tfcredit-fidelity': 'gradient_fidelity',
+    'tfcredit-benchmark': 'benchmark',
+}
+LOG_LEVEL_VARIABLE = 'TF_CPP_MIN_LOG_LEVEL'
+_MODULE_PREFIX = 'tfcredit.cli.'
+QUIETED = False  # prepare() set TF_CPP_MIN_LOG_LEVEL itself (not the user).
+
+
+def is_command(argv: Sequence[str], orig_argv: Optional[Sequence[str]] = None
+               ) -> bool:
+  """Whether ``argv`` (``sys.argv``) is one of tfcredit's entry points.
+
+  ``orig_argv`` (``sys.orig_argv``) identifies ``python -m tfcredit.cli.<name>``,
+  whose ``sys.argv[0]`` is only ``-m`` while the package is imported.
+  """
+  if argv:
+    path = argv[0]
+    name = os.path.basename(path)
+    for suffix in ('.exe', '-script.py'):
+      if name.endswith(suffix):
+        name = name[:-len(suffix)]
+    if name in COMMANDS:
+      return True
+    if (name.endswith('.py') and name[:-3] in COMMANDS.values()
+        and os.path.basename(os.path.dirname(os.path.abspath(path))) in ('tools',
+                                                                         'cli')):
+      return True
+  orig_argv = list(orig_argv or [])
+  for index, arg in enumerate(orig_argv[:-1]):
+    if arg == '-m':
+      return orig_argv[index + 1].startswith(_MODULE_PREFIX)
+  return False
+
+
+def verbose_requested(argv: Sequence[str]) -> bool:
+  """The value of ``--verbose`` on the command line (the last one wins)."""
+  verbose = False
+  for arg in argv[1:]:
+    if arg == '--':
+      break
+    if arg in ('--verbose', '-verbose'):
+      verbose = True
+    elif arg in ('--noverbose', '-noverbose'):
+      verbose = False
+    elif arg.startswith(('--verbose=', '-verbose=')):
+      verbose = arg.split('=', 1)[1].lower() in ('1', 'true', 't', 'yes')
+  return verbose
+
+
+def import_tensorflow_silently() -> None:
+  """Imports TensorFlow with file descriptor 2 (stderr) sent to ``/dev/null``."""
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError):  # No usable stderr descriptor: import as is.
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    return
+  try:
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+      os.dup2(null, 2)
+    finally:
+      os.close(null)
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,redefined-outer-name
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def prepare(argv: Optional[Sequence[str]] = None) -> bool:
+  """Quiets TensorFlow's start-up if this process is an entry point; True if so."""
+  argv = sys.argv if argv is None else argv
+  if 'tensorflow' in sys.modules or LOG_LEVEL_VARIABLE in os.environ:
+    return False
+  if not is_command(argv, getattr(sys, 'orig_argv', None)):
+    return False
+  if verbose_requested(argv):
+    return False
+  global QUIETED
+  os.environ[LOG_LEVEL_VARIABLE] = '3'
+  QUIETED = True
+  import_tensorflow_silently()
+  return True
