@@ -1,8 +1,9 @@
 """Errors tfcredit raises for bad input, with the exit code the entry scripts use.
 
 Every error message names the parameter (or path), the value it got, and the fix.
-`tools/*.py` map `ConfigurationError` to exit code 2 and `DataError` and
-`TrainingError` to exit code 1 (see DESIGN.md, "Entry points").
+The command-line entry points (``tfcredit.cli``) map `ConfigurationError` to exit
+code 2 and `DataError` and `TrainingError` to exit code 1 (see docs/design.md,
+"Entry points").
 """
 
 

@@ -1,4 +1,4 @@
-"""SavedModel export and loading (DESIGN.md, "SavedModel").
+"""SavedModel export and loading (docs/design.md, "SavedModel").
 
 An export is a ``tf.Module`` with three ``tf.function`` endpoints, each with an input
 signature, so the evaluator needs no tfcredit model code:

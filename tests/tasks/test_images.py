@@ -1,4 +1,4 @@
-"""Tests of tfcredit.tasks.images: MNIST on the shared data, readers on made files."""
+"""Tests of tfcredit.tasks.images: real MNIST (from $TFCREDIT_DATA_DIR), readers on made files."""
 
 import gzip
 import os
@@ -14,11 +14,13 @@ from tfcredit.errors import ConfigurationError, DataError
 from tfcredit.tasks import images
 from tfcredit.tasks.images import SequentialImageTask
 
-SHARED = pathlib.Path(os.environ.get('TFCREDIT_DATA_DIR') or os.path.join(
-    os.path.dirname(__file__), '..', '..', '..', 'shared', 'data'))
+# Real data only through TFCREDIT_DATA_DIR; without it the MNIST tests skip.
+SHARED = pathlib.Path(os.environ.get('TFCREDIT_DATA_DIR', ''))
 needs_mnist = pytest.mark.skipif(
-    not (SHARED / 'mnist' / 't10k-labels-idx1-ubyte.gz').is_file(),
-    reason=f'MNIST IDX files not found under {SHARED}')
+    not os.environ.get('TFCREDIT_DATA_DIR')
+    or not (SHARED / 'mnist' / 't10k-labels-idx1-ubyte.gz').is_file(),
+    reason='real MNIST: set TFCREDIT_DATA_DIR to a folder holding '
+           f'mnist/t10k-labels-idx1-ubyte.gz ... (now {os.environ.get("TFCREDIT_DATA_DIR")!r})')
 
 
 @pytest.fixture(scope='module')

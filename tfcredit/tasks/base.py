@@ -1,4 +1,4 @@
-"""The task contract: data, loss and metric of one problem (DESIGN.md, "Task").
+"""The task contract: data, loss and metric of one problem (docs/design.md, "Task").
 
 A task is one of two regimes:
 

@@ -71,7 +71,7 @@ def _split_files(pattern: str, digests: Sequence[str], url: str,
                for s, d in zip(splits, digests))
 
 
-# Digests from ../shared/data/README.md (byte-identical to the canonical files).
+# sha256 digests of the canonical files (as served by each ``url``).
 CORPORA: Mapping[str, CorpusSpec] = types.MappingProxyType({
     'ptb': CorpusSpec('ptb', 'ptb', _split_files('ptb.{}.txt', (
         'fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf',

@@ -46,7 +46,7 @@ DATASETS = ('mnist', 'cifar10')
 SOURCES = ('auto', 'files', 'tfds')
 _SPLITS = ('train', 'valid', 'test')
 
-# sha256 of the decompressed official IDX files (../shared/data/README.md).
+# sha256 of the decompressed official IDX files.
 MNIST_FILES = {
     'train_images': ('train-images-idx3-ubyte',
                      'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db'),

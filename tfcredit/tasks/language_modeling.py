@@ -1,4 +1,4 @@
-"""Language modelling on a token stream (the stream regime of DESIGN.md).
+"""Language modelling on a token stream (the stream regime of docs/design.md).
 
 Next-token prediction with per-step cross-entropy. Each split is laid out as ``B``
 parallel columns (``batchify``); the trainer carries the state from one call to the

@@ -5,9 +5,9 @@ Implements where tfcredit keeps data (`resolve_data_dir`), streamed sha256 diges
 which returns the paths of a dataset's files after verifying the ones present and
 downloading (directly or out of a zip / tar.gz archive) the ones absent.
 
-The layout under the data directory is one folder per dataset, the same as the
-read-only benchmark copy in `../shared/data`: `ptb/`, `ptb_char/`, `wikitext-2/`,
-`text8/`, `mnist/`, ...
+The layout under the data directory is one folder per dataset: `ptb/`,
+`ptb_char/`, `wikitext-2/`, `text8/`, `mnist/`, ... (a read-only copy prepared
+elsewhere can be used as it is through `--data_dir` or `TFCREDIT_DATA_DIR`).
 """
 
 import dataclasses
