@@ -1,5 +1,6 @@
 """What computes: the recurrent model and its cell utilities."""
 
+from tfcredit.models.contract import check_model
 from tfcredit.models.linear_cell import InfluenceBalancingCell
 from tfcredit.models.recurrent import ForgetGateBias
 from tfcredit.models.recurrent import RecurrentModel

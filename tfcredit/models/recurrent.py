@@ -1,20 +1,38 @@
 """The recurrent model every method trains: encoder -> stacked recurrent core -> head.
 
-DESIGN.md, "Model". ``unroll`` runs one window of any length from a given state. With
-``state_grad_scale=None`` it calls the standard Keras recurrent layers (cuDNN-eligible
-on GPU); with a scale it steps the same cells (same weights) through ``tf.scan`` and
-multiplies the gradient flowing from step ``t+1`` back into the state of step ``t`` by
-``state_grad_scale[t]`` — ARTBP's compensation factor (Tallec & Ollivier 2017, Eq. 11),
-with 0 meaning truncation. The scale is ``[T]`` (shared by the batch) or ``[B, T]``
-(one factor per sequence and step, for independent truncations per row).
+``unroll`` runs one window of any length from a given state. With
+``state_grad_scale=None`` it calls Keras recurrent layers (for the named cells the
+cuDNN-eligible ``keras.layers.LSTM``/``GRU``); with a scale it steps the same cells
+(same weights) through ``tf.scan`` and multiplies the gradient flowing from step
+``t+1`` back into every state tensor of step ``t`` by ``state_grad_scale[t]`` —
+ARTBP's compensation factor (Tallec & Ollivier 2017, Eq. 11), with 0 meaning
+truncation. The scale is ``[T]`` (shared by the batch) or ``[B, T]`` (one factor
+per sequence and step, for independent truncations per row).
 
-The core is a stack of Keras LSTM/GRU/SimpleRNN layers, or one custom Keras RNN cell
-(for instance the influence-balancing linear system,
-``tfcredit.models.linear_cell``); ``identity_head=True`` drops the trainable readout,
-so a custom cell's outputs are the model's outputs.
+The core (``RecurrentModel.cell``) is
+
+* a name, ``'lstm'``, ``'gru'`` or ``'simple_rnn'``: ``num_layers`` Keras layers of
+  ``units`` units;
+* a Keras RNN cell instance (any ``keras.layers.Layer`` with a ``state_size`` and
+  ``call(inputs, states) -> (output, new_states)``, e.g. ``keras.layers.LSTMCell(32)``,
+  the influence-balancing system of ``tfcredit.models.linear_cell``, or a cell of
+  your own registered with gin and bound as ``RecurrentModel.cell = @MyCell()``);
+* a list of such cells, or a ``keras.layers.StackedRNNCells``: one layer per cell,
+  bottom first;
+* a cell class or factory (gin: ``RecurrentModel.cell = @MyCell``): called once per
+  layer, ``num_layers`` times, with ``units=units`` if it takes ``units``.
+
+The state nest is derived from the cells' ``state_size``: a tuple over layers of a
+tuple over that layer's state tensors, each ``[B, size]`` and zero initially —
+``((h, c),)`` for one LSTM layer, ``((h,), (h,))`` for two GRU layers, ``((h, m),)``
+for a cell with ``state_size = (4, 3)``. Every method sees that nest: ARTBP scales
+every tensor of it, DNI's synthesizer reads all of them concatenated, TargetProp
+keeps a free variable for each. ``identity_head=True`` drops the trainable readout,
+so the top cell's outputs are the model's outputs.
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+import inspect
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
 import tensorflow as tf
@@ -28,8 +46,12 @@ _CELLS = {
 }
 _STATES_PER_LAYER = {'lstm': 2, 'gru': 1, 'simple_rnn': 1}
 _READOUTS = ('per_step', 'terminal')
+_DEFAULT_UNITS = 200
 
-State = Tuple[Tuple[tf.Tensor, ...], ...]  # per layer: (h, c) for LSTM, (h,) otherwise
+# Per layer, one [B, size] tensor per entry of the cell's state_size: (h, c) for
+# LSTM, (h,) for GRU and SimpleRNN, whatever a custom cell declares.
+State = Tuple[Tuple[tf.Tensor, ...], ...]
+CellSpec = Union[str, keras.layers.Layer, Sequence[keras.layers.Layer], Callable]
 
 
 def scale_gradient(value: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
@@ -61,7 +83,7 @@ class ForgetGateBias(keras.initializers.Initializer):
 
 
 class RecurrentModel(keras.Model):
-  """Encoder (embedding or none) -> stacked LSTM/GRU/SimpleRNN -> per-step or terminal head.
+  """Encoder (embedding or none) -> stacked recurrent cells -> per-step or terminal head.
 
   The task supplies ``input_vocab_size`` (token inputs) or ``input_dim`` (real
   inputs), ``output_dim`` and ``readout``; gin supplies the rest.
@@ -69,7 +91,7 @@ class RecurrentModel(keras.Model):
 
   def __init__(self, *, output_dim: int, input_vocab_size: Optional[int] = None,
                input_dim: Optional[int] = None, readout: str = 'per_step',
-               cell: Union[str, keras.layers.Layer] = 'lstm', units: int = 200,
+               cell: CellSpec = 'lstm', units: Optional[int] = None,
                num_layers: int = 1,
                embedding_dim: Optional[int] = None, dropout: float = 0.0,
                forget_bias: float = 1.0, tie_embeddings: bool = False,
@@ -84,11 +106,18 @@ class RecurrentModel(keras.Model):
         or through a linear projection when ``embedding_dim`` is set).
       readout: ``'per_step'`` (an output at every step) or ``'terminal'`` (only at
         the window's last step).
-      cell: ``'lstm'``, ``'gru'`` or ``'simple_rnn'``; or a Keras RNN cell
-        instance (``state_size`` an int, outputs of size ``state_size``), used as
-        a single layer (``num_layers`` must be 1, ``units`` its state size).
-      units: state size of every recurrent layer.
-      num_layers: number of stacked recurrent layers.
+      cell: the recurrent core (see the module docstring): ``'lstm'``,
+        ``'gru'`` or ``'simple_rnn'``; a Keras RNN cell instance; a list of cells
+        or a ``keras.layers.StackedRNNCells`` (one layer per cell); or a cell
+        class or factory, called once per layer (with ``units=units`` when it
+        takes ``units``). Every entry of a cell's ``state_size`` must be a
+        positive integer (a flat state vector per tensor).
+      units: named cells and factories: state size of every recurrent layer
+        (default 200). Cell instances and lists define their own sizes: leave
+        it None, or give the top cell's output size.
+      num_layers: number of stacked recurrent layers for a named cell or a
+        factory; a cell instance or list sets its own depth (leave 1, or give
+        that depth).
       embedding_dim: embedding (or input projection) size; defaults to ``units``
         for token inputs.
       dropout: dropout rate on non-recurrent connections (embedding output, between
@@ -99,28 +128,39 @@ class RecurrentModel(keras.Model):
         Wolf 2017); needs token inputs and ``embedding_dim == units``.
       init_scale: if set, embeddings and all weight matrices start uniform in
         ``[-init_scale, init_scale]`` (Zaremba et al. 2014 use 0.1); else Keras
-        defaults (Glorot uniform, orthogonal recurrent kernels).
-      identity_head: no trainable readout: the outputs are the core's outputs
-        (``output_dim`` must equal ``units``). For custom cells whose state is
-        the prediction, such as the influence-balancing system.
+        defaults (Glorot uniform, orthogonal recurrent kernels). A custom cell
+        keeps its own initializers.
+      identity_head: no trainable readout: the outputs are the top cell's
+        outputs (``output_dim`` must equal its output size). For custom cells
+        whose state is the prediction, such as the influence-balancing system.
       name: Keras name.
     """
     super().__init__(name=name)
-    custom_cell = None if isinstance(cell, str) else cell
-    if custom_cell is not None:
-      _check_custom_cell(custom_cell, units, num_layers)
-      cell = type(custom_cell).__name__
-    elif cell not in _CELLS:
+    for arg, value in (('num_layers', num_layers), ('output_dim', output_dim)):
+      _check_positive_int(arg, value)
+    if units is not None:
+      _check_positive_int('units', units)
+    custom_cells = _custom_cells(cell, units, num_layers)
+    if custom_cells is None and cell not in _CELLS:
       raise ConfigurationError(
-          f'RecurrentModel.cell must be one of {sorted(_CELLS)}, got {cell!r}')
+          f'RecurrentModel.cell must be one of {sorted(_CELLS)}, a Keras RNN cell '
+          f'(instance, list or class), got {cell!r}')
+    if custom_cells is not None:
+      top_size = _output_size(custom_cells[-1])
+      if units is not None and units != top_size and not _is_factory(cell):
+        raise ConfigurationError(
+            f'RecurrentModel.units={units} does not match the cell {cell!r}, whose '
+            f'(top) output size is {top_size}: a cell instance sets its own sizes, '
+            f'so remove the units binding or set units = {top_size}')
+      num_layers = len(custom_cells)
+      units = top_size
+      cell = (cell.__name__ if isinstance(cell, type) else
+              '+'.join(type(c).__name__ for c in custom_cells))
+    elif units is None:
+      units = _DEFAULT_UNITS
     if readout not in _READOUTS:
       raise ConfigurationError(
           f'RecurrentModel.readout must be one of {_READOUTS}, got {readout!r}')
-    for arg, value in (('units', units), ('num_layers', num_layers),
-                       ('output_dim', output_dim)):
-      if not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(
-            f'RecurrentModel.{arg} must be a positive integer, got {value!r}')
     if (input_vocab_size is None) == (input_dim is None):
       raise ConfigurationError(
           'RecurrentModel needs exactly one of input_vocab_size (token inputs) and '
@@ -135,13 +175,18 @@ class RecurrentModel(keras.Model):
     if identity_head and (output_dim != units or tie_embeddings):
       raise ConfigurationError(
           f'RecurrentModel.identity_head=True reads the core outputs directly, so '
-          f'output_dim must equal units and tie_embeddings be False; got '
-          f'output_dim={output_dim}, units={units}, tie_embeddings={tie_embeddings}')
+          f'output_dim must equal the top layer\'s output size and tie_embeddings '
+          f'be False; got output_dim={output_dim}, output size {units}, '
+          f'tie_embeddings={tie_embeddings}')
 
     self.cell_type = cell
-    self._states_per_layer = (
-        len(tf.nest.flatten(custom_cell.state_size)) if custom_cell is not None
-        else _STATES_PER_LAYER[cell])
+    if custom_cells is None:
+      sizes = tuple(units for _ in range(_STATES_PER_LAYER[cell]))
+      self._state_sizes = tuple(sizes for _ in range(num_layers))
+      self._output_sizes = tuple(units for _ in range(num_layers))
+    else:
+      self._state_sizes = tuple(_state_sizes(c) for c in custom_cells)
+      self._output_sizes = tuple(_output_size(c) for c in custom_cells)
     self.identity_head = identity_head
     self.units = units
     self.num_layers = num_layers
@@ -174,13 +219,15 @@ class RecurrentModel(keras.Model):
       self.encoder = None
 
     self.core = []
-    if custom_cell is not None:
-      self.core.append(keras.layers.RNN(custom_cell, return_sequences=True,
-                                        return_state=True, name=f'{cell}_0'))
-    for index in range(num_layers if custom_cell is None else 0):
+    for index in range(num_layers):
       # A terminal readout only needs the last layer's last output: without the
       # output sequence the layer neither stacks it nor backpropagates its zeros.
       sequences = readout == 'per_step' or index < num_layers - 1
+      if custom_cells is not None:
+        self.core.append(keras.layers.RNN(
+            custom_cells[index], return_sequences=sequences, return_state=True,
+            name=f'{type(custom_cells[index]).__name__}_{index}'))
+        continue
       kwargs = dict(units=units, return_sequences=sequences, return_state=True,
                     kernel_initializer=weights_init('glorot_uniform'),
                     recurrent_initializer=weights_init('orthogonal'),
@@ -207,20 +254,24 @@ class RecurrentModel(keras.Model):
 
   # ------------------------------------------------------------------ state
   @property
+  def state_sizes(self) -> Tuple[Tuple[int, ...], ...]:
+    """Per layer, the size of each state tensor (the cell's flattened ``state_size``)."""
+    return self._state_sizes
+
+  @property
   def states_per_layer(self) -> int:
-    return self._states_per_layer
+    """State tensors of the first layer (2 for LSTM, 1 for GRU/SimpleRNN)."""
+    return len(self._state_sizes[0])
 
   def initial_state(self, batch_size) -> State:
     """The zero state for ``batch_size`` sequences (a Python int or a scalar tensor)."""
-    zeros = tf.zeros(tf.stack([batch_size, self.units]), tf.float32)
-    return tuple(tuple(zeros for _ in range(self.states_per_layer))
-                 for _ in range(self.num_layers))
+    return tuple(tuple(tf.zeros(tf.stack([batch_size, size]), tf.float32)
+                       for size in sizes) for sizes in self._state_sizes)
 
   def state_spec(self, batch_size: Optional[int] = None) -> State:
     """``tf.TensorSpec`` nest matching ``initial_state``."""
-    spec = tf.TensorSpec([batch_size, self.units], tf.float32)
-    return tuple(tuple(spec for _ in range(self.states_per_layer))
-                 for _ in range(self.num_layers))
+    return tuple(tuple(tf.TensorSpec([batch_size, size], tf.float32)
+                       for size in sizes) for sizes in self._state_sizes)
 
   def rng_variables(self) -> List[tf.Variable]:
     """Dropout seed-generator states, so checkpoints resume the same masks."""
@@ -264,7 +315,8 @@ class RecurrentModel(keras.Model):
     if not self.token_inputs and self.encoder is None:
       features = tf.cast(features, tf.float32)
     final_state = []
-    for layer, layer_state in zip(self.core, state):
+    for layer, layer_state, output_size in zip(self.core, state,
+                                               self._output_sizes):
       if self.dropout is not None:
         features = self.dropout(features, training=training)
       if state_grad_scale is None:
@@ -272,7 +324,8 @@ class RecurrentModel(keras.Model):
         features, new_state = result[0], tuple(result[1:])
       else:
         features, new_state = self._scaled_layer_unroll(
-            layer.cell, features, layer_state, state_grad_scale, training)
+            layer.cell, output_size, features, layer_state, state_grad_scale,
+            training)
       final_state.append(new_state)
     if not readout:
       return None, tuple(final_state)
@@ -305,24 +358,31 @@ class RecurrentModel(keras.Model):
     return logits + self.output_bias
 
   @staticmethod
-  def _scaled_layer_unroll(cell, features, layer_state, scale, training):
-    """Steps ``cell`` over time, scaling the gradient of the carried state."""
+  def _scaled_layer_unroll(cell, output_size, features, layer_state, scale,
+                           training):
+    """Steps ``cell`` over time, scaling the gradient of every carried state tensor."""
     time_major = tf.transpose(features, [1, 0, 2])
     scale = tf.cast(scale, tf.float32)
     if scale.shape.rank == 2:  # [B, T]: per sequence, broadcast over the units.
       scale = tf.expand_dims(tf.transpose(scale), -1)
 
+    cell_kwargs = {'training': training} if _takes_training(cell) else {}
+
     def step(carry, elements):
       _, previous = carry
       features_t, scale_t = elements
-      output, new_state = cell(features_t, list(previous), training=training)
+      output, new_state = cell(features_t, list(previous), **cell_kwargs)
       new_state = tf.nest.flatten(new_state)
       carried = tuple(scale_gradient(s, scale_t) for s in new_state)
       return output, carried
 
-    initial_output = tf.zeros_like(layer_state[0])
+    batch = tf.shape(layer_state[0])[0]
+    initial_output = tf.zeros(tf.stack([batch, output_size]), features.dtype)
     outputs, states = tf.scan(step, (time_major, scale),
                               initializer=(initial_output, tuple(layer_state)))
+    for reset in ('reset_dropout_mask', 'reset_recurrent_dropout_mask'):
+      if hasattr(cell, reset):  # Masks a Keras cell drew inside the scan.
+        getattr(cell, reset)()
     final = tuple(s[-1] for s in states)
     return tf.transpose(outputs, [1, 0, 2]), final
 
@@ -332,17 +392,121 @@ class RecurrentModel(keras.Model):
             'output_dim': self.output_dim}
 
 
-def _check_custom_cell(cell, units, num_layers) -> None:
-  """Validates a custom Keras RNN cell passed as ``RecurrentModel.cell``."""
-  state_size = getattr(cell, 'state_size', None)
-  if not isinstance(state_size, int):
+def _check_positive_int(arg: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise ConfigurationError(
-        f'RecurrentModel.cell must be a cell name or a Keras RNN cell with an '
-        f'integer state_size, got {cell!r}')
-  if num_layers != 1:
+        f'RecurrentModel.{arg} must be a positive integer, got {value!r}')
+
+
+def _is_cell(value) -> bool:
+  return (isinstance(value, keras.layers.Layer)
+          and getattr(value, 'state_size', None) is not None)
+
+
+def _is_factory(value) -> bool:
+  return (isinstance(value, type) or callable(value)) and not isinstance(
+      value, (keras.layers.Layer, str))
+
+
+def _takes(function, name: str) -> bool:
+  """Whether ``function`` (a class: its constructor) accepts keyword ``name``."""
+  target = function.__init__ if isinstance(function, type) else function
+  try:
+    parameters = inspect.signature(target).parameters
+  except (TypeError, ValueError):
+    return False
+  return name in parameters or any(p.kind == p.VAR_KEYWORD
+                                   for p in parameters.values())
+
+
+def _takes_training(cell) -> bool:
+  try:
+    return 'training' in inspect.signature(cell.call).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def _custom_cells(cell, units, num_layers) -> Optional[List[keras.layers.Layer]]:
+  """The cells of a non-named core, bottom first; None for a cell name.
+
+  Raises:
+    ConfigurationError: ``cell`` is not a name, a cell, a list of cells or a cell
+      factory, or a cell has an unusable ``state_size``.
+  """
+  if isinstance(cell, str):
+    return None
+  if isinstance(cell, keras.layers.StackedRNNCells):
+    cells = list(cell.cells)
+  elif isinstance(cell, (list, tuple)):
+    cells = list(cell)
+  elif _is_cell(cell):
+    cells = [cell]
+  elif _is_factory(cell):
+    kwargs = {'units': units or _DEFAULT_UNITS} if _takes(cell, 'units') else {}
+    cells = []
+    for _ in range(num_layers):
+      try:
+        cells.append(cell(**kwargs))
+      except TypeError as error:
+        raise ConfigurationError(
+            f'RecurrentModel.cell={cell!r} is a class or factory, called with '
+            f'{kwargs or "no arguments"} once per layer, and it failed: {error}. '
+            'Bind an instance instead (gin: RecurrentModel.cell = @MyCell()) or '
+            'bind its arguments') from None
+    if not all(_is_cell(c) for c in cells):
+      raise ConfigurationError(
+          f'RecurrentModel.cell={cell!r} built {cells[0]!r}, not a Keras RNN cell '
+          '(a keras.layers.Layer with a state_size): give a cell class such as '
+          'keras.layers.GRUCell')
+    return cells
+  else:
     raise ConfigurationError(
-        f'RecurrentModel.num_layers must be 1 with a custom cell, got {num_layers!r}')
-  if units != state_size:
+        f'RecurrentModel.cell must be one of {sorted(_CELLS)}, a Keras RNN cell '
+        '(a keras.layers.Layer with a state_size, e.g. keras.layers.LSTMCell(32)), '
+        'a list of cells, or a cell class; got {!r}'.format(cell))
+  flat = []
+  for item in cells:  # A list may hold StackedRNNCells too.
+    flat.extend(item.cells if isinstance(item, keras.layers.StackedRNNCells)
+                else [item])
+  for index, item in enumerate(flat):
+    if not _is_cell(item):
+      raise ConfigurationError(
+          f'RecurrentModel.cell: entry {index} of the stack, {item!r}, is not a '
+          'Keras RNN cell (a keras.layers.Layer with a state_size)')
+  if not flat:
+    raise ConfigurationError('RecurrentModel.cell is an empty list of cells: give '
+                             'at least one Keras RNN cell')
+  if num_layers not in (1, len(flat)):
     raise ConfigurationError(
-        f'RecurrentModel.units must equal the custom cell\'s state_size '
-        f'({state_size}), got {units!r}: set units = {state_size}')
+        f'RecurrentModel.num_layers={num_layers} does not match the {len(flat)} '
+        f'cell(s) given as RecurrentModel.cell: a cell instance or list sets the '
+        f'depth, so remove the num_layers binding (or pass a cell class to build '
+        f'num_layers copies)')
+  for item in flat:
+    _state_sizes(item)
+    _output_size(item)
+  return flat
+
+
+def _state_sizes(cell) -> Tuple[int, ...]:
+  """The cell's ``state_size`` as a flat tuple of positive integers."""
+  sizes = tf.nest.flatten(cell.state_size)
+  for size in sizes:
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+      raise ConfigurationError(
+          f'RecurrentModel.cell: {type(cell).__name__}.state_size = '
+          f'{cell.state_size!r}; every entry must be a positive integer (each state '
+          'tensor is a [batch, size] vector): flatten the state in the cell')
+  return tuple(int(size) for size in sizes)
+
+
+def _output_size(cell) -> int:
+  """The cell's ``output_size``, or (the Keras convention) its first state size."""
+  size = getattr(cell, 'output_size', None)
+  if size is None:
+    size = _state_sizes(cell)[0]
+  if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+    raise ConfigurationError(
+        f'RecurrentModel.cell: {type(cell).__name__}.output_size = {size!r}; it '
+        'must be a positive integer')
+  return int(size)

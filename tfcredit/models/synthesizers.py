@@ -1,8 +1,10 @@
 """Synthetic-gradient models for DNI (Jaderberg et al. 2017; Shang & Zhang 2019).
 
 A synthesizer maps the recurrent state at a window boundary, flattened to
-``[B, N]`` (every layer's ``h`` and, for LSTM, ``c``, concatenated), to a predicted
-gradient ``δ̂ ≈ ∂(future loss)/∂s`` of the same shape (papers/README.md, section 4).
+``[B, N]`` (every state tensor of every layer concatenated: ``h`` and, for LSTM,
+``c``; whatever a custom cell carries), to a predicted
+gradient ``δ̂ ≈ ∂(future loss)/∂s`` of the same shape (Jaderberg et al. 2017,
+synthetic gradients for recurrent networks; Shang & Zhang 2019, Eq. 1).
 
 * ``LayerwiseSynthesizer``: one MLP over the whole state (Jaderberg et al. 2017);
   depth 0 is a linear map. Its last layer starts at zero, so DNI starts

@@ -1,4 +1,4 @@
-"""The training loop: the gin root ``train(...)`` (DESIGN.md, "Trainer").
+"""The training loop: the gin root ``train(...)`` (docs/design.md, "Trainer").
 
 ``train`` builds the task, the model, the optimizer and the method; loops over epochs
 and segments; evaluates on the validation split after every epoch; writes
@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfcredit import export as export_lib
 from tfcredit.errors import ConfigurationError, TrainingError
+from tfcredit.models.contract import check_model
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
 from tfcredit.training import distribution
@@ -96,7 +97,9 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     task: the task class (gin: ``@AddingTask``, ``@LanguageModelTask``).
     method: the method class (gin: ``@TruncatedBPTT``); it receives the model,
       task and optimizer, and ``batch_size`` when it takes one.
-    model: the model class; it receives ``task.model_spec()``.
+    model: the model class; it receives ``task.model_spec()`` and must build a
+      model with the contract of ``tfcredit.models.contract`` (``RecurrentModel``
+      with any Keras RNN cell as ``RecurrentModel.cell`` does).
     optimizer: a Keras optimizer class; it receives ``learning_rate``.
     learning_rate: the base learning rate the schedule starts from.
     lr_schedule: a schedule class from ``tfcredit.training.schedules``; it receives
@@ -274,7 +277,8 @@ def build_components(*, task: Callable, method: Callable, model: Callable,
     strategy: default: the current strategy.
 
   Raises:
-    ConfigurationError: a factory is not callable or builds the wrong thing.
+    ConfigurationError: a factory is not callable or builds the wrong thing (a
+      model without the contract of ``tfcredit.models.contract``).
   """
   task_obj = _build(task, 'task', data_dir=data_dir)
   if not isinstance(task_obj, task_base.Task):
@@ -282,6 +286,7 @@ def build_components(*, task: Callable, method: Callable, model: Callable,
         f'train.task must build a tfcredit Task, got {type(task_obj).__name__}')
   with (strategy or tf.distribute.get_strategy()).scope():
     model_obj = _build(model, 'model', **task_obj.model_spec())
+    check_model(model_obj, 'train.model')
     model_obj.build_for(_example_inputs(task_obj, batch_size))
     optimizer_obj = _build(optimizer, 'optimizer', learning_rate=learning_rate)
     optimizer_obj.build(model_obj.trainable_variables)
