@@ -1,4 +1,4 @@
-"""Tests of tfcredit.methods.fptt (Kag & Saligrama 2021; papers/README.md §5).
+"""Tests of tfcredit.methods.fptt (Kag & Saligrama 2021).
 
 References are written here from the update rules, never with the method's code:
 a linear readout cell makes every window loss a quadratic whose gradient is written

@@ -1,7 +1,7 @@
 """ARTBP: Anticipated Reweighted Truncated BackPropagation (Tallec & Ollivier 2017).
 
 Truncated BPTT with random truncation points and compensation factors inside the
-backward recursion (Eq. 10-14; papers/README.md, section 2). On average over the
+backward recursion (Eq. 10-14). On average over the
 truncations the gradient equals full BPTT's (Prop. 1).
 
 Indexing, from Eq. 10-11 and the proof in Section 8. Steps of a sequence are

@@ -1,4 +1,4 @@
-"""The method contract: how credit reaches the weights (DESIGN.md, "Method").
+"""The method contract: how credit reaches the weights (docs/design.md, "Method").
 
 A method is bound to a model, a task (its loss) and an optimizer. It offers
 

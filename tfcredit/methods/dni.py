@@ -3,7 +3,7 @@
 Jaderberg et al. 2017 (ICML; arXiv:1608.05343), "Decoupled Neural Interfaces using
 Synthetic Gradients" (synthetic gradients for recurrent networks), and Shang & Zhang
 2019, "Alternating Synthetic and Real Gradients for Neural Language Modeling", Eq. 1
-and Sections 2.2-2.3 (papers/README.md, section 4).
+and Sections 2.2-2.3.
 
 Windows of ``K`` steps as in truncated BPTT, the state carried with its gradient
 stopped. For a window from ``s_0`` to ``s_K``, with one tape:

@@ -1,4 +1,4 @@
-"""FPTT: Forward Propagation Through Time (Kag & Saligrama 2021; papers/README.md §5).
+"""FPTT: Forward Propagation Through Time (Kag & Saligrama 2021).
 
 Each sequence (episodic) or segment (stream) is cut into ``K = windows`` windows;
 the state is carried from window to window with its gradient stopped, and every

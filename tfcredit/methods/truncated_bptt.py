@@ -1,4 +1,4 @@
-"""Truncated and full backpropagation through time (papers/README.md, section 1).
+"""Truncated and full backpropagation through time (Williams & Peng 1990).
 
 Truncated BPTT (Williams & Peng 1990; the baseline of every paper here): windows of
 ``K`` consecutive steps, the state carried from window to window with its gradient
