@@ -2,19 +2,31 @@
 
 import json
 import os
+import re
 
 import pytest
 
+from tfcredit import _startup
 from tfcredit.testing import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
+# TensorFlow's C++ log lines ("E0000 00:00:... failed call to cuInit", "I0000 ...
+# cudart_stub.cc"), the absl notice that precedes them, and oneDNN's note.
+TENSORFLOW_STARTUP = re.compile(
+    r'^[EWIF]\d{4}|cuInit|oneDNN|absl::InitializeLog|cudart_stub|cpu_feature_guard')
+
+
+def _startup_lines(stderr, first=20):
+  return [line for line in stderr.splitlines()[:first]
+          if TENSORFLOW_STARTUP.search(line)]
 
 
 def test_train_then_evaluate_the_export(tmp_path):
   done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
                  f'--export_dir={tmp_path}/exports')
   assert done.returncode == 0, done.stderr
+  assert not _startup_lines(done.stderr), done.stderr
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result['model_dir'] == f'{tmp_path}/run'
   for name in ('config.gin', 'operative_config.gin'):
@@ -75,3 +87,58 @@ def test_checksum_mismatch_exits_1_naming_the_path(tmp_path):
 def test_evaluate_rejects_a_path_that_is_not_an_export(tmp_path):
   done = run_tool('evaluate.py', f'--saved_model={tmp_path}')
   assert done.returncode == 2 and 'saved_model.pb' in done.stderr
+
+
+def test_quiet_by_default_and_verbose_on_request(tmp_path):
+  quiet = run_tool('evaluate.py', f'--saved_model={tmp_path}')
+  assert quiet.returncode == 2
+  assert quiet.stderr.startswith('error: '), quiet.stderr  # Nothing before it.
+  assert not _startup_lines(quiet.stderr), quiet.stderr
+  verbose = run_tool('evaluate.py', f'--saved_model={tmp_path}', '--verbose')
+  assert verbose.returncode == 2 and 'saved_model.pb' in verbose.stderr
+  assert 'Unknown command line flag' not in verbose.stderr
+  listed = run_tool('train.py', '--help')
+  assert '--[no]verbose' in listed.stdout and '--gin_file' in listed.stdout  # absl exits 1
+
+
+def test_mirrored_without_gpus_is_said_once_in_our_words(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if tf.config.list_physical_devices('GPU'):
+    pytest.skip('this machine has a GPU')
+  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+                  '--strategy=mirrored', '--gin_bindings=TruncatedBPTT.windw = 3')
+  assert done.returncode == 2 and 'windw' in done.stderr
+  warnings = [line for line in done.stderr.splitlines() if 'GPU' in line]
+  assert len(warnings) == 1 and warnings[0].startswith(
+      'warning: --strategy=mirrored found no GPU'), done.stderr
+  assert not _startup_lines(done.stderr), done.stderr
+
+
+def test_a_bad_flag_exits_2_naming_it(tmp_path):
+  done = run_tool('train.py', f'--gin_file={TINY}', '--gin_fil=x')
+  assert done.returncode == 2
+  assert done.stderr.startswith('error: ') and 'gin_fil' in done.stderr
+  assert 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('argv, orig_argv, expected', [
+    (['/venv/bin/tfcredit-train', '--gin_file=x'], None, True),
+    (['/venv/Scripts/tfcredit-evaluate.exe'], None, True),
+    (['/repo/tools/train.py'], None, True),
+    (['/repo/tools/other.py'], None, False),
+    (['/elsewhere/train.py'], None, False),
+    (['-m'], ['python', '-m', 'tfcredit.cli.compare', '--x'], True),
+    (['-m'], ['python', '-m', 'pytest', 'tests'], False),
+    (['-c'], ['python', '-c', 'import tfcredit'], False),
+])
+def test_which_processes_are_entry_points(argv, orig_argv, expected):
+  assert _startup.is_command(argv, orig_argv) is expected
+
+
+@pytest.mark.parametrize('args, expected', [
+    ([], False), (['--verbose'], True), (['--verbose', '--noverbose'], False),
+    (['--verbose=false'], False), (['--verbose=true'], True),
+    (['--', '--verbose'], False),
+])
+def test_verbose_on_the_command_line(args, expected):
+  assert _startup.verbose_requested(['tfcredit-train', *args]) is expected

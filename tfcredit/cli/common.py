@@ -20,8 +20,8 @@ def define_flag(define: Callable[..., object], name: str, *args, **kwargs) -> No
 
 def define_verbose_flag() -> None:
   define_flag(flags.DEFINE_bool, 'verbose', False,
-              "Show TensorFlow's start-up lines and INFO logs (hidden by default "
-              'unless TF_CPP_MIN_LOG_LEVEL is set).')
+              "Show TensorFlow's start-up lines and INFO logs (hidden by default; a "
+              'TF_CPP_MIN_LOG_LEVEL set in the environment is respected).')
 
 
 def _parse_flags(argv: Sequence[str]) -> List[str]:
@@ -44,10 +44,22 @@ def _configure_logging() -> None:
     tf.get_logger().setLevel('ERROR')
 
 
+def _show_in_help(module) -> None:
+  """``--help`` prints ``__main__``'s docstring and the flags of the module named
+  ``sys.argv[0]``: for a console script (or a tools/ wrapper) make those the
+  command module's docstring and the flags defined through ``define_flag``."""
+  main_module = sys.modules.get('__main__')
+  if main_module is not None and main_module is not module and module.__doc__:
+    main_module.__doc__ = module.__doc__
+  for flag in FLAGS.get_key_flags_for_module(__name__):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run(command: Callable[[List[str]], int],
         argv: Optional[Sequence[str]] = None) -> None:
   """Parses the flags, then exits with ``command(remaining argv)``'s exit code."""
   define_verbose_flag()
+  _show_in_help(sys.modules[command.__module__])
 
   def main(remaining: List[str]) -> None:
     _configure_logging()
