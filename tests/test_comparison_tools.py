@@ -10,6 +10,7 @@ import pytest
 from tfcredit import fidelity
 from tfcredit.errors import ConfigurationError
 from tfcredit.testing import run_tool
+from tfcredit.testing import tensorflow_startup_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
@@ -30,6 +31,8 @@ def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
                  'TruncatedBPTT.window = 20',
                  '--gin_bindings=train.log_every_seconds = 1e9')
   assert done.returncode == 0, done.stdout + done.stderr
+  # The runs' output (merged into compare's) starts quietly too.
+  assert not tensorflow_startup_lines(done.stdout + done.stderr), done.stdout
   rows = _table_rows(out / 'comparison.md')
   assert [row[0] for row in rows] == ['tbptt K=5', 'tbptt K=20']
   results = json.load(open(out / 'comparison.json'))

@@ -18,7 +18,6 @@ the test asserts that every ``tfcredit`` module comes from the environment.
 
 import json
 import os
-import re
 import shutil
 import site
 import subprocess
@@ -27,14 +26,12 @@ import venv
 
 import pytest
 
+from tfcredit.testing import tensorflow_startup_lines
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_FILES = ('setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE')
 COMMANDS = ('tfcredit-train', 'tfcredit-evaluate', 'tfcredit-compare',
             'tfcredit-fidelity', 'tfcredit-benchmark')
-# TensorFlow's C++ log lines ("E0000 00:00:... cuda_platform.cc ... cuInit",
-# "I0000 ... cudart_stub.cc"), the absl notice before them, and oneDNN's note.
-TENSORFLOW_STARTUP = re.compile(
-    r'^[EWIF]\d{4}|cuInit|oneDNN|absl::InitializeLog|cudart_stub|cpu_feature_guard')
 
 
 def _run(command, cwd, env, timeout=600):
@@ -124,8 +121,7 @@ def test_train_then_evaluate_with_the_console_scripts(installed, tmp_path):
   assert (tmp_path / 'run' / 'operative_config.gin').is_file()
   assert os.path.isfile(os.path.join(tmp_path, result['saved_model'],
                                      'saved_model.pb'))
-  startup = [line for line in trained.stderr.splitlines()[:20]
-             if TENSORFLOW_STARTUP.search(line)]
+  startup = tensorflow_startup_lines(trained.stderr, 20)
   assert not startup, f'TensorFlow start-up lines on stderr: {startup}'
 
   evaluated = _run([str(venv_dir / 'bin' / 'tfcredit-evaluate'),
@@ -134,8 +130,7 @@ def test_train_then_evaluate_with_the_console_scripts(installed, tmp_path):
   assert evaluated.returncode == 0, evaluated.stderr
   metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
   assert metrics['mse'] == pytest.approx(result['valid_mse'], rel=1e-6)
-  assert not [line for line in evaluated.stderr.splitlines()
-              if TENSORFLOW_STARTUP.search(line)], evaluated.stderr
+  assert not tensorflow_startup_lines(evaluated.stderr), evaluated.stderr
 
 
 def test_a_missing_packaged_config_is_named(installed, tmp_path):

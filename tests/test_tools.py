@@ -2,24 +2,19 @@
 
 import json
 import os
-import re
 
 import pytest
 
 from tfcredit import _startup
 from tfcredit.testing import run_tool
+from tfcredit.testing import tensorflow_startup_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
-# TensorFlow's C++ log lines ("E0000 00:00:... failed call to cuInit", "I0000 ...
-# cudart_stub.cc"), the absl notice that precedes them, and oneDNN's note.
-TENSORFLOW_STARTUP = re.compile(
-    r'^[EWIF]\d{4}|cuInit|oneDNN|absl::InitializeLog|cudart_stub|cpu_feature_guard')
 
 
 def _startup_lines(stderr, first=20):
-  return [line for line in stderr.splitlines()[:first]
-          if TENSORFLOW_STARTUP.search(line)]
+  return tensorflow_startup_lines(stderr, first)
 
 
 def test_train_then_evaluate_the_export(tmp_path):

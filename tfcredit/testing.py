@@ -6,6 +6,7 @@ imported by the library itself, so the helpers may depend on pytest lazily.
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from typing import Any, Iterator, Optional
@@ -127,6 +128,19 @@ def assert_nests_close(actual: Any, expected: Any, rtol: float = 1e-5,
                                      tf.nest.flatten(expected))):
     np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=rtol, atol=atol,
                                err_msg=f'leaf {index}')
+
+
+# TensorFlow's C++ log lines ("E0000 00:00:... failed call to cuInit", "I0000 ...
+# cudart_stub.cc ..."), the absl notice that precedes them, and oneDNN's note: what
+# the entry points keep off stderr unless asked (``--verbose``).
+TENSORFLOW_STARTUP_LINE = re.compile(
+    r'^[EWIF]\d{4}|cuInit|oneDNN|absl::InitializeLog|cudart_stub|cpu_feature_guard')
+
+
+def tensorflow_startup_lines(text: str, first: Optional[int] = None) -> list:
+  """The lines of ``text`` (of its ``first`` lines) that are TensorFlow's."""
+  return [line for line in text.splitlines()[:first]
+          if TENSORFLOW_STARTUP_LINE.search(line)]
 
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
