@@ -206,6 +206,35 @@ def test_h_step_follows_the_gradient_of_eq7_in_h(task):
   assert int(method.block_position.numpy()) == 9
 
 
+def test_one_default_h_step_lowers_eq7_and_stays_on_the_states_scale(task):
+  """Minibatch mode, forward initialisation, TargetProp's default H-optimizer,
+  H learning rate and λ, one H-step on a fixed minibatch: Eq. 7 does not rise
+  and the free states move by less than their own norm (a restarted Adagrad's
+  first step is ``h_learning_rate·sign(g)`` on every coordinate, so a too large
+  default moves them by several times their norm)."""
+  model = tiny_model(task, cell='gru', units=32, seed=0)
+  method = _method(task, model, block_size=4, blocks_per_update=9, h_steps=1,
+                   mode='minibatch', h_init='forward')
+  segment = _segment(task, 0, 36)
+  inputs, targets = segment
+  state, forward, loss_before = model.initial_state(ROWS), [], 0.0
+  for start in range(0, 36, 4):
+    loss, state = _losses(model, task, inputs[:, start:start + 4],
+                          targets[:, start:start + 4], state)
+    loss_before += float(loss)
+    forward.append(state)
+  forward = tf.nest.map_structure(lambda *s: tf.stack(s), *forward[:-1])
+  method.train_segment(segment, model.initial_state(ROWS))  # θ stays (rate 0).
+  moved = method.minibatch_states
+  loss, penalty = _eq7_reference(
+      model, task, segment, 4, moved,
+      tf.nest.map_structure(tf.zeros_like, moved), method.penalty)
+  assert float(loss + penalty) <= loss_before
+  for h, f in zip(tf.nest.flatten(moved), tf.nest.flatten(forward)):
+    step = np.linalg.norm(h.numpy() - f.numpy())
+    assert 0 < step < np.linalg.norm(f.numpy())
+
+
 # ---------------------------------------------- constraint and dual step
 
 
