@@ -43,6 +43,21 @@ Metrics = Dict[str, tf.Tensor]
 # or concatenate rank-1 values (written as a histogram).
 SUM, MAX, LAST, CONCAT = 'sum', 'max', 'last', 'concat'
 BASE_METRICS = ('loss_sum', 'count', 'grad_norm_sum', 'updates')
+# Added to every ``train_segment``'s metrics by the base class: windows whose
+# update was refused because their loss or gradients were not finite.
+NON_FINITE_METRIC = 'non_finite_windows'
+
+
+class _NonFiniteCounter:
+  """Holds the non-finite guard's counter. A plain object, not a trackable one,
+  so the counter stays out of checkpoints (it is reset at every call, and
+  checkpoints written before it existed still restore)."""
+
+  def __init__(self):
+    self.variable = tf.Variable(
+        0.0, trainable=False, name='non_finite_windows',
+        synchronization=tf.VariableSynchronization.ON_WRITE,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
 
 class Method(tf.Module):
@@ -79,6 +94,7 @@ class Method(tf.Module):
     self.strategy = tf.distribute.get_strategy()
     self.num_replicas = self.strategy.num_replicas_in_sync
     self.trace_counts = collections.Counter()
+    self._guard = _NonFiniteCounter()
     signature = [task.segment_spec(), model.state_spec()]
     if use_tf_function:
       self._train_fn = tf.function(self._traced('train_segment', self._train_segment),
@@ -160,8 +176,21 @@ class Method(tf.Module):
   def _traced(self, key: str, function: Callable) -> Callable:
     def counted(*args):
       self.trace_counts[key] += 1  # Runs once per trace, never per call.
-      return function(*args)
+      if key != 'train_segment':
+        return function(*args)
+      return self._counting_non_finite(function, *args)
     return counted
+
+  def _counting_non_finite(self, function: Callable, *args):
+    """``function(*args)`` with the metric ``non_finite_windows``: the windows
+    whose update ``apply_gradients`` refused (automatic control dependencies
+    order the reset, the loop and the read)."""
+    counter = self._guard.variable
+    counter.assign(0.0)
+    state, metrics = function(*args)
+    metrics = dict(metrics)
+    metrics[NON_FINITE_METRIC] = tf.identity(counter.read_value())
+    return state, metrics
 
   @property
   def trainable_variables(self):  # The model's weights, not the method's state.
@@ -208,16 +237,37 @@ class Method(tf.Module):
       gradients = densify(gradients, self.trainable_variables)
     return gradients, new_state, loss_sum
 
-  def apply_gradients(self, gradients) -> tf.Tensor:
-    """Clips (if configured) and applies; returns the pre-clipping global norm."""
+  def apply_gradients(self, gradients, loss=None) -> tf.Tensor:
+    """Clips (if configured) and applies; returns the pre-clipping global norm.
+
+    The non-finite guard: when the gradients' global norm (or ``loss``, the
+    window's loss when given) is not finite, nothing is applied (the optimizer's
+    slots and iteration count do not move either) and the window is counted in
+    the ``non_finite_windows`` metric, all inside the graph, with no host sync.
+    """
     # An embedding gradient arrives as IndexedSlices with one row per token
     # occurrence; rows of a repeated token must be summed before taking the norm.
     gradients = [coalesce(g) for g in gradients]
     norm = tf.linalg.global_norm(gradients)
+    finite = tf.math.is_finite(norm)
+    if loss is not None:
+      finite = tf.logical_and(finite, tf.math.is_finite(
+          tf.reduce_sum(tf.cast(loss, tf.float32))))
     if self.clip_norm is not None:
-      gradients, _ = tf.clip_by_global_norm(gradients, self.clip_norm,
-                                            use_norm=norm)
-    self.optimizer.apply(gradients, self.trainable_variables)
+      # With a finite norm, clip_by_global_norm scales by clip / max(norm, clip);
+      # otherwise the values are not used.
+      gradients, _ = tf.clip_by_global_norm(
+          gradients, self.clip_norm, use_norm=tf.where(finite, norm, 1.0))
+
+    def apply():
+      self.optimizer.apply(gradients, self.trainable_variables)
+      return tf.constant(0.0)
+
+    def refuse():
+      return tf.constant(1.0)
+
+    refused = tf.cond(finite, apply, refuse)
+    self._guard.variable.assign_add(refused)
     return norm
 
   def forward(self, inputs, state):
@@ -338,7 +388,7 @@ class Method(tf.Module):
 
     gradients, state, loss_sum = self.replicate(per_replica, segment, state)
     gradients, loss_sum = self.replica_sum((gradients, loss_sum))
-    return state, loss_sum, self.apply_gradients(gradients)
+    return state, loss_sum, self.apply_gradients(gradients, loss=loss_sum)
 
   def window_estimate(self, segment, state, start, end, state_grad_scale=None):
     """One window's gradient of ``(1/B)·Σ ℓ`` (dense), summed over replicas.

@@ -385,7 +385,7 @@ class DNI(base.Method):
       carried, per_window = self.replicate(per_replica, segment, carried)
       (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
        statistics) = self.replica_sum(per_window)
-      norm = self.apply_gradients(gradients)
+      norm = self.apply_gradients(gradients, loss=loss_sum)
       self.synthesizer_optimizer.apply(synthesizer_gradients,
                                        self.synthesizer_variables)
       additions = (loss_sum, norm, 1.0, synthesizer_loss, *tf.unstack(statistics))

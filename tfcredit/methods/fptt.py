@@ -248,7 +248,7 @@ class FPTT(base.Method):
     full = [weight * g - lam + scale * (tf.convert_to_tensor(v) - average)
             for g, v, average, lam in zip(gradients, variables,
                                           self.running_average, self.gradient_state)]
-    return new_state, loss_sum, self.apply_gradients(full)
+    return new_state, loss_sum, self.apply_gradients(full, loss=loss_sum)
 
   def _update_averages(self):
     """``λ ← λ − α(W − W̄)``, then ``W̄ ← (1−β)W̄ + βW − (β/α)λ`` (new ``λ``)."""

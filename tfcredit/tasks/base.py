@@ -186,3 +186,27 @@ def check_positive_int(name: str, value: Any) -> int:
 
 def nats_to_bits(value: float) -> float:
   return value / math.log(2.0)
+
+
+def check_number(name: str, value: Any) -> float:
+  """Validates a real-number setting (an int or float, not a string or bool)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                       np.floating)):
+    raise ConfigurationError(
+        f'{name} must be a number, got {value!r} ({type(value).__name__}): write '
+        f'it without quotes, e.g. {name} = 0.01')
+  return float(value)
+
+
+def episode_length(task: Task) -> Optional[int]:
+  """The number of steps of an episodic task's sequences (None for streams)."""
+  if task.regime != EPISODIC:
+    return None
+  length = getattr(task, 'episode_steps', None)
+  if length is None:
+    try:
+      inputs, _ = task.batch('train', 0, 0, 1)
+    except Exception:  # pylint: disable=broad-except
+      return None  # Unknown here; the task reports its own data errors later.
+    length = np.shape(inputs)[1]
+  return int(length)

@@ -5,10 +5,12 @@ be, so the position in the data, the carried recurrent state of stream tasks and
 dropout RNG state are saved along with the weights and the optimizer.
 """
 
-import os
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import tensorflow as tf
+
+# The checkpoint manager lives in its own module; kept importable from here.
+from tfcredit.training.checkpoints import Checkpointer  # pylint: disable=unused-import
 
 
 class Progress(tf.Module):
@@ -40,31 +42,3 @@ class Progress(tf.Module):
 
   def load_state(self):
     return tf.nest.map_structure(tf.convert_to_tensor, self.carried_state)
-
-
-class Checkpointer:
-  """``tf.train.CheckpointManager`` over everything a run needs to resume.
-
-  Checkpoints are written to a temporary prefix by TensorFlow and only then
-  recorded in the ``checkpoint`` index file, so a run killed mid-write resumes from
-  the previous complete checkpoint.
-  """
-
-  def __init__(self, directory: str, max_to_keep: int = 3, **objects: Any):
-    self.checkpoint = tf.train.Checkpoint(**objects)
-    self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(directory, 'checkpoints'),
-        max_to_keep=max_to_keep)
-
-  def restore_latest(self) -> Optional[str]:
-    path = self.manager.latest_checkpoint
-    if path:
-      self.checkpoint.restore(path).assert_existing_objects_matched()
-    return path
-
-  def save(self, step: int) -> str:
-    return self.manager.save(checkpoint_number=step)
-
-  @property
-  def latest(self) -> Optional[str]:
-    return self.manager.latest_checkpoint

@@ -34,8 +34,10 @@ from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
 from tfcredit.training import distribution
 from tfcredit.training import progress as progress_lib
+from tfcredit.training import non_finite
 from tfcredit.training import reporting
 from tfcredit.training import schedules
+from tfcredit.training import signals
 
 
 def _build(factory: Callable, what: str, **kwargs):
@@ -80,6 +82,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
           log_every_seconds: float = 10.0,
           summary_every_calls: int = 10,
           evaluate_test: bool = True,
+          on_non_finite: str = non_finite.STOP,
           stop_after_calls: Optional[int] = None) -> Dict[str, Any]:
   """Trains a model on a task with a credit-assignment method.
 
@@ -114,6 +117,10 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     log_every_seconds: seconds between progress lines.
     summary_every_calls: training calls averaged into one TensorBoard point.
     evaluate_test: evaluate the test split at the end.
+    on_non_finite: what to do with a training window whose loss or gradients are
+      not finite (its update is never applied): ``'stop'`` the run, with the
+      checkpoint that call started from moved aside, or ``'skip'`` the window and
+      go on, counting it in ``train/non_finite_windows``.
     stop_after_calls: stop (with a checkpoint) after this many training calls in
       this invocation; for tests of interruption and resumption.
 
@@ -123,7 +130,11 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   Raises:
     ConfigurationError: a setting is invalid.
     TrainingError: the loss became non-finite.
+    signals.Interrupted: SIGTERM or SIGINT; a checkpoint was written first.
   """
+  non_finite.check_policy(on_non_finite)
+  task_base.check_number('train.learning_rate', learning_rate)
+  task_base.check_number('train.log_every_seconds', log_every_seconds)
   for name, value in (('epochs', epochs), ('batch_size', batch_size),
                       ('eval_batch_size', eval_batch_size),
                       ('checkpoint_every_calls', checkpoint_every_calls),
@@ -149,6 +160,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                            strategy=strategy)
   task_obj, model_obj = parts.task, parts.model
   optimizer_obj, method_obj = parts.optimizer, parts.method
+  _check_window_fits(method_obj, task_obj)
   stream = task_obj.regime == task_base.STREAM
   chief = distribution.is_chief(strategy)
   write_dir = distribution.writable_dir(model_dir, strategy)
@@ -180,56 +192,60 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   calls_here = 0
   operative_written = False
   valid_result: Dict[str, float] = {}
-  while int(progress.epoch) < epochs:
-    epoch = int(progress.epoch)
-    method_obj.on_epoch_start(epoch)
-    for segment, units, fraction in _segments(task_obj, method_obj, progress,
-                                              batch_size):
-      if int(progress.position) == 0 or not stream:
-        state = model_obj.initial_state(batch_size)
-      elif calls_here == 0:
-        state = progress.load_state()
-      rate = schedule(epoch + fraction)
-      optimizer_obj.learning_rate.assign(rate)
-      state, metrics = method_obj.train_segment(segment, state)
-      metrics = {key: value.numpy() for key, value in metrics.items()}
-      if not math.isfinite(float(metrics['loss_sum'])):
-        raise TrainingError(
-            f'non-finite training loss at training call {int(progress.calls) + 1} '
-            f'(epoch {epoch + 1}, after {int(progress.units_seen)} {unit_name}); the '
-            f'last good checkpoint is kept: {checkpointer.latest}. Lower '
-            'train.learning_rate or set clip_norm on the method.')
-      progress.position.assign_add(1 if not stream else units // batch_size)
-      progress.calls.assign_add(1)
-      progress.units_seen.assign_add(units)
-      progress.updates.assign_add(int(metrics['updates']))
-      progress.loss_total.assign_add(float(metrics['loss_sum']))
-      progress.count_total.assign_add(float(metrics['count']))
-      calls_here += 1
-      if stream:
-        progress.save_state(state)
-      if not operative_written:
-        _write_operative_config(write_dir, reporter)
-        operative_written = True
-      done = (epoch * units_per_epoch + fraction * units_per_epoch + units)
-      reporter.record_training(
-          metrics, units, rate, int(progress.units_seen), epoch, epochs, int(done),
-          average_loss=float(progress.loss_total) / max(float(progress.count_total),
-                                                        1e-12))
-      if int(progress.calls) % checkpoint_every_calls == 0:
-        checkpointer.save(int(progress.calls))
-      if stop_after_calls is not None and calls_here >= stop_after_calls:
-        checkpointer.save(int(progress.calls))
-        reporter.flush()
-        return {'stopped_after_calls': calls_here, 'model_dir': model_dir}
-    method_obj.on_epoch_end()
-    valid_result = evaluate('valid')
-    reporter.record_evaluation('valid', valid_result, int(progress.units_seen), epoch)
-    schedule.observe_validation(epoch, valid_result['loss'])
-    progress.best_valid.assign(min(float(progress.best_valid), valid_result['loss']))
-    progress.epoch.assign_add(1)
-    progress.position.assign(0)
-    checkpointer.save(int(progress.calls))
+  # SIGTERM/SIGINT in the loop: finish the call, checkpoint, stop (signals.py).
+  with signals.deferred() as stop:
+    while int(progress.epoch) < epochs:
+      epoch = int(progress.epoch)
+      method_obj.on_epoch_start(epoch)
+      for segment, units, fraction in _segments(task_obj, method_obj, progress,
+                                                batch_size):
+        if int(progress.position) == 0 or not stream:
+          state = model_obj.initial_state(batch_size)
+        elif calls_here == 0:
+          state = progress.load_state()
+        rate = schedule(epoch + fraction)
+        optimizer_obj.learning_rate.assign(rate)
+        state, metrics = method_obj.train_segment(segment, state)
+        metrics = {key: value.numpy() for key, value in metrics.items()}
+        metrics = non_finite.handle(metrics, on_non_finite, checkpointer, progress,
+                                    epoch, unit_name)
+        progress.position.assign_add(1 if not stream else units // batch_size)
+        progress.calls.assign_add(1)
+        progress.units_seen.assign_add(units)
+        progress.updates.assign_add(int(metrics['updates']))
+        progress.loss_total.assign_add(float(metrics['loss_sum']))
+        progress.count_total.assign_add(float(metrics['count']))
+        calls_here += 1
+        if stream:
+          progress.save_state(state)
+        if not operative_written:
+          _write_operative_config(write_dir, reporter)
+          operative_written = True
+        done = (epoch * units_per_epoch + fraction * units_per_epoch + units)
+        reporter.record_training(
+            metrics, units, rate, int(progress.units_seen), epoch, epochs, int(done),
+            average_loss=float(progress.loss_total) / max(float(progress.count_total),
+                                                          1e-12))
+        if int(progress.calls) % checkpoint_every_calls == 0:
+          checkpointer.save(int(progress.calls))
+        if stop.requested:
+          _stop_on_signal(stop, checkpointer, progress, reporter)
+        if stop_after_calls is not None and calls_here >= stop_after_calls:
+          checkpointer.save(int(progress.calls))
+          reporter.flush()
+          return {'stopped_after_calls': calls_here, 'model_dir': model_dir}
+      method_obj.on_epoch_end()
+      valid_result = evaluate('valid')
+      reporter.record_evaluation('valid', valid_result, int(progress.units_seen), epoch)
+      schedule.observe_validation(epoch, valid_result['loss'])
+      progress.best_valid.assign(min(float(progress.best_valid), valid_result['loss']))
+      progress.epoch.assign_add(1)
+      progress.position.assign(0)
+      checkpointer.save(int(progress.calls))
+      if stop.requested:
+        _stop_on_signal(stop, checkpointer, progress, reporter)
+    if stop.requested:  # Received after the last check of the loop.
+      _stop_on_signal(stop, checkpointer, progress, reporter)
   reporter.flush()
 
   if not valid_result:  # Resumed after the last epoch had finished.
@@ -325,6 +341,22 @@ def configured_arguments() -> Dict[str, Any]:
   return arguments
 
 
+def _check_window_fits(method, task: task_base.Task) -> None:
+  """A truncation window longer than an episodic task's sequences is refused: it
+  would be full BPTT under another name (with per-step losses divided by the
+  nominal window, a smaller objective)."""
+  window = getattr(method, 'window', None)
+  if isinstance(window, bool) or not isinstance(window, int):
+    return
+  steps = task_base.episode_length(task)
+  if steps is not None and window > steps:
+    name = type(method).__name__
+    raise ConfigurationError(
+        f'{name}.window={window} is longer than the {type(task).__name__} '
+        f'sequences ({steps} steps): use at most {steps} ({name}.window = {steps} '
+        'is full BPTT)')
+
+
 def _example_inputs(task: task_base.Task, batch_size: int) -> tf.Tensor:
   spec = task.segment_spec()[0]
   shape = [batch_size, 1] + spec.shape[2:].as_list()
@@ -354,6 +386,17 @@ def _segments(task: task_base.Task, method, progress, batch_size: int):
       index = int(progress.position)
       inputs, targets = task.batch('train', epoch, index, batch_size)
       yield (tf.constant(inputs), tf.constant(targets)), batch_size, index / count
+
+
+def _stop_on_signal(stop: signals.StopRequest, checkpointer, progress,
+                    reporter: reporting.Reporter) -> None:
+  """Writes a checkpoint after the current call, then raises ``Interrupted``."""
+  path = checkpointer.save(int(progress.calls))
+  reporter.flush()
+  raise signals.Interrupted(
+      f'{signals.name(stop.signum)} received: stopped after training call '
+      f'{int(progress.calls)} with a checkpoint ({path}); run the same command '
+      'again to resume', stop.signum)
 
 
 def _write_operative_config(model_dir: str, reporter: reporting.Reporter) -> None:
