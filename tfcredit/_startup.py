@@ -16,7 +16,9 @@ library.
 """
 
 import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 # Console scripts (setup.cfg) and the modules that implement them.
@@ -26,6 +28,7 @@ COMMANDS = {
     'tfcredit-compare': 'compare',
     'tfcredit-fidelity': 'gradient_fidelity',
     'tfcredit-benchmark': 'benchmark',
+    'tfcredit-fault-injection': 'fault_injection',
 }
 LOG_LEVEL_VARIABLE = 'TF_CPP_MIN_LOG_LEVEL'
 _MODULE_PREFIX = 'tfcredit.cli.'
@@ -93,9 +96,28 @@ def import_tensorflow_silently() -> None:
     os.close(saved)
 
 
+def _exit_quietly(signum, frame) -> None:
+  """SIGINT or SIGTERM while an entry point starts: one line, exit 128 + signum."""
+  del frame
+  name = signal.Signals(signum).name
+  print(f'interrupted by {name} while starting; nothing was saved',
+        file=sys.stderr, flush=True)
+  raise SystemExit(128 + signum)
+
+
+def quiet_interrupts() -> None:
+  """Until the entry point installs its own handlers (tfcredit.training.signals),
+  Ctrl-C or SIGTERM during the imports ends the process with one line."""
+  if threading.current_thread() is threading.main_thread():
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(signum, _exit_quietly)
+
+
 def prepare(argv: Optional[Sequence[str]] = None) -> bool:
   """Quiets TensorFlow's start-up if this process is an entry point; True if so."""
   argv = sys.argv if argv is None else argv
+  if is_command(argv, getattr(sys, 'orig_argv', None)):
+    quiet_interrupts()
   if 'tensorflow' in sys.modules or LOG_LEVEL_VARIABLE in os.environ:
     return False
   if not is_command(argv, getattr(sys, 'orig_argv', None)):

@@ -70,11 +70,16 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
   try:
     gin.parse_config_files_and_bindings(gin_files, list(gin_bindings),
                                         skip_unknown=False)
-  except (ValueError, SyntaxError, KeyError, IOError) as error:
+  except Exception as error:  # pylint: disable=broad-except
+    # gin raises ValueError, SyntaxError, KeyError, IOError, tokenize.TokenError
+    # (an unclosed bracket or string), NameError (a name it cannot resolve)...
+    what = ' '.join(str(error).split()) or type(error).__name__
     raise ConfigurationError(
-        f'invalid gin configuration: {error}. Check the spelling of the binding '
-        'against the class or function signature (see README, "Configuration").'
-    ) from None
+        f'invalid gin configuration in {", ".join(gin_files) or "the bindings"}'
+        f'{" or --gin_bindings" if gin_bindings and gin_files else ""}: '
+        f'{type(error).__name__}: {what}. Check the syntax and the spelling of the '
+        'binding against the class or function signature (see docs/design.md, '
+        '"Configuration")') from None
   finally:
     root_logger.removeFilter(_not_a_resource_probe)
   return gin.config_str()

@@ -6,8 +6,11 @@ Flags are run plumbing only; everything about the experiment is gin. A
 Writes ``config.gin`` and ``operative_config.gin``, TensorBoard events and
 checkpoints into ``--model_dir`` (running again with the same directory resumes),
 exports a SavedModel under ``--export_dir``, and prints one JSON object with the
-final metrics as its last line. Exit codes: 0 success, 2 bad configuration, 1 data
-or training failure.
+final metrics as its last line. A rerun with a configuration the stored run cannot
+resume is refused (``--overwrite`` starts over). SIGTERM or SIGINT (Ctrl-C)
+finishes the current training call, writes a checkpoint and says how to resume.
+Exit codes: 0 success, 2 bad configuration, 1 data or training failure, 143 after
+SIGTERM, 130 after SIGINT.
 """
 
 import json
@@ -36,6 +39,10 @@ def define_flags() -> None:
          'are exported; empty: no export.')
   define(flags.DEFINE_string, 'strategy', 'default', 'default | mirrored (all '
          'local GPUs, or the logical CPUs) | multi_worker (reads TF_CONFIG).')
+  define(flags.DEFINE_bool, 'overwrite', False, 'Delete the run in --model_dir '
+         '(configs, checkpoints, summaries, final metrics) and start over; '
+         'without it a rerun resumes, and refuses a configuration the stored run '
+         'cannot resume.')
   define(flags.DEFINE_integer, 'logical_cpus', None, 'Split the CPU into this '
          'many logical devices first (to try --strategy=mirrored without GPUs).')
 
@@ -60,6 +67,7 @@ def run(argv: List[str]) -> int:
   import tfcredit  # pylint: disable=g-import-not-at-top
   from tfcredit import config  # pylint: disable=g-import-not-at-top
   from tfcredit.training import distribution  # pylint: disable=g-import-not-at-top
+  from tfcredit.training import run_directory  # pylint: disable=g-import-not-at-top
 
   try:
     if not FLAGS.gin_file:
@@ -75,20 +83,14 @@ def run(argv: List[str]) -> int:
     config_text = config.parse(FLAGS.gin_file, FLAGS.gin_bindings)
     model_dir = FLAGS.model_dir or os.path.join(
         'runs', os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0])
-    if distribution.is_chief(strategy):
-      os.makedirs(model_dir, exist_ok=True)
-      with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
-        f.write(config_text)
+    # Before anything is written there: is model_dir this configuration's?
+    run_directory.prepare(model_dir, config_text, overwrite=FLAGS.overwrite,
+                          write=distribution.is_chief(strategy))
     result = tfcredit.train(model_dir, data_dir=FLAGS.data_dir,
                             export_dir=FLAGS.export_dir or None,
                             strategy=strategy)
-  except tfcredit.errors.TfcreditError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return error.exit_code
-  except KeyboardInterrupt:
-    print('interrupted: run the same command again to resume from the last '
-          'checkpoint', file=sys.stderr)
-    return 1
+  except (Exception, KeyboardInterrupt) as error:  # pylint: disable=broad-except
+    return common.failure(error)
   print(json.dumps(result))
   return 0
 

@@ -373,7 +373,8 @@ def load_corpus(name: str, data_dir: str | os.PathLike | None = None,
   if spec is None:
     raise ConfigurationError(
         f'Unknown corpus name={name!r}; expected one of '
-        f'{", ".join(sorted(CORPORA))}. Fix the corpus name (e.g. --corpus=ptb).')
+        f'{", ".join(sorted(CORPORA))}. Bind a known one, e.g. '
+        "LanguageModelTask.corpus = 'ptb'")
   root = storage.resolve_data_dir(data_dir)
   key = (spec.name, root.resolve())
   cached = _CACHE.get(key)

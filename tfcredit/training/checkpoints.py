@@ -38,9 +38,10 @@ _TEMP = re.compile(r'^' + PREFIX + r'-\d+_temp$')
 DAMAGED_FOLDER = 'damaged'
 NON_FINITE_FOLDER = 'non_finite'
 
-# What reading a damaged checkpoint raises (TensorFlow's status errors, or
-# ``ValueError``/``AssertionError`` deeper in the restore code).
-_READ_ERRORS = (tf.errors.OpError, ValueError, AssertionError, OSError)
+# Reading a damaged checkpoint raises TensorFlow's status errors (DataLossError,
+# OutOfRangeError...), but also IndexError ("Read less bytes than requested"),
+# ValueError or OSError: anything reading the files raises means damage.
+_READ_ERRORS = (Exception,)
 
 
 def _warn(message: str) -> None:

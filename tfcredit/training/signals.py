@@ -23,7 +23,7 @@ from tfcredit.errors import TfcreditError
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
-def exit_code(signum: int) -> int:
+def exit_code_of(signum: int) -> int:
   return 128 + int(signum)
 
 
@@ -50,7 +50,10 @@ class Interrupted(TfcreditError):
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.signum = signum
-    self.exit_code = exit_code(signum)
+
+  @property
+  def exit_code(self) -> int:  # A property: gin's exception proxy forwards it.
+    return exit_code_of(self.signum)
 
 
 def _main_thread() -> bool:
