@@ -158,3 +158,52 @@ def run_tool(script: str, *args: str, timeout: float = 900
   return subprocess.run(
       [sys.executable, os.path.join(REPOSITORY, 'tools', script), *args],
       capture_output=True, text=True, env=env, cwd=REPOSITORY, timeout=timeout)
+
+
+def run_entry_point(command: str, *args: str) -> int:
+  """Runs the ``tfcredit.cli.<command>`` entry point in this process, as
+  ``tools/<command>.py args...`` would run it in a new one, and returns its exit
+  code: for tests about messages and exit codes, without the seconds a new
+  interpreter spends importing TensorFlow. (Use ``run_tool`` for what only a
+  process shows: signals, TensorFlow's start-up lines, the installed scripts.)
+
+  Its output goes to this process's stdout and stderr (read them with pytest's
+  ``capfd``). Flags are reset before and after, so nothing carries over between
+  calls; the signal handlers, log levels and gin configuration the entry point
+  changes are restored or cleared afterwards. An exception that escapes the entry
+  point is printed with its traceback and gives exit code 1, as in a process.
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  module = importlib.import_module(f'tfcredit.cli.{command}')
+  handlers = {signum: signal.getsignal(signum)
+              for signum in (signal.SIGTERM, signal.SIGINT)}
+  verbosity = absl_logging.get_verbosity()
+  tf_level = tf.get_logger().level
+  flags.FLAGS.unparse_flags()
+  try:
+    module.main([os.path.join(REPOSITORY, 'tools', f'{command}.py'), *args])
+  except SystemExit as exit_:
+    if exit_.code is None:
+      return 0
+    if isinstance(exit_.code, int):
+      return exit_.code
+    print(exit_.code, file=sys.stderr)
+    return 1
+  except Exception:  # pylint: disable=broad-except
+    traceback.print_exc()
+    return 1
+  finally:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    flags.FLAGS.unparse_flags()
+    for signum, handler in handlers.items():
+      signal.signal(signum, handler)
+    absl_logging.set_verbosity(verbosity)
+    tf.get_logger().setLevel(tf_level)
+    gin.clear_config()
+  return 0

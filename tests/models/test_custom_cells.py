@@ -23,7 +23,7 @@ from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import (assert_nests_close, built_optimizer, clean_gin,
-                              max_abs_diff, run_tool)
+                              max_abs_diff, run_entry_point)
 from tfcredit.training import trainer
 
 ROWS = 2
@@ -322,7 +322,7 @@ def test_the_contract_names_exactly_what_is_missing():
           'trackable weights (a keras.Model or tf.Module)']
 
 
-def test_train_tool_exits_2_for_a_sequential_model(tmp_path):
+def test_train_tool_exits_2_for_a_sequential_model(tmp_path, capfd):
   # Gin's dynamic registration makes keras.Sequential bindable without any
   # registration in the library.
   config = tmp_path / 'sequential.gin'
@@ -331,9 +331,11 @@ def test_train_tool_exits_2_for_a_sequential_model(tmp_path):
                     'import tfcredit.training.trainer\n'
                     "include 'testing/tiny.gin'\n"
                     'tfcredit.training.trainer.train.model = @keras.Sequential\n')
-  process = run_tool('train.py', f'--gin_file={config}',
-                     f'--model_dir={tmp_path / "run"}', '--export_dir=')
-  assert process.returncode == 2, process.stderr[-2000:]
-  assert 'train.model built a Sequential' in process.stderr
-  assert 'RecurrentModel' in process.stderr
-  assert 'Traceback' not in process.stderr
+  capfd.readouterr()
+  code = run_entry_point('train', f'--gin_file={config}',
+                         f'--model_dir={tmp_path / "run"}', '--export_dir=')
+  stderr = capfd.readouterr().err
+  assert code == 2, stderr[-2000:]
+  assert 'train.model built a Sequential' in stderr
+  assert 'RecurrentModel' in stderr
+  assert 'Traceback' not in stderr

@@ -18,7 +18,8 @@ import tensorflow as tf
 import tfcredit
 from tfcredit.errors import TrainingError
 from tfcredit.methods.base import NON_FINITE_METRIC
-from tfcredit.testing import REPOSITORY, built_optimizer, run_tool, tiny_model
+from tfcredit.testing import (REPOSITORY, built_optimizer, run_entry_point,
+                              tiny_model)
 
 TINY = os.path.join(REPOSITORY, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
 
@@ -147,11 +148,11 @@ def _final(model_dir):
 
 @pytest.fixture(scope='module')
 def straight_run(tmp_path_factory):
-  """An uninterrupted subprocess run of the longer tiny config."""
+  """An uninterrupted run of the longer tiny config (the command, in this
+  process: the interrupted runs it is compared with are separate processes)."""
   model_dir = str(tmp_path_factory.mktemp('straight') / 'run')
-  done = subprocess.run(_train_command(model_dir), capture_output=True, text=True,
-                        cwd=REPOSITORY, timeout=600)
-  assert done.returncode == 0, done.stderr
+  code = run_entry_point('train', *_train_command(model_dir)[2:])
+  assert code == 0
   return model_dir
 
 
@@ -168,10 +169,22 @@ def _interrupt(model_dir, signum):
   return process.returncode, stderr
 
 
+@pytest.fixture(scope='module')
+def sigterm_run(tmp_path_factory):
+  """``(model_dir, exit code, stderr)`` of a run sent SIGTERM at its first
+  progress line. Tests copy ``model_dir`` before they change anything in it."""
+  model_dir = str(tmp_path_factory.mktemp('sigterm') / 'run')
+  code, stderr = _interrupt(model_dir, signal.SIGTERM)
+  return model_dir, code, stderr
+
+
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_after_the_call_with_a_checkpoint(tmp_path, signum):
-  model_dir = str(tmp_path / 'run')
-  code, stderr = _interrupt(model_dir, signum)
+def test_a_signal_stops_after_the_call_with_a_checkpoint(request, tmp_path, signum):
+  if signum == signal.SIGTERM:  # The run the rerun test resumes.
+    model_dir, code, stderr = request.getfixturevalue('sigterm_run')
+  else:
+    model_dir = str(tmp_path / 'run')
+    code, stderr = _interrupt(model_dir, signum)
   assert code == 128 + signum, stderr
   said = [line for line in stderr.splitlines() if line.startswith('interrupted')]
   assert len(said) == 1 and 'run the same command again' in said[0], stderr
@@ -180,14 +193,18 @@ def test_a_signal_stops_after_the_call_with_a_checkpoint(tmp_path, signum):
   assert tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
 
 
-def test_the_rerun_after_sigterm_ends_identical(tmp_path, straight_run):
-  interrupted = str(tmp_path / 'interrupted')
-  code, stderr = _interrupt(interrupted, signal.SIGTERM)
+def test_the_rerun_after_sigterm_ends_identical(tmp_path, sigterm_run,
+                                                straight_run, capfd):
+  stopped, code, stderr = sigterm_run
   assert code == 143, stderr
-  rerun = subprocess.run(_train_command(interrupted), capture_output=True,
-                         text=True, cwd=REPOSITORY, timeout=600)
-  assert rerun.returncode == 0, rerun.stderr
-  assert 'resumed from' in rerun.stdout
+  interrupted = str(tmp_path / 'interrupted')
+  shutil.copytree(stopped, interrupted)
+  # The checkpoint paths in the state file are relative, so the copy resumes.
+  capfd.readouterr()
+  code = run_entry_point('train', *_train_command(interrupted)[2:])
+  out, err = capfd.readouterr()
+  assert code == 0, err
+  assert 'resumed from' in out
   assert _final(interrupted) == _final(straight_run)
   _assert_same_weights(_latest_weights(interrupted), _latest_weights(straight_run))
 
@@ -312,13 +329,16 @@ def test_changes_that_cannot_resume_are_refused_others_recorded(tmp_path):
   assert not os.path.exists(os.path.join(model_dir, 'checkpoints'))
 
 
-def test_the_command_refuses_another_model_in_a_used_directory(straight_run):
+def test_the_command_refuses_another_model_in_a_used_directory(straight_run,
+                                                               capfd):
   with open(os.path.join(straight_run, 'config.gin')) as f:
     stored = f.read()
-  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={straight_run}',
-                  *_LONGER, '--gin_bindings=RecurrentModel.units = 32')
-  assert done.returncode == 2, done.stderr
-  assert 'RecurrentModel.units: 16 -> 32' in done.stderr
+  capfd.readouterr()
+  code = run_entry_point('train', f'--gin_file={TINY}', f'--model_dir={straight_run}',
+                         *_LONGER, '--gin_bindings=RecurrentModel.units = 32')
+  err = capfd.readouterr().err
+  assert code == 2, err
+  assert 'RecurrentModel.units: 16 -> 32' in err
   with open(os.path.join(straight_run, 'config.gin')) as f:
     assert f.read() == stored
 
@@ -357,17 +377,20 @@ def _bad_inputs(tmp_path):
   ]
 
 
-def test_bad_inputs_exit_with_one_line_and_their_code(tmp_path):
+def test_bad_inputs_exit_with_one_line_and_their_code(tmp_path, capfd):
+  # The entry points run in this process (run_entry_point): what is checked is
+  # their messages and exit codes, not a process's start-up.
   failures = []
   for name, tool, args, code, words in _bad_inputs(tmp_path):
     if tool == 'train.py':
       args = [f'--gin_file={TINY}', f'--model_dir={tmp_path}/run_{code}',
               '--export_dir=', *args]
-    done = run_tool(tool, *args)
-    lines = [line for line in done.stderr.splitlines()
-             if line.startswith('error:')]
-    if (done.returncode != code or len(lines) != 1 or words not in lines[0] or
-        'Traceback' in done.stderr or 'In call to configurable' in done.stderr):
-      failures.append(f'{name}: exit {done.returncode} (want {code}): '
-                      f'{done.stderr[-600:]}')
+    capfd.readouterr()
+    returncode = run_entry_point(tool[:-len('.py')], *args)
+    stderr = capfd.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.startswith('error:')]
+    if (returncode != code or len(lines) != 1 or words not in lines[0] or
+        'Traceback' in stderr or 'In call to configurable' in stderr):
+      failures.append(f'{name}: exit {returncode} (want {code}): '
+                      f'{stderr[-600:]}')
   assert not failures, '\n'.join(failures)
