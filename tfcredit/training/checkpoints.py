@@ -90,10 +90,15 @@ def _write_state(directory: str, prefixes: List[str]) -> None:
     if os.path.exists(path):
       os.remove(path)
     return
-  from tensorflow.python.checkpoint import checkpoint_management  # pylint: disable=g-import-not-at-top
-  checkpoint_management.update_checkpoint_state_internal(
-      save_dir=directory, model_checkpoint_path=prefixes[-1],
-      all_model_checkpoint_paths=prefixes, save_relative_paths=True)
+  # The state file is a CheckpointState text proto; paths relative to the folder,
+  # as tf.train.CheckpointManager writes them. Written whole, then renamed.
+  names = [os.path.basename(prefix) for prefix in prefixes]
+  lines = [f'model_checkpoint_path: "{names[-1]}"']
+  lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
+  temporary = path + '.tmp'
+  with open(temporary, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  os.replace(temporary, path)
 
 
 def prepare_directory(directory: str) -> None:
