@@ -146,6 +146,19 @@ def tensorflow_startup_lines(text: str, first: Optional[int] = None) -> list:
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+TINY_CONFIG = os.path.join(REPOSITORY, 'tfcredit', 'gin_configs', 'testing',
+                           'tiny.gin')
+
+
+def configure_tiny(*bindings: str) -> None:
+  """Clears gin, then parses the tiny config, deterministic and with no progress
+  lines, plus ``bindings``: the set-up of the trainer's end-to-end tests."""
+  from tfcredit import config  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  config.parse([TINY_CONFIG], ['train.deterministic = True',
+                               'train.log_every_seconds = 1e9', *bindings])
+
+
 def run_tool(script: str, *args: str, timeout: float = 900
              ) -> subprocess.CompletedProcess:
   """Runs ``tools/<script>`` (the checkout's thin wrapper of the

@@ -18,23 +18,16 @@ import tensorflow as tf
 import tfcredit
 from tfcredit.errors import TrainingError
 from tfcredit.methods.base import NON_FINITE_METRIC
-from tfcredit.testing import (REPOSITORY, built_optimizer, run_entry_point,
+from tfcredit.testing import (REPOSITORY, TINY_CONFIG, built_optimizer, clean_gin,  # noqa: F401
+                              configure_tiny, run_entry_point,
                               tiny_model)
 
-TINY = os.path.join(REPOSITORY, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
+TINY = TINY_CONFIG
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures('clean_gin')
 
-
-def _configure(*bindings):
-  gin.clear_config()
-  tfcredit.config.parse([TINY], ['train.deterministic = True',
-                                 'train.log_every_seconds = 1e9'] + list(bindings))
+_configure = configure_tiny
 
 
 def _checkpoint_weights(path):

@@ -12,22 +12,14 @@ import tensorflow as tf
 
 import tfcredit
 from tfcredit.errors import TrainingError
+from tfcredit.testing import TINY_CONFIG, clean_gin, configure_tiny  # noqa: F401
 
-TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs', 'testing',
-                    'tiny.gin')
-
-
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+TINY = TINY_CONFIG
 
 
-def _configure(*bindings):
-  gin.clear_config()
-  tfcredit.config.parse([TINY], ['train.deterministic = True',
-                                 'train.log_every_seconds = 1e9'] + list(bindings))
+pytestmark = pytest.mark.usefixtures('clean_gin')
+
+_configure = configure_tiny
 
 
 def _weights(model_dir):
