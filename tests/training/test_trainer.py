@@ -173,3 +173,29 @@ def test_combine_reductions():
   total = reporting.combine(base.CONCAT, total, np.array([3.0]))
   np.testing.assert_array_equal(total, [1.0, 2.0, 3.0])
   assert reporting.combine(base.SUM, reporting.combine(base.SUM, None, 2.0), 3.5) == 5.5
+
+
+def test_progress_rate_after_a_resume_counts_only_this_process(tmp_path):
+  """A resumed run's first line must not count the units done before the resume."""
+  import io
+  import re
+  import time
+  from tfcredit.training import reporting
+  stream = io.StringIO()
+  reporter = reporting.Reporter(
+      str(tmp_path), 'loss', 'tokens', lambda x: x, total_units=2_000_000,
+      log_every_seconds=0.0, stream=stream, write_summaries=False)
+  metrics = {key: 1.0 for key in base_metrics()}
+  time.sleep(0.05)  # the call takes at least this long
+  # Resumed at 1,000,000 units; this process has done one call of 100 units.
+  reporter.record_training(metrics, units=100, learning_rate=0.1, units_seen=1_000_100,
+                           epoch=1, epochs=2, units_done_overall=1_000_100,
+                           average_loss=1.0)
+  rate = float(re.search(r'([\d,.]+) tokens/s', stream.getvalue()).group(1)
+               .replace(',', ''))
+  assert rate <= 100 / 0.05
+
+
+def base_metrics():
+  from tfcredit.methods import base
+  return base.BASE_METRICS

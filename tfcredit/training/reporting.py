@@ -48,7 +48,9 @@ class Reporter:
             os.path.join(model_dir, split))
     self._reset_window()
     self._last_log = time.time()
-    self._log_window = {'units': 0, 'time': time.time()}
+    # The units done before the first call of this process (non-zero on resume)
+    # are known only at that call; until then the rate's baseline is unset.
+    self._log_window = {'units': None, 'time': time.time()}
 
   def _reset_window(self):
     self._window = {'loss_sum': 0.0, 'count': 0.0, 'grad_norm_sum': 0.0,
@@ -64,6 +66,8 @@ class Reporter:
                       units_seen: int, epoch: int, epochs: int,
                       units_done_overall: int, average_loss: float) -> None:
     """Adds one training call's metrics; writes/prints when an interval is over."""
+    if self._log_window['units'] is None:
+      self._log_window['units'] = units_done_overall - units
     window = self._window
     for key in method_base.BASE_METRICS:
       window[key] += float(metrics[key])
