@@ -15,6 +15,14 @@ the ratio within a round, so a load change hits numerator and denominator alike.
 ratios are also given in process CPU time, which waiting for a core does not inflate
 (docs/benchmark.md says how to read the two).
 
+The roofline is the machine's peak, not a typical rate: ``ROOFLINE_PRODUCTS``
+chained 1024³ float32 products per timing (``QUICK_ROOFLINE_PRODUCTS`` with
+``--quick``), and the best rate over rounds (``roofline_gflops_float32`` in the
+JSON). Fractions of the roofline are against that peak. On a CPU with bf16 matrix
+instructions (``amx_bf16`` or ``avx512_bf16`` in ``/proc/cpuinfo``) a bfloat16
+1024³ row is timed the same way and its best rate recorded
+(``roofline_gflops_bfloat16``); fractions stay against the float32 peak.
+
 FLOP accounting (multiply-adds count 2): an LSTM layer costs ``8·units·(inputs +
 units)`` per step and sequence, a dense head ``2·inputs·outputs``; a backpropagated
 step costs twice its forward step (gradients for activations and for weights). So a
@@ -68,6 +76,13 @@ from tfcredit.tasks import synthetic
 from tfcredit.training import distribution
 
 SQUARE_MATMUL = (1024, 1024, 1024)  # The roofline: large enough to saturate the BLAS.
+ROOFLINE_PRODUCTS = 40  # Chained SQUARE_MATMUL products per timing (~86 GFLOP).
+QUICK_ROOFLINE_PRODUCTS = 10  # The same with --quick.
+# /proc/cpuinfo flags recorded in the JSON's machine entry, when present.
+ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile',
+             'amx_int8')
+BF16_FLAGS = ('amx_bf16', 'amx_tile', 'avx512_bf16')  # Reported in the summary.
+BF16_MATMUL_FLAGS = ('amx_bf16', 'avx512_bf16')  # Any of them: time a bf16 row.
 QUICK_WINDOWS_PER_CALL = [1, 2]  # --quick without --windows_per_call.
 REPLICAS = 2  # Logical CPU devices, and replicas of the replicas row.
 REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration.
@@ -138,6 +153,43 @@ def training_flops(core_step: float, head: float, forward_steps: float,
   """
   return (core_step * (forward_steps + 2 * backward_steps)
           + 3 * head * head_evaluations)
+
+
+# --------------------------------------------------------------------- CPU
+def cpu_features(cpuinfo: Optional[str] = None) -> Dict:
+  """The CPU's model name, relevant ISA flags and logical CPU count.
+
+  Args:
+    cpuinfo: the text of ``/proc/cpuinfo``; None reads it (Linux), or takes
+      ``platform.processor()`` and no flags where it cannot be read.
+
+  Returns:
+    ``{'cpu_model': str, 'isa_flags': [...], 'bf16_flags': [...],
+    'bf16_matmul': bool, 'cpu_count': int}``: ``isa_flags`` are those of
+    ``ISA_FLAGS`` present, ``bf16_flags`` those of ``BF16_FLAGS``, and
+    ``bf16_matmul`` whether the CPU has bf16 matrix instructions (``amx_bf16`` or
+    ``avx512_bf16``; ``amx_tile`` alone is the tile unit, possibly int8 only);
+    ``cpu_count`` is the logical CPU count (``os.cpu_count()``).
+  """
+  if cpuinfo is None:
+    try:
+      with open('/proc/cpuinfo') as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ''
+  model, present = None, set()
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(':')
+    key = key.strip()
+    if key == 'model name' and model is None:
+      model = value.strip()
+    elif key == 'flags':  # The same on every core: the union costs nothing.
+      present.update(value.split())
+  return {'cpu_model': model or platform.processor() or None,
+          'isa_flags': [flag for flag in ISA_FLAGS if flag in present],
+          'bf16_flags': [flag for flag in BF16_FLAGS if flag in present],
+          'bf16_matmul': any(flag in present for flag in BF16_MATMUL_FLAGS),
+          'cpu_count': os.cpu_count()}
 
 
 # ---------------------------------------------------------------- workloads
@@ -503,18 +555,28 @@ def keras_fit_runner(workload: Workload, window: int, steps_per_execution: int =
                 workload.flops_per_unit(window if stream else None))
 
 
-def matmul_runner(shape: Sequence[int], target_flops: float) -> Runner:
+def matmul_runner(shape: Sequence[int], target_flops: float,
+                  dtype: tf.dtypes.DType = tf.float32) -> Runner:
   """Chained ``[m, k] x [k, n]`` products in one ``tf.function`` (needs ``n >= k``).
 
   Each product feeds (negligibly) into the next one's input, so none can be hoisted
   out of the loop or overlap another: one stream of matmuls using every intra-op
-  thread, as an LSTM's sequential steps are.
+  thread, as an LSTM's sequential steps are. A timing is one call: as many products
+  as fit in ``target_flops`` (at least 1), so the call overhead is amortised.
+
+  Args:
+    shape: ``(m, k, n)``.
+    target_flops: FLOPs per timing.
+    dtype: of both operands; anything but float32 is named in the row label.
+
+  Returns:
+    The runner; its unit is the GFLOP.
   """
   m, k, n = shape
   flops = 2.0 * m * k * n
   repeats = max(1, int(target_flops / flops))
-  a = tf.random.normal([m, k])
-  b = tf.random.normal([k, n])
+  a = tf.cast(tf.random.normal([m, k]), dtype)
+  b = tf.cast(tf.random.normal([k, n]), dtype)
 
   @tf.function
   def chained(a, b):
@@ -528,8 +590,10 @@ def matmul_runner(shape: Sequence[int], target_flops: float) -> Runner:
     return flops * repeats / 1e9
 
   multiply()
-  return Runner('matmul reference', f'matmul [{m},{k}]x[{k},{n}]', 'GFLOP',
-                timed(multiply), 1e9)
+  label = f'matmul [{m},{k}]x[{k},{n}]'
+  if dtype != tf.float32:
+    label += f' {dtype.name}'
+  return Runner('matmul reference', label, 'GFLOP', timed(multiply), 1e9)
 
 
 # ---------------------------------------------------------------- measuring
@@ -552,6 +616,16 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
   return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
+def roofline_peak(roofline: Runner) -> Tuple[float, float]:
+  """The roofline: the best GFLOP/s over rounds, per wall-clock and per CPU second.
+
+  The best, not the median: the roofline is what the machine can do, and a round
+  can only be slowed down (by other jobs, by a core taken away), never sped up.
+  """
+  return (max(roofline.gflops(roofline.rates)),
+          max(roofline.gflops(roofline.cpu_rates)))
+
+
 def summarize(runners: Sequence[Runner], roofline: Runner,
               references: Dict[str, Runner]) -> List[Dict]:
   """One row per runner: median rates and median per-round ratios to the references.
@@ -559,9 +633,12 @@ def summarize(runners: Sequence[Runner], roofline: Runner,
   A workload's reference is its Keras ``fit`` (or, for the replicas rows, the
   1-replica row); the ratios of a matmul row are None.
 
-  The fraction of the roofline in CPU time (FLOPs per CPU-second over the matmul's)
-  does not depend on how many cores the process got, only on how well it used them.
+  The fractions of the roofline are the median achieved GFLOP/s over the
+  roofline's peak (``roofline_peak``: its best round), in wall-clock time and in
+  CPU time. The CPU-time one (FLOPs per CPU-second over the peak matmul's) does not
+  depend on how many cores the process got, only on how well it used them.
   """
+  peak, peak_cpu = roofline_peak(roofline)
   rows = []
   for runner in runners:
     reference = references.get(runner.workload)
@@ -578,10 +655,10 @@ def summarize(runners: Sequence[Runner], roofline: Runner,
             median_ratio(runner.cpu_rates, reference.cpu_rates)),
         'flops_per_unit': runner.flops_per_unit,
         'gflops': statistics.median(runner.gflops(runner.rates)),
-        'fraction_of_roofline': median_ratio(runner.gflops(runner.rates),
-                                             roofline.rates),
-        'fraction_of_roofline_cpu_time': median_ratio(
-            runner.gflops(runner.cpu_rates), roofline.cpu_rates),
+        'fraction_of_roofline': (
+            statistics.median(runner.gflops(runner.rates)) / peak),
+        'fraction_of_roofline_cpu_time': (
+            statistics.median(runner.gflops(runner.cpu_rates)) / peak_cpu),
         'train_segment_traces': None if runner.traces is None else runner.traces()})
   return rows
 
@@ -605,13 +682,25 @@ def markdown_table(rows: Sequence[Dict]) -> str:
 
 
 def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
-                  replicas_row: bool, artbp_row: bool = True
-                  ) -> Tuple[List[Runner], Runner, Dict[str, Runner]]:
+                  replicas_row: bool, artbp_row: bool = True,
+                  bf16_row: bool = False
+                  ) -> Tuple[List[Runner], Dict[str, Runner], Dict[str, Runner]]:
   """Builds and warms up every configuration.
 
+  Args:
+    quick: short rounds (and fewer chained products per roofline timing).
+    windows_per_call: the language-model rows' ``windows_per_call``.
+    seed: seeds the synthetic data.
+    replicas_row: also the 1- and 2-replica rows.
+    artbp_row: also the ARTBP row and its reference.
+    bf16_row: also the bfloat16 1024³ matmul row (the CPU has bf16 matrix
+      instructions).
+
   Returns:
-    ``(runners, roofline runner, {workload name: its reference})``: a workload's
-    Keras ``fit``, or for the replicas rows the 1-replica row.
+    ``(runners, rooflines, {workload name: its reference})``: ``rooflines`` maps
+    ``'float32'`` (and with ``bf16_row`` ``'bfloat16'``) to its 1024³ matmul
+    runner; a workload's reference is its Keras ``fit``, or for the replicas rows
+    the 1-replica row.
   """
   largest = max(windows_per_call)
   # Every configuration makes whole calls over the same stream.
@@ -627,7 +716,12 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
           f'({time.perf_counter() - start:.1f} s)', flush=True)
     return runners[-1]
 
-  roofline = add(matmul_runner, SQUARE_MATMUL, target_flops)
+  square_flops = 2.0 * math.prod(SQUARE_MATMUL)
+  products = QUICK_ROOFLINE_PRODUCTS if quick else ROOFLINE_PRODUCTS
+  rooflines = {'float32': add(matmul_runner, SQUARE_MATMUL, products * square_flops)}
+  if bf16_row:
+    rooflines['bfloat16'] = add(matmul_runner, SQUARE_MATMUL,
+                                products * square_flops, dtype=tf.bfloat16)
   add(matmul_runner, (20, 400, 800), target_flops / 4)
   add(matmul_runner, (128, 130, 512), target_flops / 4)
   references = {language_model.name: add(keras_fit_runner, language_model, 20)}
@@ -729,7 +823,7 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
               blocks_per_update=tp_blocks, h_steps=1, theta_steps=1,
               updates_per_call=tp_updates, clip_norm=workload.clip_norm),
           segment_length=tp_block * tp_blocks * tp_updates, flops_window=tp_block)
-  return runners, roofline, references
+  return runners, rooflines, references
 
 
 def run(argv: List[str]) -> int:
@@ -759,20 +853,38 @@ def run(argv: List[str]) -> int:
   keras.utils.set_random_seed(FLAGS.seed)
   started = time.perf_counter()
   load_at_start = os.getloadavg()
-  runners, roofline, references = build_runners(
+  cpu = cpu_features()
+  runners, rooflines, references = build_runners(
       FLAGS.quick, windows_per_call, FLAGS.seed, FLAGS.replicas_row,
-      FLAGS.artbp_row)
+      FLAGS.artbp_row, bf16_row=cpu['bf16_matmul'])
   measure_rounds(runners, rounds)
+  roofline = rooflines['float32']
   rows = summarize(runners, roofline, references)
-  machine = {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
+  peak, peak_cpu = roofline_peak(roofline)
+  peak_bf16 = (roofline_peak(rooflines['bfloat16'])[0] if 'bfloat16' in rooflines
+               else None)
+  machine = {'platform': platform.platform(), **cpu,
              'load_average_at_start': load_at_start,
              'load_average_at_end': os.getloadavg(),
              'tensorflow': tf.__version__, 'keras': keras.__version__}
   seconds = time.perf_counter() - started
-  summary = (f'{rounds} round(s) in {seconds:.0f} s on {machine["cpu_count"]} CPUs, '
+  isa = ', '.join(cpu['isa_flags']) or 'none of ' + ', '.join(ISA_FLAGS)
+  summary = (f'{rounds} round(s) in {seconds:.0f} s on {machine["cpu_count"]} CPUs '
+             f'({cpu["cpu_model"]}; ISA flags: {isa}), '
              f'1-minute load average {load_at_start[0]:.1f} at the start and '
              f'{machine["load_average_at_end"][0]:.1f} at the end; TensorFlow '
              f'{tf.__version__}, Keras {keras.__version__}.')
+  products = QUICK_ROOFLINE_PRODUCTS if FLAGS.quick else ROOFLINE_PRODUCTS
+  summary += (f' Roofline: {roofline.config} float32, {products} chained products '
+              f'per timing, best of {rounds} round(s): {peak:.1f} GFLOP/s '
+              f'({peak_cpu:.1f} per CPU-second); every fraction of roofline is '
+              'against it.')
+  summary += f' bf16 flags: {", ".join(cpu["bf16_flags"]) or "none"}'
+  if peak_bf16 is None:
+    summary += ' (no bf16 matrix instructions: no bfloat16 row).'
+  else:
+    summary += (f'; bfloat16 roofline, same method, best of {rounds} round(s): '
+                f'{peak_bf16:.1f} GFLOP/s (not used for the fractions).')
   retraced = [row['config'] for row in rows if (row['train_segment_traces'] or 1) > 1]
   if retraced:
     summary += (f' Warning: train_segment retraced while measuring {retraced}; '
@@ -791,6 +903,10 @@ def run(argv: List[str]) -> int:
     json.dump({'rows': rows, 'rounds': rounds, 'quick': FLAGS.quick,
                'windows_per_call': windows_per_call,
                'replicas_row': FLAGS.replicas_row, 'roofline': roofline.config,
+               'roofline_products_per_timing': products,
+               'roofline_gflops_float32': peak,
+               'roofline_gflops_float32_cpu_time': peak_cpu,
+               'roofline_gflops_bfloat16': peak_bf16,
                'seconds': seconds, 'machine': machine}, f, indent=1)
   with open(os.path.join(FLAGS.output_dir, 'benchmark.md'), 'w') as f:
     f.write(report)

@@ -1,0 +1,100 @@
+"""The benchmark's roofline: CPU probing, the best-of-rounds peak, the matmul rows.
+
+No timing is asserted: the runners below have fixed rates.
+"""
+
+import platform
+
+import pytest
+import tensorflow as tf
+
+from tfcredit.cli import benchmark
+
+SAPPHIRE_RAPIDS = """\
+processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_fp16 \
+amx_bf16 amx_tile amx_int8 arch_capabilities
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_fp16 \
+amx_bf16 amx_tile amx_int8 arch_capabilities
+"""
+
+EPYC = """\
+processor\t: 0
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse sse2 avx f16c fma avx2 bmi2 sha_ni vaes
+"""
+
+
+def test_cpu_features_with_amx():
+  features = benchmark.cpu_features(SAPPHIRE_RAPIDS)
+  assert features['cpu_model'] == 'Intel(R) Xeon(R) Platinum 8480+'
+  assert features['isa_flags'] == ['avx2', 'fma', 'avx512f', 'avx512_bf16',
+                                   'amx_bf16', 'amx_tile', 'amx_int8']
+  assert features['bf16_flags'] == ['amx_bf16', 'amx_tile', 'avx512_bf16']
+  assert features['bf16_matmul'] is True
+  assert features['cpu_count'] >= 1
+
+
+def test_cpu_features_without_amx():
+  features = benchmark.cpu_features(EPYC)
+  assert features['cpu_model'] == 'AMD EPYC 7B13'
+  assert features['isa_flags'] == ['avx2', 'fma']
+  assert features['bf16_flags'] == []
+  assert features['bf16_matmul'] is False
+
+
+def test_cpu_features_flag_names_match_whole_words():
+  # avx512_bf16 alone is a bf16 matrix instruction set; amx_tile without amx_bf16
+  # is not; avx512bw must not read as avx512f, nor avx2 inside another name.
+  features = benchmark.cpu_features(
+      'model name : X\nflags : avx512bw avx2x amx_tile amx_int8\n')
+  assert features['isa_flags'] == ['amx_tile', 'amx_int8']
+  assert features['bf16_flags'] == ['amx_tile']
+  assert features['bf16_matmul'] is False
+  assert benchmark.cpu_features('flags : avx512_bf16\n')['bf16_matmul'] is True
+
+
+def test_cpu_features_without_cpuinfo_falls_back_to_platform(monkeypatch):
+  monkeypatch.setattr(platform, 'processor', lambda: 'arm')
+  features = benchmark.cpu_features('')
+  assert features['cpu_model'] == 'arm'
+  assert features['isa_flags'] == [] and features['bf16_matmul'] is False
+
+
+def _runner(workload, unit, rates, cpu_rates, flops_per_unit):
+  return benchmark.Runner(workload, workload, unit, run=None,
+                          flops_per_unit=flops_per_unit, rates=list(rates),
+                          cpu_rates=list(cpu_rates))
+
+
+def test_fractions_are_against_the_best_roofline_round():
+  roofline = _runner('matmul reference', 'GFLOP', [50.0, 80.0, 60.0],
+                     [40.0, 45.0, 30.0], 1e9)
+  model = _runner('lm', 'tokens', [1000.0, 2000.0, 1500.0], [500.0, 900.0, 700.0],
+                  2e7)  # 20, 40, 30 GFLOP/s; 10, 18, 14 per CPU-second.
+  assert benchmark.roofline_peak(roofline) == (80.0, 45.0)
+  rows = benchmark.summarize([roofline, model], roofline, references={})
+  assert rows[1]['gflops'] == pytest.approx(30.0)
+  # Not the per-round median ratio (0.5 in wall clock, 0.4 in CPU time).
+  assert rows[1]['fraction_of_roofline'] == pytest.approx(30.0 / 80.0)
+  assert rows[1]['fraction_of_roofline_cpu_time'] == pytest.approx(14.0 / 45.0)
+  assert rows[0]['fraction_of_roofline'] == pytest.approx(60.0 / 80.0)
+  assert rows[0]['fraction_of_roofline_cpu_time'] == pytest.approx(40.0 / 45.0)
+
+
+@pytest.mark.parametrize('dtype, label', [
+    (tf.float32, 'matmul [8,8]x[8,16]'),
+    (tf.bfloat16, 'matmul [8,8]x[8,16] bfloat16')])
+def test_matmul_runner_counts_its_chained_products(dtype, label):
+  flops = 2.0 * 8 * 8 * 16
+  runner = benchmark.matmul_runner((8, 8, 16), 10.5 * flops, dtype=dtype)
+  assert runner.config == label
+  units, elapsed = runner.run()
+  assert units == pytest.approx(10 * flops / 1e9)  # 10 products per timing.
+  assert elapsed.wall > 0
