@@ -1,10 +1,13 @@
 """The recurrent model every method trains: encoder -> stacked recurrent core -> head.
 
-``unroll`` runs one window of any length from a given state. With
-``state_grad_scale=None`` it calls Keras recurrent layers (for the named cells the
-cuDNN-eligible ``keras.layers.LSTM``/``GRU``); with a scale it steps the same cells
-(same weights) through ``tf.scan`` and multiplies the gradient flowing from step
-``t+1`` back into every state tensor of step ``t`` by ``state_grad_scale[t]`` —
+``unroll`` runs one window of any length from a given state. The named
+``'lstm'`` and ``'gru'`` cores run either the Keras layers (cuDNN-eligible on a
+GPU) or ``tfcredit.models.fused`` (the same arithmetic and weights, with the input
+product hoisted out of the step loop and a hand-written backward loop), chosen by
+``unroll_implementation``. A ``state_grad_scale`` multiplies the gradient flowing
+from step ``t+1`` back into every state tensor of step ``t`` by
+``state_grad_scale[t]`` (the fused unroll, or for other cells the Keras cells
+stepped through ``tf.scan``) —
 ARTBP's compensation factor (Tallec & Ollivier 2017, Eq. 11), with 0 meaning
 truncation. The scale is ``[T]`` (shared by the batch) or ``[B, T]`` (one factor
 per sequence and step, for independent truncations per row).
@@ -38,6 +41,7 @@ import keras
 import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
+from tfcredit.models import fused
 
 _CELLS = {
     'lstm': keras.layers.LSTM,
@@ -46,6 +50,7 @@ _CELLS = {
 }
 _STATES_PER_LAYER = {'lstm': 2, 'gru': 1, 'simple_rnn': 1}
 _READOUTS = ('per_step', 'terminal')
+_UNROLLS = ('auto', 'fused', 'keras')
 _DEFAULT_UNITS = 200
 
 # Per layer, one [B, size] tensor per entry of the cell's state_size: (h, c) for
@@ -96,6 +101,7 @@ class RecurrentModel(keras.Model):
                embedding_dim: Optional[int] = None, dropout: float = 0.0,
                forget_bias: float = 1.0, tie_embeddings: bool = False,
                init_scale: Optional[float] = None, identity_head: bool = False,
+               unroll_implementation: str = 'auto',
                name: str = 'recurrent_model'):
     """Builds the layers.
 
@@ -133,9 +139,22 @@ class RecurrentModel(keras.Model):
       identity_head: no trainable readout: the outputs are the top cell's
         outputs (``output_dim`` must equal its output size). For custom cells
         whose state is the prediction, such as the influence-balancing system.
+      unroll_implementation: how the named ``'lstm'`` and ``'gru'`` cores are
+        stepped: ``'fused'`` (``tfcredit.models.fused``: one input projection
+        per window, a hand-written backward loop, the recurrent kernel's
+        gradient in one product; also under a ``state_grad_scale``),
+        ``'keras'`` (the Keras layers, cuDNN on a GPU; a scale steps the cells
+        through ``tf.scan``), or ``'auto'``: fused under a scale, and without
+        one when no GPU is visible and the layer's input is at least half as
+        wide as its state (see ``_fused_unroll`` for the measurements). Custom
+        cells always use the Keras layers (or ``tf.scan`` under a scale).
       name: Keras name.
     """
     super().__init__(name=name)
+    if unroll_implementation not in _UNROLLS:
+      raise ConfigurationError(
+          f'RecurrentModel.unroll_implementation must be one of {_UNROLLS}, got '
+          f'{unroll_implementation!r}')
     for arg, value in (('num_layers', num_layers), ('output_dim', output_dim)):
       _check_positive_int(arg, value)
     if units is not None:
@@ -179,6 +198,10 @@ class RecurrentModel(keras.Model):
           f'be False; got output_dim={output_dim}, output size {units}, '
           f'tie_embeddings={tie_embeddings}')
 
+    if unroll_implementation == 'fused' and custom_cells is not None:
+      raise ConfigurationError(
+          f"RecurrentModel.unroll_implementation='fused' needs cell = 'lstm' or "
+          f"'gru', got a custom cell ({cell}): use 'auto' or 'keras'")
     self.cell_type = cell
     if custom_cells is None:
       sizes = tuple(units for _ in range(_STATES_PER_LAYER[cell]))
@@ -242,6 +265,9 @@ class RecurrentModel(keras.Model):
     for index, layer in enumerate(self.core):
       setattr(self, f'core_{index}', layer)
     self.dropout = keras.layers.Dropout(dropout) if dropout > 0 else None
+    self.unroll_implementation = unroll_implementation
+    self._fusable = tuple(fused.supports(layer) for layer in self.core)
+    self._on_gpu = bool(tf.config.list_logical_devices('GPU'))
 
     if tie_embeddings or identity_head:
       self.head = None
@@ -315,11 +341,15 @@ class RecurrentModel(keras.Model):
     if not self.token_inputs and self.encoder is None:
       features = tf.cast(features, tf.float32)
     final_state = []
-    for layer, layer_state, output_size in zip(self.core, state,
-                                               self._output_sizes):
+    for layer, layer_state, output_size, fusable in zip(
+        self.core, state, self._output_sizes, self._fusable):
       if self.dropout is not None:
         features = self.dropout(features, training=training)
-      if state_grad_scale is None:
+      if fusable and self._fused_unroll(features, state_grad_scale):
+        with tf.name_scope(layer.name):
+          features, new_state = fused.unroll_layer(
+              layer, features, tuple(layer_state), state_grad_scale)
+      elif state_grad_scale is None:
         result = layer(features, initial_state=list(layer_state), training=training)
         features, new_state = result[0], tuple(result[1:])
       else:
@@ -334,6 +364,25 @@ class RecurrentModel(keras.Model):
     if self.dropout is not None:
       features = self.dropout(features, training=training)
     return self._readout(features), tuple(final_state)
+
+  def _fused_unroll(self, features, state_grad_scale) -> bool:
+    """Whether a fusable layer fed ``features`` takes ``tfcredit.models.fused``.
+
+    ``'auto'``: always under a scale (1.30x the Keras cells stepped by
+    ``tf.scan``, ARTBP on the PTB-small shape); without one, when no GPU is
+    visible (cuDNN is faster there) and the layer's input is at least half as
+    wide as its state, where hoisting the input product out of the loop pays
+    (1.22x the Keras layers on the PTB-small shape; 0.75x on the adding task,
+    2 inputs for 128 units). Measured with ``tfcredit-benchmark``
+    (docs/benchmark.md).
+    """
+    if self.unroll_implementation != 'auto':
+      return self.unroll_implementation == 'fused'
+    if state_grad_scale is not None:
+      return True
+    width = features.shape[-1]
+    return (not self._on_gpu and width is not None and
+            2 * width >= self.units)
 
   def step(self, inputs_t: tf.Tensor, state: State, training: bool = False
            ) -> Tuple[tf.Tensor, State]:
@@ -389,7 +438,8 @@ class RecurrentModel(keras.Model):
   def get_config(self) -> Dict[str, Any]:
     return {'cell': self.cell_type, 'units': self.units,
             'num_layers': self.num_layers, 'readout': self.readout,
-            'output_dim': self.output_dim}
+            'output_dim': self.output_dim,
+            'unroll_implementation': self.unroll_implementation}
 
 
 def _check_positive_int(arg: str, value) -> None:
