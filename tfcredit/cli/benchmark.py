@@ -120,6 +120,10 @@ def define_flags() -> None:
          '(Wiseman et al. 2017; blocks of 10, 4 blocks per update, 1 H-step, 1 '
          'theta-step) on the PTB shape against truncated BPTT with K = 10 and '
          'with K = 4 x 10 (the same tokens per update) in the same rounds.')
+  define(flags.DEFINE_bool, 'keras_unroll_rows', True, 'Also time the PTB shape '
+         '(largest --windows_per_call) and the adding task with full BPTT with '
+         "RecurrentModel.unroll_implementation='keras' (the Keras layers) beside "
+         "the default ('auto': the fused unroll on a CPU), in the same rounds.")
   define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
@@ -478,12 +482,19 @@ def method_runner(workload: Workload, config: str, make_method: MethodFactory,
 
 
 def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
-                    strategy: Optional[tf.distribute.Strategy] = None) -> Runner:
-  """``TruncatedBPTT(window, windows_per_call)`` through ``method_runner``."""
+                    strategy: Optional[tf.distribute.Strategy] = None,
+                    unroll_implementation: Optional[str] = None) -> Runner:
+  """``TruncatedBPTT(window, windows_per_call)`` through ``method_runner``;
+  ``unroll_implementation`` (``RecurrentModel``'s) is named in the row label
+  when given."""
   stream = workload.task.regime == task_base.STREAM
   config = f'tfcredit TruncatedBPTT window={window}'
   if stream:
     config += f', windows_per_call={windows_per_call}'
+  if unroll_implementation is not None:
+    workload = dataclasses.replace(workload, model_kwargs=dict(
+        workload.model_kwargs, unroll_implementation=unroll_implementation))
+    config += f', unroll_implementation={unroll_implementation}'
   return method_runner(
       workload, config,
       lambda model, task, optimizer: TruncatedBPTT(
@@ -729,8 +740,13 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
     add(keras_fit_runner, language_model, 20, steps_per_execution=largest)
   for count in windows_per_call:
     add(tfcredit_runner, language_model, 20, count)
+  if FLAGS.keras_unroll_rows:
+    add(tfcredit_runner, language_model, 20, largest,
+        unroll_implementation='keras')
   references[adding_task.name] = add(keras_fit_runner, adding_task, 200)
   add(tfcredit_runner, adding_task, 200)
+  if FLAGS.keras_unroll_rows:
+    add(tfcredit_runner, adding_task, 200, unroll_implementation='keras')
   add(tfcredit_runner, adding_task, 20)
   if replicas_row:
     # Whole calls of REPLICAS_WINDOWS_PER_CALL windows: 20,000 tokens a round, as
