@@ -160,6 +160,7 @@ def test_very_long_draws_invert_the_survival_function_exactly():
     (dict(windows_per_call=0), 'windows_per_call', '0'),
     (dict(estimate_draws='rows'), 'estimate_draws', "'rows'"),
     (dict(seed=1.5), 'seed', '1.5'),
+    (dict(compensate='no'), 'compensate', "'no'"),
 ])
 def test_invalid_settings_are_configuration_errors_naming_them(
     markov, kwargs, parameter, value):
@@ -193,6 +194,18 @@ def test_compensation_scales_follow_eq11():
   expected = [[factor(1), factor(2), 0, 0, factor(1), factor(2), 0],
               [factor(1), factor(2), factor(3), factor(4), factor(5), factor(6), 0]]
   np.testing.assert_allclose(scales, expected, rtol=1e-6)
+
+
+def test_without_compensation_the_scales_only_truncate():
+  """``compensate=False``: the same truncation points, every other factor 1."""
+  sampler = artbp_lib.TruncationSampler(5, 4.0, 'power')
+  lengths = tf.constant([[3, 1, 4], [7, 2, 2]])
+  plain = artbp_lib.compensation_scales(sampler, lengths, 7, compensate=False)
+  np.testing.assert_array_equal(plain.numpy(), [[1, 1, 0, 0, 1, 1, 0],
+                                                [1, 1, 1, 1, 1, 1, 0]])
+  compensated = artbp_lib.compensation_scales(sampler, lengths, 7).numpy()
+  np.testing.assert_array_equal(compensated == 0, plain.numpy() == 0)
+  assert compensated.max() > 1.01  # The factors the ablation removes.
 
 
 def test_per_row_scales_act_on_their_own_rows(markov):

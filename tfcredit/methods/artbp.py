@@ -166,7 +166,7 @@ class TruncationSampler:
 
 
 def compensation_scales(sampler: TruncationSampler, lengths: tf.Tensor,
-                        length) -> tf.Tensor:
+                        length, compensate: bool = True) -> tf.Tensor:
   """The ``state_grad_scale`` of consecutive windows (Eq. 11), ``[rows, length]``.
 
   Args:
@@ -174,11 +174,13 @@ def compensation_scales(sampler: TruncationSampler, lengths: tf.Tensor,
     lengths: ``[rows, n]`` int32 window lengths per row, summing to ``length`` or
       more (the window that crosses ``length`` is cut there).
     length: steps in the segment.
+    compensate: False: every factor inside a window is 1 (random truncation
+      without compensation, a biased ablation).
 
   Returns:
     float32 factors: step ``p`` of a window starting at ``start`` has ``δt = p −
-    start + 1`` and factor ``1 / (1 − c(δt))``; the last step of every window (a
-    truncation, or the segment's end) has factor 0.
+    start + 1`` and factor ``1 / (1 − c(δt))`` (1 without compensation); the last
+    step of every window (a truncation, or the segment's end) has factor 0.
   """
   ends = tf.cumsum(lengths, axis=1)
   positions = tf.broadcast_to(tf.range(length), tf.stack([tf.shape(ends)[0], length]))
@@ -188,6 +190,8 @@ def compensation_scales(sampler: TruncationSampler, lengths: tf.Tensor,
   last = tf.logical_or(tf.equal(positions + 1, window_end),
                        tf.equal(positions + 1, length))
   factors = sampler.compensation(positions - window_start + 1)
+  if not compensate:
+    factors = tf.ones_like(factors)
   return tf.cast(tf.where(last, tf.zeros_like(factors), factors), tf.float32)
 
 
@@ -217,6 +221,7 @@ class ARTBP(base.Method):
   def __init__(self, *, model, task, optimizer, mean_length: float,
                alpha: float = 4.0, schedule: str = 'power', seed: int = 0,
                windows_per_call: int = 10, estimate_draws: str = 'shared',
+               compensate: bool = True,
                clip_norm: Optional[float] = None, use_tf_function: bool = True,
                name: Optional[str] = None):
     """Binds the method.
@@ -237,6 +242,10 @@ class ARTBP(base.Method):
       estimate_draws: ``'shared'``: ``estimate_gradients`` draws one truncation
         sequence for the whole batch, as training does; ``'per_row'``: one per batch
         row, the mean of ``B`` independent estimates (lower variance, same mean).
+      compensate: multiply the state gradients by Eq. 11's factors (the
+        unbiased ARTBP); False keeps the random truncations with every factor
+        1, an ablation that separates the random window lengths from the
+        compensation (biased, like truncated BPTT).
       clip_norm: global-norm clipping threshold, or None (the paper: none; clipping
         breaks unbiasedness).
       use_tf_function: compile (turn off to debug eagerly).
@@ -254,6 +263,10 @@ class ARTBP(base.Method):
           f'ARTBP.estimate_draws must be one of {ESTIMATE_DRAWS}, got '
           f'{estimate_draws!r}')
     self.estimate_draws = estimate_draws
+    if not isinstance(compensate, bool):
+      raise ConfigurationError(
+          f'ARTBP.compensate must be True or False, got {compensate!r}')
+    self.compensate = compensate
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
       raise ConfigurationError(f'ARTBP.seed must be an integer, got {seed!r}')
     super().__init__(model=model, task=task, optimizer=optimizer,
@@ -328,6 +341,8 @@ class ARTBP(base.Method):
 
   def _max_compensation(self, window_lengths) -> tf.Tensor:
     """The largest product of factors in a window: ``1 / P(L > longest − 1)``."""
+    if not self.compensate:
+      return tf.constant(1.0)
     longest = tf.reduce_max(tf.concat([window_lengths, [1]], axis=0))
     return tf.cast(tf.exp(-self.sampler.log_survival(longest - 1)), tf.float32)
 
@@ -336,7 +351,8 @@ class ARTBP(base.Method):
     # Cross-replica context: one draw per call, whatever the number of replicas.
     length = tf.shape(segment[0])[1]
     lengths = self._draw_window_lengths(_TRAIN_KEY, self.training_blocks, length, 1)
-    scales = compensation_scales(self.sampler, lengths, length)[0]
+    scales = compensation_scales(self.sampler, lengths, length,
+                                 self.compensate)[0]
     window_ends = self._window_ends(lengths[0], length)
     first_window = self.first_loss_window(window_ends)
 
@@ -374,7 +390,7 @@ class ARTBP(base.Method):
     rows = tf.shape(segment[0])[0] if per_row else 1
     lengths = self._draw_window_lengths(_ESTIMATE_KEY, self.estimate_blocks,
                                         length, rows)
-    scales = compensation_scales(self.sampler, lengths, length)
+    scales = compensation_scales(self.sampler, lengths, length, self.compensate)
     # Per-row factors go with their rows to the replicas; shared ones to all.
     scales = self.shard(scales) if per_row else scales[0]
     variables = self.trainable_variables
