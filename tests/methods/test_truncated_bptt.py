@@ -425,3 +425,47 @@ def test_bptt_on_episodic_task_rejects_a_sequence_length(copy_setup):
   task, model = copy_setup.task, copy_setup.model
   with pytest.raises(ConfigurationError, match='sequence_length=8'):
     _method(BPTT, task, model, sequence_length=8)
+
+
+# ------------------------------------------------------------------ XLA
+
+
+def test_jit_compile_trains_the_same_updates_to_float_tolerance():
+  """``jit_compile=True`` runs each window's pass through XLA; the updates (token
+  inputs: a sparse embedding gradient; LSTM: the fused unroll) match the
+  uncompiled method's."""
+  task = _TokenStream()
+  results = []
+  for jit in (False, True):
+    model = tiny_model(task, cell='lstm', units=5, seed=7)
+    method = _method(TruncatedBPTT, task, model, learning_rate=0.5, window=4,
+                     windows_per_call=3, jit_compile=jit, clip_norm=1.0)
+    data = tf.constant(task.stream('train', 3))
+    state, position, metrics = model.initial_state(3), 0, []
+    for length in (12, 7):
+      segment = (data[:, position:position + length],
+                 data[:, position + 1:position + length + 1])
+      state, step_metrics = method.train_segment(segment, state)
+      metrics.append({k: float(v) for k, v in step_metrics.items()})
+      position += length
+    assert method.trace_counts['train_segment'] == 1
+    if jit:  # The compiled window pass is the one that ran.
+      assert method._compiled_window_gradients.experimental_get_tracing_count() >= 1  # pylint: disable=protected-access
+    results.append((_snapshot(model), state, metrics))
+  (plain_weights, plain_state, plain_metrics), (jit_weights, jit_state,
+                                                jit_metrics) = results
+  assert_nests_close(jit_weights, plain_weights, rtol=1e-4, atol=1e-5)
+  assert_nests_close(jit_state, plain_state, rtol=1e-4, atol=1e-5)
+  for plain, jit in zip(plain_metrics, jit_metrics):
+    assert jit['loss_sum'] == pytest.approx(plain['loss_sum'], rel=1e-5)
+    assert jit['grad_norm_sum'] == pytest.approx(plain['grad_norm_sum'], rel=1e-4)
+  # Training moved the weights, so the comparison could fail.
+  initial = _snapshot(tiny_model(task, cell='lstm', units=5, seed=7))
+  assert max_abs_diff(plain_weights, initial) > 1e-3
+
+
+def test_jit_compile_must_be_a_bool():
+  task = _TokenStream()
+  model = tiny_model(task, cell='gru', units=4, seed=1)
+  with pytest.raises(ConfigurationError, match="jit_compile must be True or False, got 'yes'"):
+    _method(TruncatedBPTT, task, model, window=4, jit_compile='yes')

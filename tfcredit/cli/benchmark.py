@@ -124,6 +124,10 @@ def define_flags() -> None:
          '(largest --windows_per_call) and the adding task with full BPTT with '
          "RecurrentModel.unroll_implementation='keras' (the Keras layers) beside "
          "the default ('auto': the fused unroll on a CPU), in the same rounds.")
+  define(flags.DEFINE_bool, 'jit_compile_rows', True, 'Also time the PTB shape '
+         '(largest --windows_per_call) and the adding task with full BPTT with '
+         'TruncatedBPTT.jit_compile=True (each window\'s pass compiled by XLA; '
+         'the warm-up includes the compilation).')
   define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
@@ -483,10 +487,11 @@ def method_runner(workload: Workload, config: str, make_method: MethodFactory,
 
 def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
                     strategy: Optional[tf.distribute.Strategy] = None,
-                    unroll_implementation: Optional[str] = None) -> Runner:
-  """``TruncatedBPTT(window, windows_per_call)`` through ``method_runner``;
-  ``unroll_implementation`` (``RecurrentModel``'s) is named in the row label
-  when given."""
+                    unroll_implementation: Optional[str] = None,
+                    jit_compile: bool = False) -> Runner:
+  """``TruncatedBPTT(window, windows_per_call, jit_compile)`` through
+  ``method_runner``; ``unroll_implementation`` (``RecurrentModel``'s) and
+  ``jit_compile`` are named in the row label when given."""
   stream = workload.task.regime == task_base.STREAM
   config = f'tfcredit TruncatedBPTT window={window}'
   if stream:
@@ -495,11 +500,14 @@ def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
     workload = dataclasses.replace(workload, model_kwargs=dict(
         workload.model_kwargs, unroll_implementation=unroll_implementation))
     config += f', unroll_implementation={unroll_implementation}'
+  if jit_compile:
+    config += ', jit_compile=True'
   return method_runner(
       workload, config,
       lambda model, task, optimizer: TruncatedBPTT(
           model=model, task=task, optimizer=optimizer, window=window,
-          windows_per_call=windows_per_call, clip_norm=workload.clip_norm),
+          windows_per_call=windows_per_call, clip_norm=workload.clip_norm,
+          jit_compile=jit_compile),
       segment_length=window * windows_per_call, flops_window=window,
       strategy=strategy)
 
@@ -743,10 +751,14 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
   if FLAGS.keras_unroll_rows:
     add(tfcredit_runner, language_model, 20, largest,
         unroll_implementation='keras')
+  if FLAGS.jit_compile_rows:
+    add(tfcredit_runner, language_model, 20, largest, jit_compile=True)
   references[adding_task.name] = add(keras_fit_runner, adding_task, 200)
   add(tfcredit_runner, adding_task, 200)
   if FLAGS.keras_unroll_rows:
     add(tfcredit_runner, adding_task, 200, unroll_implementation='keras')
+  if FLAGS.jit_compile_rows:
+    add(tfcredit_runner, adding_task, 200, jit_compile=True)
   add(tfcredit_runner, adding_task, 20)
   if replicas_row:
     # Whole calls of REPLICAS_WINDOWS_PER_CALL windows: 20,000 tokens a round, as

@@ -25,7 +25,8 @@ class TruncatedBPTT(base.Method):
 
   def __init__(self, *, model, task, optimizer, window: int = 35,
                windows_per_call: int = 10, clip_norm: Optional[float] = None,
-               use_tf_function: bool = True, name: Optional[str] = None):
+               use_tf_function: bool = True, jit_compile: bool = False,
+               name: Optional[str] = None):
     """Binds the method.
 
     Args:
@@ -37,6 +38,8 @@ class TruncatedBPTT(base.Method):
       windows_per_call: stream tasks: windows per ``train_segment`` call.
       clip_norm: global-norm clipping threshold, or None.
       use_tf_function: compile (turn off to debug eagerly).
+      jit_compile: compile each window's forward and backward pass with XLA
+        (``base.Method``).
       name: module name.
     """
     self.window = self._check_window(window)
@@ -44,7 +47,7 @@ class TruncatedBPTT(base.Method):
         'TruncatedBPTT.windows_per_call', windows_per_call)
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
-                     name=name or type(self).__name__)
+                     jit_compile=jit_compile, name=name or type(self).__name__)
 
   def _check_window(self, window):
     if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
@@ -109,7 +112,7 @@ class BPTT(TruncatedBPTT):
 
   def __init__(self, *, model, task, optimizer, sequence_length: Optional[int] = None,
                clip_norm: Optional[float] = None, use_tf_function: bool = True,
-               name: Optional[str] = None):
+               jit_compile: bool = False, name: Optional[str] = None):
     """Binds the method.
 
     Args:
@@ -120,6 +123,7 @@ class BPTT(TruncatedBPTT):
         there); must be None for episodic tasks, whose sequences are whole.
       clip_norm: global-norm clipping threshold, or None.
       use_tf_function: compile (turn off to debug eagerly).
+      jit_compile: compile the window's forward and backward pass with XLA.
       name: module name.
     """
     if task.regime == task_base.STREAM and sequence_length is None:
@@ -134,7 +138,7 @@ class BPTT(TruncatedBPTT):
     super().__init__(model=model, task=task, optimizer=optimizer,
                      window=sequence_length, windows_per_call=1,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
-                     name=name or 'BPTT')
+                     jit_compile=jit_compile, name=name or 'BPTT')
 
   def _check_window(self, window):
     if window is None:
