@@ -67,6 +67,18 @@ def test_compare_rejects_bad_flags(tmp_path, extra, message):
   assert message in done.stderr and 'Traceback' not in done.stderr
 
 
+def test_compare_checks_every_config_before_training_any(tmp_path):
+  done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
+                  '--method=good: train.method = @TruncatedBPTT',
+                  '--method=typo: train.method = @TruncatedBPTT; '
+                  'TruncatedBPTT.windoww = 5')
+  assert done.returncode == 2, done.stdout + done.stderr
+  assert "run 'typo' (nothing was trained)" in done.stderr
+  assert 'windoww' in done.stderr and 'Traceback' not in done.stderr
+  # The first run did not train: its directory was never made.
+  assert not (tmp_path / 'good').exists()
+
+
 def test_gradient_fidelity_end_to_end(tmp_path):
   out = tmp_path / 'fidelity'
   done = run_tool('gradient_fidelity.py', f'--gin_file={TINY}', f'--output_dir={out}',

@@ -87,14 +87,40 @@ def plan_runs(gin_files, methods):
   return runs
 
 
+def run_bindings(bindings):
+  """Every binding a run gets: the shared ones, its own, the seed."""
+  return list(FLAGS.gin_bindings) + list(bindings) + [f'train.seed = {FLAGS.seed}']
+
+
+def check_configs(runs):
+  """Parses every run's configuration before the first one trains, so a typo in
+  the last run's bindings is an error now, not after the others have trained.
+
+  Raises:
+    ConfigurationError: naming the run and what gin could not parse.
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+  import tfcredit  # pylint: disable=g-import-not-at-top,unused-import  # Registers the configurables.
+  from tfcredit import config  # pylint: disable=g-import-not-at-top
+  try:
+    for name, gin_files, bindings in runs:
+      gin.clear_config()
+      try:
+        config.parse(gin_files, run_bindings(bindings))
+      except ConfigurationError as error:
+        raise ConfigurationError(f'run {name!r} (nothing was trained): {error}'
+                                 ) from None
+  finally:
+    gin.clear_config()
+
+
 def train(name, gin_files, bindings, model_dir):
   """Runs tfcredit-train in a child process; returns (final metrics, wall
   seconds), or (None, exit code) if it failed."""
   command = [sys.executable, '-m', 'tfcredit.cli.train',
              f'--model_dir={model_dir}', '--export_dir=']
   command += [f'--gin_file={path}' for path in gin_files]
-  command += [f'--gin_bindings={b}' for b in
-              list(FLAGS.gin_bindings) + bindings + [f'train.seed = {FLAGS.seed}']]
+  command += [f'--gin_bindings={b}' for b in run_bindings(bindings)]
   if FLAGS.data_dir:
     command.append(f'--data_dir={FLAGS.data_dir}')
   if FLAGS.verbose:
@@ -202,6 +228,7 @@ def run(argv: List[str]) -> int:
     return code
   try:
     runs = plan_runs(FLAGS.gin_file, FLAGS.method)
+    check_configs(runs)
   except ConfigurationError as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
