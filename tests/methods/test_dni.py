@@ -400,3 +400,31 @@ def test_alternating_run_logs_the_synthesizer_and_checkpoints_its_state(
     assert key  # Every restored value is one the checkpoint holds.
   assert int(method.noise_draws.numpy()) == 6
 
+
+
+# ------------------------------------------------------------ non-finite guard
+
+
+def test_a_non_finite_window_moves_neither_the_model_nor_the_synthesizer():
+  """The synthesizer's update belongs to its window: when the window's loss is
+  not finite, the non-finite guard refuses both updates (and both optimizers'
+  slots stay), and counts the window once."""
+  from tfcredit.methods.base import NON_FINITE_METRIC  # pylint: disable=g-import-not-at-top
+  task = MarkovLanguageTask(train_length=200, eval_length=50)
+  model = tiny_model(task, seed=3, cell='gru')
+  optimizer = built_optimizer(model, keras.optimizers.Adam, learning_rate=0.05)
+  method = _dni(task, model, optimizer, window=5, windows_per_call=1,
+                synthesizer=LayerwiseSynthesizer(hidden_layers=1))
+  inputs, targets = _stream_segment(task, 5)
+  state = model.initial_state(BATCH)
+  method.train_segment((inputs, targets), state)  # The synthesizer has learnt once.
+  watched = (list(model.trainable_variables) + list(method.synthesizer_variables)
+             + list(optimizer.variables)
+             + list(method.synthesizer_optimizer.variables))
+  before = [v.numpy().copy() for v in watched]
+  # Token targets cannot be NaN: a NaN in the first state poisons the window.
+  poisoned_state = tf.nest.map_structure(lambda s: s * np.nan, state)
+  _, metrics = method.train_segment((inputs, targets), poisoned_state)
+  assert float(metrics[NON_FINITE_METRIC]) == 1.0
+  for old, variable in zip(before, watched):
+    np.testing.assert_array_equal(old, variable.numpy(), err_msg=variable.name)

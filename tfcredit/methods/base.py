@@ -265,13 +265,23 @@ class Method(tf.Module):
                  if isinstance(g, tf.IndexedSlices) else g for g in gradients]
     return gradients, new_state, loss_sum
 
-  def apply_gradients(self, gradients, loss=None) -> tf.Tensor:
+  def apply_gradients(self, gradients, loss=None, also_finite=None,
+                      also_apply: Optional[Callable[[], None]] = None
+                      ) -> tf.Tensor:
     """Clips (if configured) and applies; returns the pre-clipping global norm.
 
     The non-finite guard: when the gradients' global norm (or ``loss``, the
     window's loss when given) is not finite, nothing is applied (the optimizer's
     slots and iteration count do not move either) and the window is counted in
     the ``non_finite_windows`` metric, all inside the graph, with no host sync.
+
+    Args:
+      gradients: the model's gradients.
+      loss: the window's loss, checked too when given.
+      also_finite: a boolean tensor the window's update also needs (a method's
+        own updates: DNI's synthesizer).
+      also_apply: called in the same branch as the optimizer's update: the
+        method's own update of the window, applied or refused with it.
     """
     # An embedding gradient arrives as IndexedSlices with one row per token
     # occurrence; rows of a repeated token must be summed before taking the norm.
@@ -281,6 +291,8 @@ class Method(tf.Module):
     if loss is not None:
       finite = tf.logical_and(finite, tf.math.is_finite(
           tf.reduce_sum(tf.cast(loss, tf.float32))))
+    if also_finite is not None:
+      finite = tf.logical_and(finite, also_finite)
     if self.clip_norm is not None:
       # With a finite norm, clip_by_global_norm scales by clip / max(norm, clip);
       # otherwise the values are not used.
@@ -289,6 +301,8 @@ class Method(tf.Module):
 
     def apply():
       self.optimizer.apply(gradients, self.trainable_variables)
+      if also_apply is not None:
+        also_apply()
       return tf.constant(0.0)
 
     def refuse():

@@ -385,9 +385,14 @@ class DNI(base.Method):
       carried, per_window = self.replicate(per_replica, segment, carried)
       (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
        statistics) = self.replica_sum(per_window)
-      norm = self.apply_gradients(gradients, loss=loss_sum)
-      self.synthesizer_optimizer.apply(synthesizer_gradients,
-                                       self.synthesizer_variables)
+      # The synthesizer's update is the window's too: both or neither.
+      synthesizer_finite = tf.logical_and(
+          tf.math.is_finite(tf.linalg.global_norm(synthesizer_gradients)),
+          tf.math.is_finite(synthesizer_loss))
+      norm = self.apply_gradients(
+          gradients, loss=loss_sum, also_finite=synthesizer_finite,
+          also_apply=lambda: self.synthesizer_optimizer.apply(
+              synthesizer_gradients, self.synthesizer_variables))
       additions = (loss_sum, norm, 1.0, synthesizer_loss, *tf.unstack(statistics))
       return carried, tuple(t + a for t, a in zip(totals, additions))
 
