@@ -148,3 +148,56 @@ def test_copy_baseline_is_the_entropy_of_the_target_marginals():
     entropy -= float(np.sum(p * np.log(p)))
   mean_entropy = entropy / (length + 20)
   assert mean_entropy == pytest.approx(task.memoryless_baseline, abs=2e-3)
+
+
+# ------------------------------------------------------------ copy curriculum
+
+
+def _call_metrics(task, error_bits, sequences=8):
+  """Summed metrics of a training call whose error per recalled symbol is
+  ``error_bits``."""
+  steps = task.length + 2 * task.memory_length
+  return {'loss_sum': error_bits * math.log(2.0) * sequences * task.memory_length,
+          'count': float(sequences * steps)}
+
+
+def test_curriculum_grows_the_length_when_and_only_when_the_error_is_below():
+  task = CopyTask(sequence_length=3, curriculum_threshold=0.15, curriculum_calls=2)
+  assert task.length == 3 and task.batch('train', 0, 0, 2)[0].shape == (2, 23)
+  # Mean over 2 calls above the threshold (one call below is not enough).
+  assert task.after_training_call(_call_metrics(task, 0.1)) is None
+  assert task.after_training_call(_call_metrics(task, 0.3)) is None
+  assert task.length == 3 and task.final_metrics()['largest_solved_length'] is None
+  # Two calls with a mean below it: T = 3 is solved, T becomes 4.
+  assert task.after_training_call(_call_metrics(task, 0.1)) is None
+  message = task.after_training_call(_call_metrics(task, 0.14))
+  assert message and 'T = 3 solved' in message
+  assert task.length == 4
+  assert task.final_metrics() == {'curriculum_length': 4,
+                                  'largest_solved_length': 3}
+  # The batches and the baseline follow the new length; so does an export.
+  assert task.batch('train', 0, 1, 2)[0].shape == (2, 24)
+  assert task.memoryless_baseline == pytest.approx(10 * math.log(8) / 24)
+  assert task.get_config()['sequence_length'] == 4
+  # At exactly the threshold it does not grow.
+  task.after_training_call(_call_metrics(task, 0.15))
+  task.after_training_call(_call_metrics(task, 0.15))
+  assert task.length == 4
+
+
+def test_without_a_threshold_the_length_is_fixed():
+  task = CopyTask(sequence_length=3)
+  for _ in range(5):
+    assert task.after_training_call(_call_metrics(task, 0.0)) is None
+  assert task.length == 3 and task.checkpoint_state() is None
+  assert task.final_metrics() == {}
+
+
+@pytest.mark.parametrize('kwargs,parameter', [
+    (dict(curriculum_threshold=0.0), 'curriculum_threshold'),
+    (dict(curriculum_threshold='low'), 'curriculum_threshold'),
+    (dict(curriculum_threshold=0.15, curriculum_calls=0), 'curriculum_calls'),
+])
+def test_bad_curriculum_settings_name_the_parameter(kwargs, parameter):
+  with pytest.raises(ConfigurationError, match=f'CopyTask.{parameter}'):
+    CopyTask(sequence_length=3, **kwargs)

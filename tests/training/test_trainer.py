@@ -199,3 +199,27 @@ def test_progress_rate_after_a_resume_counts_only_this_process(tmp_path):
 def base_metrics():
   from tfcredit.methods import base
   return base.BASE_METRICS
+
+
+def test_a_resumed_run_continues_the_copy_curriculum(tmp_path):
+  """The curriculum's position is in the checkpoints: interrupted and resumed,
+  the run ends at the length (and weights) of an uninterrupted one."""
+  bindings = ('train.task = @CopyTask', 'CopyTask.sequence_length = 1',
+              'CopyTask.train_batches_per_epoch = 4', 'CopyTask.eval_batches = 1',
+              # Every call "solves" its length: T grows by one per call.
+              'CopyTask.curriculum_threshold = 1000.0',
+              'CopyTask.curriculum_calls = 1')
+  _configure(*bindings)
+  straight = tfcredit.train(str(tmp_path / 'straight'), export_dir=None)
+  assert straight['curriculum_length'] == 1 + 8  # 2 epochs of 4 calls.
+  assert straight['largest_solved_length'] == 8
+  interrupted = str(tmp_path / 'interrupted')
+  _configure(*bindings)
+  tfcredit.train(interrupted, export_dir=None, stop_after_calls=3)
+  _configure(*bindings)
+  resumed = tfcredit.train(interrupted, export_dir=None)
+  assert resumed['curriculum_length'] == straight['curriculum_length']
+  assert resumed['valid_loss'] == straight['valid_loss']
+  a, b = _weights(str(tmp_path / 'straight')), _weights(interrupted)
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)

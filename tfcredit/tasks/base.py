@@ -97,6 +97,23 @@ class Task(abc.ABC):
       return int(self.stream('train', batch_size)[:, 1:].size)
     return self.batches_per_epoch('train', batch_size) * batch_size
 
+  # -------------------------------------------------------------- curriculum
+  def checkpoint_state(self) -> Optional[tf.Module]:
+    """State the task changes while training (a curriculum's position), saved in
+    the run's checkpoints so a resumed run continues from it; default none."""
+    return None
+
+  def after_training_call(self, metrics: Dict[str, float]) -> Optional[str]:
+    """Called by the trainer after every training call with the call's summed
+    metrics (``loss_sum``, ``count``, ...); a curriculum changes the task here.
+    Returns a line for the log when something changed, else None."""
+    del metrics
+    return None
+
+  def final_metrics(self) -> Dict[str, Any]:
+    """Entries the task adds to the run's final metrics; default none."""
+    return {}
+
   # ------------------------------------------------------------------ export
   def vocabulary_tokens(self) -> Optional[list]:
     """The token list saved beside an export (token tasks), or None."""

@@ -18,7 +18,7 @@ epoch is ignored for them) and disjoint in seed from training.
 """
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -103,8 +103,32 @@ class AddingTask(_SyntheticTask):
     return tf.reduce_mean(tf.square(outputs - targets), axis=-1)
 
 
+class _CurriculumState(tf.Module):
+  """The copy curriculum's position, kept in the run's checkpoints."""
+
+  def __init__(self, length: int):
+    super().__init__(name='copy_curriculum')
+    int64 = lambda value: tf.Variable(value, dtype=tf.int64, trainable=False)
+    self.length = int64(length)
+    self.largest_solved = int64(0)  # 0: none yet.
+    self.calls_at_length = int64(0)
+    self.error_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+
+
 class CopyTask(_SyntheticTask):
-  """The copy-memory problem: reproduce 10 symbols after ``T`` blank steps."""
+  """The copy-memory problem: reproduce 10 symbols after ``T`` blank steps.
+
+  With ``curriculum_threshold`` (bits) the length ``T`` grows during training, as
+  in the curriculum of Jaderberg et al. 2017 (Section 3.1): ``sequence_length`` is
+  the first ``T``; after every ``curriculum_calls`` training calls at one length,
+  if the mean error per recalled symbol over them is below the threshold, that
+  length counts as solved and ``T`` grows by one. The error of a call is its
+  summed cross-entropy over every step, in bits, divided by the recalled symbols
+  (10 per sequence): an upper bound of the recall error (the blank steps' loss is
+  counted too). Validation and test use the current ``T``. The position is in the
+  run's checkpoints; the final metrics report ``curriculum_length`` and
+  ``largest_solved_length``.
+  """
 
   name = 'copy'
   readout = base.PER_STEP
@@ -115,14 +139,71 @@ class CopyTask(_SyntheticTask):
   delimiter = 9
 
   def __init__(self, *, sequence_length: int = 30, seed: int = 0,
-               train_batches_per_epoch: int = 100, eval_batches: int = 10):
+               train_batches_per_epoch: int = 100, eval_batches: int = 10,
+               curriculum_threshold: Optional[float] = None,
+               curriculum_calls: int = 10):
     super().__init__(sequence_length=sequence_length, seed=seed,
                      train_batches_per_epoch=train_batches_per_epoch,
                      eval_batches=eval_batches)
+    if curriculum_threshold is not None and not (
+        isinstance(curriculum_threshold, (int, float)) and
+        not isinstance(curriculum_threshold, bool) and curriculum_threshold > 0):
+      raise ConfigurationError(
+          f'CopyTask.curriculum_threshold must be a positive number of bits or '
+          f'None, got {curriculum_threshold!r}: e.g. 0.15')
+    self.curriculum_threshold = curriculum_threshold
+    self.curriculum_calls = base.check_positive_int('CopyTask.curriculum_calls',
+                                                    curriculum_calls)
+    self._curriculum = (None if curriculum_threshold is None
+                        else _CurriculumState(self.sequence_length))
+
+  @property
+  def length(self) -> int:
+    """The current ``T``: ``sequence_length``, or the curriculum's position."""
+    if self._curriculum is None:
+      return self.sequence_length
+    return int(self._curriculum.length)
 
   @property
   def memoryless_baseline(self) -> float:
-    return self.memory_length * math.log(8.0) / (self.sequence_length + 20)
+    return self.memory_length * math.log(8.0) / (self.length + 20)
+
+  def checkpoint_state(self) -> Optional[tf.Module]:
+    return self._curriculum
+
+  def after_training_call(self, metrics: Dict[str, float]) -> Optional[str]:
+    state = self._curriculum
+    if state is None:
+      return None
+    sequences = float(metrics['count']) / (int(state.length) + 2 * self.memory_length)
+    error = float(metrics['loss_sum']) / math.log(2.0) / max(
+        sequences * self.memory_length, 1e-12)
+    state.error_sum.assign_add(error)
+    state.calls_at_length.assign_add(1)
+    if int(state.calls_at_length) < self.curriculum_calls:
+      return None
+    mean = float(state.error_sum) / int(state.calls_at_length)
+    state.error_sum.assign(0.0)
+    state.calls_at_length.assign(0)
+    if mean >= self.curriculum_threshold:
+      return None
+    solved = int(state.length)
+    state.largest_solved.assign(solved)
+    state.length.assign(solved + 1)
+    return (f'curriculum: T = {solved} solved (mean error {mean:.3f} bits per '
+            f'recalled symbol over {self.curriculum_calls} calls); now T = '
+            f'{solved + 1}')
+
+  def get_config(self) -> Dict[str, Any]:
+    # An export is evaluated at the length it was trained to.
+    return dict(super().get_config(), sequence_length=self.length)
+
+  def final_metrics(self) -> Dict[str, Any]:
+    if self._curriculum is None:
+      return {}
+    solved = int(self._curriculum.largest_solved)
+    return {'curriculum_length': int(self._curriculum.length),
+            'largest_solved_length': solved or None}
 
   def model_spec(self) -> Dict[str, Any]:
     return {'input_vocab_size': self.num_symbols, 'output_dim': self.num_symbols,
@@ -134,7 +215,7 @@ class CopyTask(_SyntheticTask):
 
   def batch(self, split: str, epoch: int, index: int, batch_size: int):
     rng = self._rng(split, epoch, index)
-    length = self.sequence_length
+    length = self.length
     total = length + 2 * self.memory_length
     memory = rng.integers(0, 8, size=(batch_size, self.memory_length))
     inputs = np.full((batch_size, total), self.blank, np.int32)

@@ -169,9 +169,11 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
   progress = progress_lib.Progress(
       model_obj.state_spec() if stream else None, batch_size)
+  task_state = task_obj.checkpoint_state()  # A curriculum's position, or None.
   checkpointer = progress_lib.Checkpointer(
       write_dir, model=model_obj, optimizer=optimizer_obj, method=method_obj,
-      schedule=schedule, progress=progress, rng=model_obj.rng_variables())
+      schedule=schedule, progress=progress, rng=model_obj.rng_variables(),
+      **({'task': task_state} if task_state is not None else {}))
   restored = checkpointer.restore_latest()
   if restored:
     print(f'resumed from {restored} (epoch {int(progress.epoch) + 1}, '
@@ -209,6 +211,9 @@ def train(model_dir: str, data_dir: Optional[str] = None,
         metrics = {key: value.numpy() for key, value in metrics.items()}
         metrics = non_finite.handle(metrics, on_non_finite, checkpointer, progress,
                                     epoch, unit_name)
+        task_message = task_obj.after_training_call(metrics)
+        if task_message:
+          print(task_message, flush=True)
         progress.position.assign_add(1 if not stream else units // batch_size)
         progress.calls.assign_add(1)
         progress.units_seen.assign_add(units)
@@ -261,6 +266,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                         os.path.basename(os.path.normpath(model_dir)))
     saved_model = export_lib.export(model_obj, task_obj, root,
                                     eval_batch_size=eval_batch_size)
+  final.update(task_obj.final_metrics())
   final.update({'epochs': int(progress.epoch), 'updates': int(progress.updates),
                 'units_seen': int(progress.units_seen), 'unit': unit_name,
                 'model_dir': model_dir,
