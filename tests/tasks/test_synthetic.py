@@ -156,8 +156,8 @@ def test_copy_baseline_is_the_entropy_of_the_target_marginals():
 def _call_metrics(task, error_bits, sequences=8):
   """Summed metrics of a training call whose error per recalled symbol is
   ``error_bits``."""
-  steps = task.length + 2 * task.memory_length
-  return {'loss_sum': error_bits * math.log(2.0) * sequences * task.memory_length,
+  steps = task.length + 2 * task.symbols
+  return {'loss_sum': error_bits * math.log(2.0) * sequences * task.symbols,
           'count': float(sequences * steps)}
 
 
@@ -185,6 +185,27 @@ def test_curriculum_grows_the_length_when_and_only_when_the_error_is_below():
   assert task.length == 4
 
 
+def test_a_curriculum_on_symbols_grows_the_number_of_symbols_to_copy():
+  """``curriculum_on='symbols'``: the paper's Copy length (M symbols, one
+  delimiter step, then M to reproduce)."""
+  task = CopyTask(sequence_length=1, memory_length=2, curriculum_threshold=0.15,
+                  curriculum_calls=1, curriculum_on='symbols')
+  inputs, targets = task.batch('train', 0, 0, 3)
+  assert inputs.shape == (3, 5)  # 2 symbols, the delimiter, 2 to reproduce.
+  np.testing.assert_array_equal(inputs[:, 2], CopyTask.delimiter)
+  np.testing.assert_array_equal(targets[:, 3:], inputs[:, :2])
+  assert 'M = 2 solved' in task.after_training_call(_call_metrics(task, 0.1))
+  assert (task.symbols, task.length) == (3, 1)
+  assert task.batch('train', 0, 1, 3)[0].shape == (3, 7)
+  assert task.memoryless_baseline == pytest.approx(3 * math.log(8) / 7)
+  assert task.get_config()['memory_length'] == 3
+  assert task.final_metrics() == {'curriculum_length': 3,
+                                  'largest_solved_length': 2}
+  # The error is per recalled symbol at the current M: 0.2 bits is not solved.
+  assert task.after_training_call(_call_metrics(task, 0.2)) is None
+  assert task.symbols == 3
+
+
 def test_without_a_threshold_the_length_is_fixed():
   task = CopyTask(sequence_length=3)
   for _ in range(5):
@@ -197,6 +218,8 @@ def test_without_a_threshold_the_length_is_fixed():
     (dict(curriculum_threshold=0.0), 'curriculum_threshold'),
     (dict(curriculum_threshold='low'), 'curriculum_threshold'),
     (dict(curriculum_threshold=0.15, curriculum_calls=0), 'curriculum_calls'),
+    (dict(curriculum_threshold=0.15, curriculum_on='delay'), 'curriculum_on'),
+    (dict(memory_length=0), 'memory_length'),
 ])
 def test_bad_curriculum_settings_name_the_parameter(kwargs, parameter):
   with pytest.raises(ConfigurationError, match=f'CopyTask.{parameter}'):

@@ -103,6 +103,9 @@ class AddingTask(_SyntheticTask):
     return tf.reduce_mean(tf.square(outputs - targets), axis=-1)
 
 
+_CURRICULA = ('blanks', 'symbols')
+
+
 class _CurriculumState(tf.Module):
   """The copy curriculum's position, kept in the run's checkpoints."""
 
@@ -116,57 +119,81 @@ class _CurriculumState(tf.Module):
 
 
 class CopyTask(_SyntheticTask):
-  """The copy-memory problem: reproduce 10 symbols after ``T`` blank steps.
+  """The copy-memory problem: reproduce ``M`` symbols after ``T`` steps.
 
-  With ``curriculum_threshold`` (bits) the length ``T`` grows during training, as
-  in the curriculum of Jaderberg et al. 2017 (Section 3.1): ``sequence_length`` is
-  the first ``T``; after every ``curriculum_calls`` training calls at one length,
-  if the mean error per recalled symbol over them is below the threshold, that
-  length counts as solved and ``T`` grows by one. The error of a call is its
-  summed cross-entropy over every step, in bits, divided by the recalled symbols
-  (10 per sequence): an upper bound of the recall error (the blank steps' loss is
-  counted too). Validation and test use the current ``T``. The position is in the
-  run's checkpoints; the final metrics report ``curriculum_length`` and
-  ``largest_solved_length``.
+  ``M = memory_length`` symbols (default 10), then ``T = sequence_length`` steps
+  whose last holds the delimiter, then the ``M`` symbols are to be reproduced;
+  the targets are blank elsewhere.
+
+  With ``curriculum_threshold`` (bits) a length grows during training, as in the
+  curriculum of Jaderberg et al. 2017 (Section 3.1): ``curriculum_on='blanks'``
+  grows ``T``, ``'symbols'`` grows ``M`` (the paper's Copy task, whose length is
+  the number of symbols to copy: use ``sequence_length = 1``). After every
+  ``curriculum_calls`` training calls at one length, if the mean error per
+  recalled symbol over them is below the threshold, that length counts as solved
+  and grows by one. The error of a call is its summed cross-entropy over every
+  step, in bits, divided by the recalled symbols: an upper bound of the recall
+  error (the blank steps' loss is counted too). Validation and test use the
+  current lengths. The position is in the run's checkpoints; the final metrics
+  report ``curriculum_length`` and ``largest_solved_length`` (of the growing
+  length).
   """
 
   name = 'copy'
   readout = base.PER_STEP
   metric_name = 'cross_entropy'
   num_symbols = 10  # a0..a7 data, a8 blank, a9 delimiter
-  memory_length = 10
   blank = 8
   delimiter = 9
 
   def __init__(self, *, sequence_length: int = 30, seed: int = 0,
                train_batches_per_epoch: int = 100, eval_batches: int = 10,
+               memory_length: int = 10,
                curriculum_threshold: Optional[float] = None,
-               curriculum_calls: int = 10):
+               curriculum_calls: int = 10, curriculum_on: str = 'blanks'):
     super().__init__(sequence_length=sequence_length, seed=seed,
                      train_batches_per_epoch=train_batches_per_epoch,
                      eval_batches=eval_batches)
+    self.memory_length = base.check_positive_int('CopyTask.memory_length',
+                                                 memory_length)
     if curriculum_threshold is not None and not (
         isinstance(curriculum_threshold, (int, float)) and
         not isinstance(curriculum_threshold, bool) and curriculum_threshold > 0):
       raise ConfigurationError(
           f'CopyTask.curriculum_threshold must be a positive number of bits or '
           f'None, got {curriculum_threshold!r}: e.g. 0.15')
+    if curriculum_on not in _CURRICULA:
+      raise ConfigurationError(
+          f'CopyTask.curriculum_on must be one of {_CURRICULA}, got '
+          f'{curriculum_on!r}')
     self.curriculum_threshold = curriculum_threshold
     self.curriculum_calls = base.check_positive_int('CopyTask.curriculum_calls',
                                                     curriculum_calls)
+    self.curriculum_on = curriculum_on
+    start = self.sequence_length if curriculum_on == 'blanks' else self.memory_length
     self._curriculum = (None if curriculum_threshold is None
-                        else _CurriculumState(self.sequence_length))
+                        else _CurriculumState(start))
+
+  def _grows(self, variable: str) -> bool:
+    return self._curriculum is not None and self.curriculum_on == variable
 
   @property
   def length(self) -> int:
     """The current ``T``: ``sequence_length``, or the curriculum's position."""
-    if self._curriculum is None:
-      return self.sequence_length
-    return int(self._curriculum.length)
+    if self._grows('blanks'):
+      return int(self._curriculum.length)
+    return self.sequence_length
+
+  @property
+  def symbols(self) -> int:
+    """The current ``M``: ``memory_length``, or the curriculum's position."""
+    if self._grows('symbols'):
+      return int(self._curriculum.length)
+    return self.memory_length
 
   @property
   def memoryless_baseline(self) -> float:
-    return self.memory_length * math.log(8.0) / (self.length + 20)
+    return self.symbols * math.log(8.0) / (self.length + 2 * self.symbols)
 
   def checkpoint_state(self) -> Optional[tf.Module]:
     return self._curriculum
@@ -175,9 +202,10 @@ class CopyTask(_SyntheticTask):
     state = self._curriculum
     if state is None:
       return None
-    sequences = float(metrics['count']) / (int(state.length) + 2 * self.memory_length)
+    symbols = self.symbols
+    sequences = float(metrics['count']) / (self.length + 2 * symbols)
     error = float(metrics['loss_sum']) / math.log(2.0) / max(
-        sequences * self.memory_length, 1e-12)
+        sequences * symbols, 1e-12)
     state.error_sum.assign_add(error)
     state.calls_at_length.assign_add(1)
     if int(state.calls_at_length) < self.curriculum_calls:
@@ -190,13 +218,15 @@ class CopyTask(_SyntheticTask):
     solved = int(state.length)
     state.largest_solved.assign(solved)
     state.length.assign(solved + 1)
-    return (f'curriculum: T = {solved} solved (mean error {mean:.3f} bits per '
-            f'recalled symbol over {self.curriculum_calls} calls); now T = '
+    name = 'T' if self.curriculum_on == 'blanks' else 'M'
+    return (f'curriculum: {name} = {solved} solved (mean error {mean:.3f} bits per '
+            f'recalled symbol over {self.curriculum_calls} calls); now {name} = '
             f'{solved + 1}')
 
   def get_config(self) -> Dict[str, Any]:
-    # An export is evaluated at the length it was trained to.
-    return dict(super().get_config(), sequence_length=self.length)
+    # An export is evaluated at the lengths it was trained to.
+    return dict(super().get_config(), sequence_length=self.length,
+                memory_length=self.symbols)
 
   def final_metrics(self) -> Dict[str, Any]:
     if self._curriculum is None:
@@ -215,14 +245,14 @@ class CopyTask(_SyntheticTask):
 
   def batch(self, split: str, epoch: int, index: int, batch_size: int):
     rng = self._rng(split, epoch, index)
-    length = self.length
-    total = length + 2 * self.memory_length
-    memory = rng.integers(0, 8, size=(batch_size, self.memory_length))
+    length, symbols = self.length, self.symbols
+    total = length + 2 * symbols
+    memory = rng.integers(0, 8, size=(batch_size, symbols))
     inputs = np.full((batch_size, total), self.blank, np.int32)
-    inputs[:, :self.memory_length] = memory
-    inputs[:, self.memory_length + length - 1] = self.delimiter
+    inputs[:, :symbols] = memory
+    inputs[:, symbols + length - 1] = self.delimiter
     targets = np.full((batch_size, total), self.blank, np.int32)
-    targets[:, -self.memory_length:] = memory
+    targets[:, -symbols:] = memory
     return inputs, targets
 
   def losses(self, outputs, targets):
