@@ -105,7 +105,6 @@ def op_times(xplane_path: str) -> Tuple[Dict[str, float], float, Dict[str, float
 
 def build(workload: str, unroll_implementation: str):
   """The benchmark's runner for ``workload`` (warmed up: traced and run once)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   from tfcredit.cli import benchmark  # pylint: disable=g-import-not-at-top
   if workload == 'ptb_small':
     data = benchmark.ptb_small(steps=20 * 10 * 5, seed=0)
@@ -113,10 +112,8 @@ def build(workload: str, unroll_implementation: str):
   else:
     data = benchmark.adding(length=200, batches=2, seed=0)
     window, windows_per_call = 200, 1
-  data = dataclasses.replace(data, model_kwargs=dict(
-      data.model_kwargs, unroll_implementation=unroll_implementation))
-  runner = benchmark.tfcredit_runner(data, window, windows_per_call)
-  return runner
+  return benchmark.tfcredit_runner(data, window, windows_per_call,
+                                   unroll_implementation=unroll_implementation)
 
 
 def markdown(by_category: Dict[str, float], executor: float, wall: float,
