@@ -226,7 +226,8 @@ def _component_arguments(data_dir):
   arguments = trainer.configured_arguments()
   return {'task': arguments['task'], 'method': arguments['method'],
           'model': arguments['model'], 'optimizer': arguments['optimizer'],
-          'learning_rate': arguments['learning_rate'], 'data_dir': data_dir}
+          'learning_rate': arguments['learning_rate'],
+          'precision': arguments['precision'], 'data_dir': data_dir}
 
 
 def _own_length(task: task_base.Task) -> int:

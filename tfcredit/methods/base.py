@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import precision
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks import base as task_base
 
@@ -46,6 +47,10 @@ BASE_METRICS = ('loss_sum', 'count', 'grad_norm_sum', 'updates')
 # Added to every ``train_segment``'s metrics by the base class: windows whose
 # update was refused because their loss or gradients were not finite.
 NON_FINITE_METRIC = 'non_finite_windows'
+# Added under ``mixed_float16``: windows skipped because the scaled backward
+# pass overflowed (the loss scale was halved; not a divergence), and the scale.
+OVERFLOW_METRIC = 'loss_scale_overflows'
+LOSS_SCALE_METRIC = 'loss_scale'
 
 
 class _NonFiniteCounter:
@@ -99,6 +104,15 @@ class Method(tf.Module):
     self.num_replicas = self.strategy.num_replicas_in_sync
     self.trace_counts = collections.Counter()
     self._guard = _NonFiniteCounter()
+    # float16 gradients need a loss scale (tfcredit.precision); checkpointed
+    # with the method.
+    if precision.compute_dtype(model) == tf.float16:
+      self.loss_scale = precision.DynamicLossScale()
+      self._overflows = _NonFiniteCounter()
+      self.metric_reductions = {**type(self).metric_reductions,
+                                LOSS_SCALE_METRIC: LAST}
+    else:
+      self.loss_scale = None
     if not isinstance(jit_compile, bool):
       raise ConfigurationError(
           f'jit_compile must be True or False, got {jit_compile!r}')
@@ -198,9 +212,16 @@ class Method(tf.Module):
     order the reset, the loop and the read)."""
     counter = self._guard.variable
     counter.assign(0.0)
+    if self.loss_scale is not None:
+      self._overflows.variable.assign(0.0)
     state, metrics = function(*args)
     metrics = dict(metrics)
     metrics[NON_FINITE_METRIC] = tf.identity(counter.read_value())
+    if self.loss_scale is not None:
+      overflows = tf.identity(self._overflows.variable.read_value())
+      metrics[OVERFLOW_METRIC] = overflows
+      metrics['updates'] = metrics['updates'] - overflows  # Skipped windows.
+      metrics[LOSS_SCALE_METRIC] = tf.identity(self.loss_scale.scale.read_value())
     return state, metrics
 
   @property
@@ -260,10 +281,17 @@ class Method(tf.Module):
       outputs, new_state = self.model.unroll(inputs, state, training=True,
                                              state_grad_scale=state_grad_scale)
       objective, loss_sum = self.objective(outputs, targets, normalizer)
-    gradients = tape.gradient(objective, self.trainable_variables)
+    gradients = self.gradient(tape, objective, self.trainable_variables)
     gradients = [(g.values, g.indices, g.dense_shape)
                  if isinstance(g, tf.IndexedSlices) else g for g in gradients]
     return gradients, new_state, loss_sum
+
+  def gradient(self, tape: tf.GradientTape, target, sources, **kwargs):
+    """``tape.gradient(target, sources, **kwargs)`` of a scalar objective, through
+    the loss scale under ``mixed_float16`` (the gradients come back unscaled)."""
+    if self.loss_scale is None:
+      return tape.gradient(target, sources, **kwargs)
+    return self.loss_scale.gradient(tape, target, sources, **kwargs)
 
   def apply_gradients(self, gradients, loss=None, also_finite=None,
                       also_apply: Optional[Callable[[], None]] = None
@@ -274,6 +302,10 @@ class Method(tf.Module):
     window's loss when given) is not finite, nothing is applied (the optimizer's
     slots and iteration count do not move either) and the window is counted in
     the ``non_finite_windows`` metric, all inside the graph, with no host sync.
+    Under ``mixed_float16`` a window with a finite loss whose gradients are not
+    finite overflowed the loss scale: it is skipped, the scale halved, and it
+    is counted in ``loss_scale_overflows`` instead (once the scale is 1, it
+    counts as non-finite).
 
     Args:
       gradients: the model's gradients.
@@ -288,11 +320,19 @@ class Method(tf.Module):
     gradients = [coalesce(g) for g in gradients]
     norm = tf.linalg.global_norm(gradients)
     finite = tf.math.is_finite(norm)
-    if loss is not None:
-      finite = tf.logical_and(finite, tf.math.is_finite(
-          tf.reduce_sum(tf.cast(loss, tf.float32))))
     if also_finite is not None:
       finite = tf.logical_and(finite, also_finite)
+    loss_finite = tf.constant(True)
+    if loss is not None:
+      loss_finite = tf.math.is_finite(tf.reduce_sum(tf.cast(loss, tf.float32)))
+    overflow = tf.constant(0.0)
+    if self.loss_scale is not None:
+      overflow = tf.cast(tf.logical_and(
+          tf.logical_and(loss_finite, tf.logical_not(finite)),
+          self.loss_scale.scale > 1.0), tf.float32)
+      self.loss_scale.update(finite)
+      self._overflows.variable.assign_add(overflow)
+    finite = tf.logical_and(finite, loss_finite)
     if self.clip_norm is not None:
       # With a finite norm, clip_by_global_norm scales by clip / max(norm, clip);
       # otherwise the values are not used.
@@ -309,8 +349,9 @@ class Method(tf.Module):
       return tf.constant(1.0)
 
     refused = tf.cond(finite, apply, refuse)
-    self._guard.variable.assign_add(refused)
-    return norm
+    self._guard.variable.assign_add(refused - overflow)
+    # An overflowed window's norm is the scale's, not the model's: left out.
+    return tf.where(overflow > 0, 0.0, norm)
 
   def forward(self, inputs, state):
     """Runs a window forward only (no gradient): for windows with no loss."""

@@ -306,13 +306,14 @@ class DNI(base.Method):
       total = objective + injected
     zero = tf.UnconnectedGradients.ZERO
     if inject:
-      gradients = tape.gradient(total, variables + start_tensors,
+      gradients = self.gradient(tape, total, variables + start_tensors,
                                 unconnected_gradients=zero)
       start_gradients = gradients[len(variables):]
     else:  # Truncated BPTT for the model; the target still bootstraps.
-      gradients = tape.gradient(objective, variables + start_tensors,
+      gradients = self.gradient(tape, objective, variables + start_tensors,
                                 unconnected_gradients=zero)
-      propagated = tape.gradient(injected, start_tensors, unconnected_gradients=zero)
+      propagated = self.gradient(tape, injected, start_tensors,
+                                 unconnected_gradients=zero)
       start_gradients = [g + p for g, p in
                          zip(gradients[len(variables):], propagated)]
     del tape
@@ -445,7 +446,7 @@ class DNI(base.Method):
               self._global_batch(tf.shape(tf.nest.flatten(state)[0])[0]),
               self._has_future(end, length), ratio)
           total = objective + synthetic * injected
-        gradients = base.densify(tape.gradient(total, variables), variables)
+        gradients = base.densify(self.gradient(tape, total, variables), variables)
         return (final_state, memory_start), gradients
 
       carried, gradients = self.replicate(per_replica, segment, carried)

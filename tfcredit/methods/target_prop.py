@@ -429,6 +429,12 @@ class TargetProp(base.Method):
 
   def _h_step(self, free, gradients, accumulators, optimized):
     mask = tf.reshape(optimized, [-1, 1, 1])
+    if self.loss_scale is not None:
+      # mixed_float16: an H-step whose scaled gradients overflowed moves nothing
+      # (the θ-step's window lowers the scale).
+      finite = tf.math.is_finite(tf.linalg.global_norm(tf.nest.flatten(gradients)))
+      gradients = tf.nest.map_structure(
+          lambda g: tf.where(finite, g, tf.zeros_like(g)), gradients)
     gradients = tf.nest.map_structure(lambda g: g * mask, gradients)
     if self.h_optimizer == 'sgd':
       free = tf.nest.map_structure(lambda h, g: h - self.h_learning_rate * g,
@@ -504,7 +510,7 @@ class TargetProp(base.Method):
         loss, predicted, _ = evaluate(free)
         penalty, _ = self._constraints(free, predicted, duals, active)
         objective = loss + penalty  # Eq. 7 itself.
-      gradients = tape.gradient(objective, free,
+      gradients = self.gradient(tape, objective, free,
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
       free, accumulators = self._h_step(free, gradients, accumulators, optimized)
       loss_before = tf.where(index == 0, loss, loss_before)
@@ -524,7 +530,7 @@ class TargetProp(base.Method):
         objective = (loss + penalty) * theta_scale
       if carry_forward:
         last = forward_last
-      return last, base.densify(tape.gradient(objective, thetas), thetas)
+      return last, base.densify(self.gradient(tape, objective, thetas), thetas)
 
     joint = self.solver == 'alm'
 
@@ -536,15 +542,15 @@ class TargetProp(base.Method):
         penalty, _ = self._constraints(free, predicted, duals, active)
         objective = (loss + penalty) * theta_scale
       if joint:
-        gradients, free_gradients = tape.gradient(
-            objective, (thetas, free),
+        gradients, free_gradients = self.gradient(
+            tape, objective, (thetas, free),
             unconnected_gradients=tf.UnconnectedGradients.ZERO)
         free_gradients = tf.nest.map_structure(lambda g: g / theta_scale,
                                                free_gradients)
         free, accumulators = self._h_step(free, free_gradients, accumulators,
                                           optimized)
       else:
-        gradients = tape.gradient(objective, thetas)
+        gradients = self.gradient(tape, objective, thetas)
       norm = self.apply_gradients(gradients)
       # Metrics where ĥ is computed in this update (each boundary once).
       measured_penalty, violation = self._constraints(

@@ -20,6 +20,11 @@ step ``t + 1`` back into the state of step ``t`` (for the last step, the gradien
 of the returned final state) is multiplied by ``scale[t]``; the per-step outputs'
 own gradients are not scaled. Forward values do not depend on it.
 
+Under a mixed-precision policy (``tfcredit.precision``) only the matrix
+products run in the layer's compute dtype; the gates, the cell state, the
+carried state and the outputs are float32, so the state never makes a round trip
+through 16 bits.
+
 The arithmetic is Keras's ``LSTMCell`` / ``GRUCell`` (``reset_after=True``) with
 their default activations; ``tests/models/test_fused.py`` checks outputs, final
 states and every gradient against the Keras layers, with and without a scale.
@@ -29,6 +34,8 @@ from typing import Optional, Tuple
 
 import keras
 import tensorflow as tf
+
+from tfcredit import precision
 
 # Windows up to this many steps (known when tracing) are unrolled into the graph.
 STATIC_UNROLL_STEPS = 32
@@ -70,20 +77,22 @@ def unroll_layer(layer, features: tf.Tensor, state: Tuple[tf.Tensor, ...],
   if not layer.built:
     layer.build(features.shape)
   cell = layer.cell
-  dtype = features.dtype
+  compute = precision.compute_dtype(layer)
+  matrix = lambda v: tf.cast(tf.convert_to_tensor(v), compute)
+  vector = lambda v: tf.cast(tf.convert_to_tensor(v), tf.float32)
+  state = precision.cast_state(state)
   time_major = tf.transpose(features, [1, 0, 2])
   if isinstance(layer, keras.layers.LSTM):
-    projected = _project(time_major, cell.kernel, cell.bias)
+    projected = _project(time_major, matrix(cell.kernel), vector(cell.bias))
     outputs, h, c = _lstm(projected, state[0], state[1],
-                          tf.convert_to_tensor(cell.recurrent_kernel),
-                          _time_major_scale(scale, dtype))
+                          matrix(cell.recurrent_kernel),
+                          _time_major_scale(scale, tf.float32))
     new_state = (h, c)
   else:
-    input_bias, recurrent_bias = tf.unstack(tf.convert_to_tensor(cell.bias))
-    projected = _project(time_major, cell.kernel, input_bias)
-    outputs, h = _gru(projected, state[0],
-                      tf.convert_to_tensor(cell.recurrent_kernel), recurrent_bias,
-                      _time_major_scale(scale, dtype))
+    input_bias, recurrent_bias = tf.unstack(vector(cell.bias))
+    projected = _project(time_major, matrix(cell.kernel), input_bias)
+    outputs, h = _gru(projected, state[0], matrix(cell.recurrent_kernel),
+                      recurrent_bias, _time_major_scale(scale, tf.float32))
     new_state = (h,)
   if layer.return_sequences:
     return tf.transpose(outputs, [1, 0, 2]), new_state
@@ -92,12 +101,17 @@ def unroll_layer(layer, features: tf.Tensor, state: Tuple[tf.Tensor, ...],
 
 
 def _project(time_major, kernel, bias):
-  """``x @ kernel + bias`` for every step at once: ``[T, B, G·U]``."""
-  kernel = tf.convert_to_tensor(kernel)
+  """``x @ kernel + bias`` for every step at once: ``[T, B, G·U]``, in ``bias``'s
+  dtype (the product in ``kernel``'s)."""
   shape = tf.shape(time_major)
-  flat = tf.reshape(time_major, [-1, time_major.shape[-1]])
-  projected = tf.nn.bias_add(tf.matmul(flat, kernel), bias)
+  flat = tf.cast(tf.reshape(time_major, [-1, time_major.shape[-1]]), kernel.dtype)
+  projected = tf.nn.bias_add(tf.cast(tf.matmul(flat, kernel), bias.dtype), bias)
   return tf.reshape(projected, tf.concat([shape[:2], [kernel.shape[-1]]], 0))
+
+
+def _mm(a, b):
+  """``a @ b`` in ``b``'s dtype (a weight's compute dtype), returned in ``a``'s."""
+  return tf.cast(tf.matmul(tf.cast(a, b.dtype), b), a.dtype)
 
 
 def _time_major_scale(scale, dtype):
@@ -110,10 +124,11 @@ def _time_major_scale(scale, dtype):
   return tf.reshape(scale, [-1, 1, 1])
 
 
-def _matmul_over_time(a, b):
-  """``sum_t a[t]^T @ b[t]`` for ``[T, B, M]`` and ``[T, B, N]``: ``[M, N]``."""
-  return tf.matmul(tf.reshape(a, [-1, a.shape[-1]]), tf.reshape(b, [-1, b.shape[-1]]),
-                   transpose_a=True)
+def _matmul_over_time(a, b, dtype):
+  """``sum_t a[t]^T @ b[t]`` for ``[T, B, M]`` and ``[T, B, N]``: ``[M, N]``,
+  computed in ``dtype``."""
+  flat = lambda x: tf.cast(tf.reshape(x, [-1, x.shape[-1]]), dtype)
+  return tf.matmul(flat(a), flat(b), transpose_a=True)
 
 
 def _shifted(sequence, first):
@@ -174,7 +189,7 @@ def _lstm_forward(projected, h0, c0, recurrent_kernel):
 
   def step(inputs, carry):
     h, c = carry
-    z = inputs[0] + tf.matmul(h, recurrent_kernel)
+    z = inputs[0] + _mm(h, recurrent_kernel)
     z_i, z_f, z_g, z_o = tf.split(z, 4, axis=1)
     i, f, g, o = tf.sigmoid(z_i), tf.sigmoid(z_f), tf.tanh(z_g), tf.sigmoid(z_o)
     c = f * c + i * g
@@ -207,10 +222,10 @@ def _lstm_backward(scale, d_outputs, d_h, d_c, outputs, h, c, h0, c0, saved,
     # sigmoid' = s(1 − s), tanh' = 1 − t².
     dz = tf.concat([d_c * g * i * (1 - i), d_c * previous_cell * f * (1 - f),
                     d_c * i * (1 - g * g), d_h * tanh_c * o * (1 - o)], 1)
-    return (tf.matmul(dz, kernel_t), d_c * f), (dz,)
+    return (_mm(dz, kernel_t), d_c * f), (dz,)
 
   (d_h0, d_c0), (dz,) = _scan(step, sequences, (d_h, d_c), 1, reverse=True)
-  d_kernel = _matmul_over_time(_shifted(outputs, h0), dz)
+  d_kernel = _matmul_over_time(_shifted(outputs, h0), dz, recurrent_kernel.dtype)
   return dz, d_h0, d_c0, d_kernel
 
 
@@ -251,7 +266,7 @@ def _gru_forward(projected, h0, recurrent_kernel, recurrent_bias):
   def step(inputs, carry):
     (h,) = carry
     x_zr, x_h = tf.split(inputs[0], [2 * units, units], axis=1)
-    a = tf.nn.bias_add(tf.matmul(h, recurrent_kernel), recurrent_bias)
+    a = tf.nn.bias_add(_mm(h, recurrent_kernel), recurrent_bias)
     a_zr, a_h = tf.split(a, [2 * units, units], axis=1)
     zr = tf.sigmoid(x_zr + a_zr)
     z, r = tf.split(zr, 2, axis=1)
@@ -284,11 +299,11 @@ def _gru_backward(scale, d_outputs, d_h, outputs, h, h0, gates, candidates,
     d_n = d_h * (1 - z) * (1 - n * n)
     d_zr = tf.concat([d_h * (h_previous - n), d_n * a_h], 1) * zr * (1 - zr)
     d_a = tf.concat([d_zr, d_n * r], 1)
-    d_previous = d_h * z + tf.matmul(d_a, kernel_t)
+    d_previous = d_h * z + _mm(d_a, kernel_t)
     return (d_previous,), (tf.concat([d_zr, d_n], 1), d_a)
 
   (d_h0,), (dx, d_a) = _scan(step, sequences, (d_h,), 2, reverse=True)
-  return (dx, d_h0, _matmul_over_time(previous, d_a),
+  return (dx, d_h0, _matmul_over_time(previous, d_a, recurrent_kernel.dtype),
           tf.reduce_sum(d_a, axis=[0, 1]))
 
 

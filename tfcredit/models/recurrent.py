@@ -40,6 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import keras
 import tensorflow as tf
 
+from tfcredit import precision
 from tfcredit.errors import ConfigurationError
 from tfcredit.models import fused
 
@@ -145,8 +146,9 @@ class RecurrentModel(keras.Model):
         gradient in one product; also under a ``state_grad_scale``),
         ``'keras'`` (the Keras layers, cuDNN on a GPU; a scale steps the cells
         through ``tf.scan``), or ``'auto'``: fused under a scale, and without
-        one when no GPU is visible and the layer's input is at least half as
-        wide as its state (see ``_fused_unroll`` for the measurements). Custom
+        one when no GPU is visible and either a mixed-precision policy is on
+        or the layer's input is at least half as wide as its state (see
+        ``_fused_unroll`` for the measurements). Custom
         cells always use the Keras layers (or ``tf.scan`` under a scale).
       name: Keras name.
     """
@@ -339,7 +341,9 @@ class RecurrentModel(keras.Model):
       inputs = tf.expand_dims(inputs, -1)  # One real feature per step.
     features = inputs if self.encoder is None else self.encoder(inputs)
     if not self.token_inputs and self.encoder is None:
-      features = tf.cast(features, tf.float32)
+      features = tf.cast(features, self.compute_dtype)
+    # The state enters and leaves float32 under every precision policy.
+    state = precision.cast_state(state)
     final_state = []
     for layer, layer_state, output_size, fusable in zip(
         self.core, state, self._output_sizes, self._fusable):
@@ -351,7 +355,7 @@ class RecurrentModel(keras.Model):
               layer, features, tuple(layer_state), state_grad_scale)
       elif state_grad_scale is None:
         result = layer(features, initial_state=list(layer_state), training=training)
-        features, new_state = result[0], tuple(result[1:])
+        features, new_state = result[0], precision.cast_state(tuple(result[1:]))
       else:
         features, new_state = self._scaled_layer_unroll(
             layer.cell, output_size, features, layer_state, state_grad_scale,
@@ -373,16 +377,20 @@ class RecurrentModel(keras.Model):
     visible (cuDNN is faster there) and the layer's input is at least half as
     wide as its state, where hoisting the input product out of the loop pays
     (1.22x the Keras layers on the PTB-small shape; 0.75x on the adding task,
-    2 inputs for 128 units). Measured with ``tfcredit-benchmark``
-    (docs/benchmark.md).
+    2 inputs for 128 units), and under a mixed-precision policy, where the
+    fused unroll keeps the gates and the state float32. Measured with
+    ``tfcredit-benchmark`` (docs/benchmark.md).
     """
     if self.unroll_implementation != 'auto':
       return self.unroll_implementation == 'fused'
     if state_grad_scale is not None:
       return True
+    if self._on_gpu:
+      return False
+    if self.compute_dtype != 'float32':
+      return True  # Keeps the carried state float32 (the Keras cells would not).
     width = features.shape[-1]
-    return (not self._on_gpu and width is not None and
-            2 * width >= self.units)
+    return width is not None and 2 * width >= self.units
 
   def step(self, inputs_t: tf.Tensor, state: State, training: bool = False
            ) -> Tuple[tf.Tensor, State]:
@@ -399,12 +407,15 @@ class RecurrentModel(keras.Model):
     return outputs
 
   def _readout(self, features: tf.Tensor) -> tf.Tensor:
+    """The head's outputs, float32 under every precision (losses read them)."""
     if self.identity_head:
-      return features
+      return tf.cast(features, tf.float32)
     if self.head is not None:
-      return self.head(features)
-    logits = tf.tensordot(features, self.encoder.embeddings, axes=[[-1], [1]])
-    return logits + self.output_bias
+      return tf.cast(self.head(features), tf.float32)
+    dtype = self.compute_dtype
+    logits = tf.tensordot(tf.cast(features, dtype),
+                          tf.cast(self.encoder.embeddings, dtype), axes=[[-1], [1]])
+    return tf.cast(logits, tf.float32) + tf.cast(self.output_bias, tf.float32)
 
   @staticmethod
   def _scaled_layer_unroll(cell, output_size, features, layer_state, scale,
@@ -412,6 +423,7 @@ class RecurrentModel(keras.Model):
     """Steps ``cell`` over time, scaling the gradient of every carried state tensor."""
     time_major = tf.transpose(features, [1, 0, 2])
     scale = tf.cast(scale, tf.float32)
+    dtype = precision.compute_dtype(cell)
     if scale.shape.rank == 2:  # [B, T]: per sequence, broadcast over the units.
       scale = tf.expand_dims(tf.transpose(scale), -1)
 
@@ -420,13 +432,15 @@ class RecurrentModel(keras.Model):
     def step(carry, elements):
       _, previous = carry
       features_t, scale_t = elements
-      output, new_state = cell(features_t, list(previous), **cell_kwargs)
-      new_state = tf.nest.flatten(new_state)
+      output, new_state = cell(features_t, list(precision.cast_state(previous, dtype)),
+                               **cell_kwargs)
+      # The carried state stays float32; the cell casts it to its own dtype.
+      new_state = precision.cast_state(tf.nest.flatten(new_state))
       carried = tuple(scale_gradient(s, scale_t) for s in new_state)
-      return output, carried
+      return tf.cast(output, dtype), carried
 
     batch = tf.shape(layer_state[0])[0]
-    initial_output = tf.zeros(tf.stack([batch, output_size]), features.dtype)
+    initial_output = tf.zeros(tf.stack([batch, output_size]), dtype)
     outputs, states = tf.scan(step, (time_major, scale),
                               initializer=(initial_output, tuple(layer_state)))
     for reset in ('reset_dropout_mask', 'reset_recurrent_dropout_mask'):

@@ -12,6 +12,9 @@ configuration is compared with it binding by binding:
   ``train.method``, ``train.optimizer``, ``train.batch_size``, ``train.seed``,
   and every binding of the task, model, cell, method and optimizer classes those
   name, except the method's ``clip_norm``);
+* ``train.precision`` changes to or from ``'mixed_float16'`` are refused too (its
+  checkpoints hold a loss scale); between ``'float32'`` and ``'mixed_bfloat16'``
+  they are allowed;
 * other changes (epochs, learning rate and schedule, logging, summary and
   checkpoint cadence, evaluation batch size, ``on_non_finite``, a method's
   ``clip_norm``) are allowed, printed, and appended to ``config_changes.txt``.
@@ -39,6 +42,9 @@ RUN_FILES = (CONFIG, 'operative_config.gin', 'final_metrics.json', CHANGES,
 _DEFINING = ('task', 'model', 'method', 'optimizer', 'batch_size', 'seed')
 _COMPONENTS = ('task', 'model', 'method', 'optimizer')
 _TUNABLE_ARGUMENTS = ('clip_norm', 'use_tf_function')
+# train.precision may change between these on resume (float32 variables
+# either way), but not to or from mixed_float16.
+_FLOAT32, _FLOAT16 = 'float32', 'mixed_float16'
 
 
 class RunDirectoryError(TfcreditError):
@@ -116,6 +122,12 @@ def differences(stored_text: str, new_text: str
     line = f'{key}: {_fmt(a)} -> {_fmt(b)}'
     defining = ((selector == 'train' and argument in _DEFINING) or
                 (selector in components and argument not in _TUNABLE_ARGUMENTS))
+    if selector == 'train' and argument == 'precision' and '/' not in key:
+      precisions = {entry[2] if entry else _FLOAT32 for entry in (a, b)}
+      if _FLOAT16 in precisions and len(precisions) > 1:
+        defining = True
+        line += (f' ({_FLOAT16} keeps a loss scale in its checkpoints, the '
+                 'other precisions do not)')
     (refused if defining else allowed).append(line)
   return refused, allowed
 

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcredit import export as export_lib
+from tfcredit import precision as precision_lib
 from tfcredit.errors import ConfigurationError, TrainingError
 from tfcredit.models.contract import check_model
 from tfcredit.models.recurrent import RecurrentModel
@@ -74,6 +75,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
           epochs: int = 1,
           batch_size: int = 20,
           eval_batch_size: int = 10,
+          precision: str = precision_lib.FLOAT32,
           # Reproducibility.
           seed: int = 0,
           deterministic: bool = False,
@@ -110,6 +112,12 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     epochs: passes over the training data.
     batch_size: training columns (stream) or sequences per batch (episodic).
     eval_batch_size: the same for validation and test.
+    precision: ``'float32'``, ``'mixed_bfloat16'`` or ``'mixed_float16'``
+      (``tfcredit.precision``): the model's layers compute in the low
+      precision, its variables, state, outputs and every method's own
+      arithmetic stay float32; ``'mixed_float16'`` adds a dynamic loss scale.
+      Checkpoints hold float32 variables, so a run may resume under
+      ``'float32'`` or ``'mixed_bfloat16'`` whichever it started with.
     seed: seeds weights, dropout and data order.
     deterministic: enable TensorFlow's deterministic ops (bit-exact resumes).
     checkpoint_every_calls: training calls between checkpoints (and at each epoch
@@ -133,6 +141,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     signals.Interrupted: SIGTERM or SIGINT; a checkpoint was written first.
   """
   non_finite.check_policy(on_non_finite)
+  precision_lib.check(precision)
   task_base.check_number('train.learning_rate', learning_rate)
   task_base.check_number('train.log_every_seconds', log_every_seconds)
   for name, value in (('epochs', epochs), ('batch_size', batch_size),
@@ -157,7 +166,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   parts = build_components(task=task, method=method, model=model,
                            optimizer=optimizer, learning_rate=learning_rate,
                            batch_size=batch_size, data_dir=data_dir,
-                           strategy=strategy)
+                           strategy=strategy, precision=precision)
   task_obj, model_obj = parts.task, parts.model
   optimizer_obj, method_obj = parts.optimizer, parts.method
   _check_window_fits(method_obj, task_obj)
@@ -288,7 +297,8 @@ class Components:
 def build_components(*, task: Callable, method: Callable, model: Callable,
                      optimizer: Callable, learning_rate: float, batch_size: int,
                      data_dir: Optional[str] = None,
-                     strategy: Optional[tf.distribute.Strategy] = None
+                     strategy: Optional[tf.distribute.Strategy] = None,
+                     precision: str = precision_lib.FLOAT32
                      ) -> Components:
   """Builds the task, then in ``strategy``'s scope the model, optimizer and method,
   exactly as ``train`` does (tools that inspect a configuration use it too).
@@ -297,6 +307,8 @@ def build_components(*, task: Callable, method: Callable, model: Callable,
     task, method, model, optimizer, learning_rate, batch_size, data_dir: as for
       ``train``.
     strategy: default: the current strategy.
+    precision: the Keras dtype policy the model is built under (the
+      optimizer and the method's own variables are float32 whatever it is).
 
   Raises:
     ConfigurationError: a factory is not callable or builds the wrong thing (a
@@ -307,9 +319,10 @@ def build_components(*, task: Callable, method: Callable, model: Callable,
     raise ConfigurationError(
         f'train.task must build a tfcredit Task, got {type(task_obj).__name__}')
   with (strategy or tf.distribute.get_strategy()).scope():
-    model_obj = _build(model, 'model', **task_obj.model_spec())
-    check_model(model_obj, 'train.model')
-    model_obj.build_for(_example_inputs(task_obj, batch_size))
+    with precision_lib.policy_scope(precision):
+      model_obj = _build(model, 'model', **task_obj.model_spec())
+      check_model(model_obj, 'train.model')
+      model_obj.build_for(_example_inputs(task_obj, batch_size))
     optimizer_obj = _build(optimizer, 'optimizer', learning_rate=learning_rate)
     optimizer_obj.build(model_obj.trainable_variables)
     method_obj = build_method(method, model_obj, task_obj, optimizer_obj, batch_size)
