@@ -6,6 +6,8 @@ summed across them, so both end with the weights of a single-process run.
 """
 
 import json
+import re
+import signal
 import os
 import socket
 import subprocess
@@ -68,3 +70,52 @@ def test_two_workers_match_a_single_process(tmp_path):
     for name in reference:
       np.testing.assert_allclose(weights[name], reference[name], atol=1e-5,
                                  err_msg=f'{directory}: {name}')
+
+
+def test_a_preempted_worker_stops_every_worker_at_one_checkpoint(tmp_path):
+  """SIGTERM to the non-chief worker only: both finish the same call, the chief
+  writes one checkpoint, both exit 143; rerun, they end as an uninterrupted run."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  longer = ['--gin_bindings=AddingTask.train_batches_per_epoch = 300',
+            '--gin_bindings=train.evaluate_test = False']
+  single = subprocess.run(_command(tmp_path / 'single', *longer),
+                          capture_output=True, text=True, env=env, timeout=600)
+  assert single.returncode == 0, single.stderr
+  cluster = {'worker': [f'127.0.0.1:{p}' for p in _free_ports(2)]}
+
+  def start_workers():
+    workers = []
+    for index in range(2):
+      worker_env = dict(env, TF_CONFIG=json.dumps(
+          {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+      workers.append(subprocess.Popen(
+          _command(tmp_path / 'multi', '--strategy=multi_worker', *longer),
+          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+          env=worker_env))
+    return workers
+
+  workers = start_workers()
+  for line in workers[0].stdout:  # The chief's progress: training has started.
+    if line.startswith('epoch 1/1'):
+      break
+  workers[1].send_signal(signal.SIGTERM)
+  outputs = [w.communicate(timeout=600) for w in workers]
+  assert [w.returncode for w in workers] == [143, 143], outputs
+  stopped = [re.search(r'stopped after training call (\d+)', err)
+             for _, err in outputs]
+  assert all(stopped), outputs
+  call = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == call and 0 < call < 300
+  assert tf.train.latest_checkpoint(
+      os.path.join(tmp_path / 'multi', 'checkpoints')).endswith(f'ckpt-{call}')
+
+  workers = start_workers()
+  outputs = [w.communicate(timeout=600) for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs
+  assert 'resumed from' in outputs[0][0]
+  reference = _weights(tmp_path / 'single')
+  weights = _weights(tmp_path / 'multi')
+  assert weights.keys() == reference.keys()
+  for name in reference:
+    np.testing.assert_allclose(weights[name], reference[name], atol=1e-5,
+                               err_msg=name)

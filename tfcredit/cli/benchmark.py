@@ -44,6 +44,13 @@ as the method asks through ``segment_length``, as the trainer does), against
 truncated BPTT with window L0 and the same windows per call, timed in the same
 rounds (the target: a ratio of at least 0.85).
 
+Precision (``--precision_rows``, on by default): truncated BPTT on the PTB shape
+(the largest ``windows_per_call``) and on the adding task, under
+``train.precision = 'mixed_bfloat16'`` and ``'mixed_float16'``, against the same
+configuration in float32 timed in the same rounds; the bfloat16 1024³ matmul is
+timed too, and the summary says whether the CPU has bf16 matrix instructions
+(without them TensorFlow emulates bfloat16 products, and the rows measure that).
+
 Writes ``benchmark.json`` and ``benchmark.md`` into ``--output_dir`` and prints the
 markdown table.
 """
@@ -64,6 +71,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import precision as precision_lib
 from tfcredit.cli import common
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods.artbp import ARTBP
@@ -128,6 +136,10 @@ def define_flags() -> None:
          '(largest --windows_per_call) and the adding task with full BPTT with '
          'TruncatedBPTT.jit_compile=True (each window\'s pass compiled by XLA; '
          'the warm-up includes the compilation).')
+  define(flags.DEFINE_bool, 'precision_rows', True, 'Also time the PTB shape '
+         'and the adding task under train.precision mixed_bfloat16 and '
+         'mixed_float16 beside float32 (their ratios are against float32 in the '
+         'same run), and the bfloat16 1024^3 matmul.')
   define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
@@ -416,7 +428,8 @@ MethodFactory = Callable[[keras.Model, task_base.Task, keras.optimizers.Optimize
 def method_runner(workload: Workload, config: str, make_method: MethodFactory,
                   segment_length: Optional[int] = None,
                   flops_window: Optional[int] = None,
-                  strategy: Optional[tf.distribute.Strategy] = None) -> Runner:
+                  strategy: Optional[tf.distribute.Strategy] = None,
+                  precision: str = precision_lib.FLOAT32) -> Runner:
   """Any method, wired as the trainer wires it, warmed up by one call.
 
   A round is one epoch: ``on_epoch_start``, the epoch's ``train_segment`` calls
@@ -437,6 +450,8 @@ def method_runner(workload: Workload, config: str, make_method: MethodFactory,
     strategy: given, the model, optimizer and method are built in its scope (as
       the trainer builds them) and the row label names it; ``train_segment`` still
       takes and returns global tensors.
+    precision: the model is built under this ``train.precision`` (named in the
+      row label unless float32).
 
   Returns:
     The runner.
@@ -445,8 +460,10 @@ def method_runner(workload: Workload, config: str, make_method: MethodFactory,
   fixed = (workload.segments(segment_length)
            if segment_length is not None or not stream else None)
   with (strategy or tf.distribute.get_strategy()).scope():
-    model = RecurrentModel(**workload.task.model_spec(), **workload.model_kwargs)
-    model.build_for(fixed[0][0] if fixed else tf.constant(workload.stream[:, :1]))
+    with precision_lib.policy_scope(precision):
+      model = RecurrentModel(**workload.task.model_spec(), **workload.model_kwargs)
+      model.build_for(fixed[0][0] if fixed else
+                      tf.constant(workload.stream[:, :1]))
     optimizer = workload.make_optimizer()
     optimizer.build(model.trainable_variables)
     method = make_method(model, workload.task, optimizer)
@@ -480,6 +497,8 @@ def method_runner(workload: Workload, config: str, make_method: MethodFactory,
   method.train_segment(next(calls()), model.initial_state(workload.batch_size))
   if strategy is not None:
     config += f', {strategy_label(strategy)}'
+  if precision != precision_lib.FLOAT32:
+    config += f', precision={precision}'
   return Runner(workload.name, config, workload.unit, timed(train_round),
                 workload.flops_per_unit(flops_window),
                 traces=lambda: method.trace_counts['train_segment'])
@@ -488,7 +507,8 @@ def method_runner(workload: Workload, config: str, make_method: MethodFactory,
 def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
                     strategy: Optional[tf.distribute.Strategy] = None,
                     unroll_implementation: Optional[str] = None,
-                    jit_compile: bool = False) -> Runner:
+                    jit_compile: bool = False,
+                    precision: str = precision_lib.FLOAT32) -> Runner:
   """``TruncatedBPTT(window, windows_per_call, jit_compile)`` through
   ``method_runner``; ``unroll_implementation`` (``RecurrentModel``'s) and
   ``jit_compile`` are named in the row label when given."""
@@ -509,7 +529,7 @@ def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
           windows_per_call=windows_per_call, clip_norm=workload.clip_norm,
           jit_compile=jit_compile),
       segment_length=window * windows_per_call, flops_window=window,
-      strategy=strategy)
+      strategy=strategy, precision=precision)
 
 
 def artbp_runner(workload: Workload, mean_length: int, alpha: float,
@@ -760,6 +780,14 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
   if FLAGS.jit_compile_rows:
     add(tfcredit_runner, adding_task, 200, jit_compile=True)
   add(tfcredit_runner, adding_task, 20)
+  if FLAGS.precision_rows:
+    for workload, window, count in ((language_model, 20, largest),
+                                    (adding_task, 200, 1)):
+      reference = dataclasses.replace(workload,
+                                      name=f'{workload.name}, precision')
+      references[reference.name] = add(tfcredit_runner, reference, window, count)
+      for policy in (precision_lib.MIXED_BFLOAT16, precision_lib.MIXED_FLOAT16):
+        add(tfcredit_runner, reference, window, count, precision=policy)
   if replicas_row:
     # Whole calls of REPLICAS_WINDOWS_PER_CALL windows: 20,000 tokens a round, as
     # the language-model rows with the default --windows_per_call (4,000 quick).
@@ -884,7 +912,7 @@ def run(argv: List[str]) -> int:
   cpu = cpu_features()
   runners, rooflines, references = build_runners(
       FLAGS.quick, windows_per_call, FLAGS.seed, FLAGS.replicas_row,
-      FLAGS.artbp_row, bf16_row=cpu['bf16_matmul'])
+      FLAGS.artbp_row, bf16_row=cpu['bf16_matmul'] or FLAGS.precision_rows)
   measure_rounds(runners, rounds)
   roofline = rooflines['float32']
   rows = summarize(runners, roofline, references)
@@ -908,9 +936,10 @@ def run(argv: List[str]) -> int:
               f'({peak_cpu:.1f} per CPU-second); every fraction of roofline is '
               'against it.')
   summary += f' bf16 flags: {", ".join(cpu["bf16_flags"]) or "none"}'
-  if peak_bf16 is None:
-    summary += ' (no bf16 matrix instructions: no bfloat16 row).'
-  else:
+  if not cpu['bf16_matmul']:
+    summary += (' (no bf16 matrix instructions: bfloat16 products are emulated'
+                + (', no bfloat16 row).' if peak_bf16 is None else ')'))
+  if peak_bf16 is not None:
     summary += (f'; bfloat16 roofline, same method, best of {rounds} round(s): '
                 f'{peak_bf16:.1f} GFLOP/s (not used for the fractions).')
   retraced = [row['config'] for row in rows if (row['train_segment_traces'] or 1) > 1]
@@ -923,8 +952,10 @@ def run(argv: List[str]) -> int:
               'the same cores: the 2-replica ratio is the overhead of the '
               'distributed code path, not a speed-up)' if FLAGS.replicas_row
               else '')
-  summary += (', or for the ARTBP rows truncated BPTT with window L0.'
-              if FLAGS.artbp_row else '.')
+  summary += (', or for the ARTBP rows truncated BPTT with window L0'
+              if FLAGS.artbp_row else '')
+  summary += (', or for the precision rows the same configuration in float32.'
+              if FLAGS.precision_rows else '.')
   report = f'{markdown_table(rows)}\n\n{summary}\n'
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, 'benchmark.json'), 'w') as f:

@@ -7,17 +7,25 @@
 
 Only the chief writes files (summaries, configs, checkpoints, exports); other
 workers write theirs to a scratch folder so the collective save still runs.
+
+Preemption of one worker: a checkpoint save is collective, so every worker must
+stop after the same training call. ``StopAgreement`` all-reduces each worker's
+pending signal after every call (one scalar, the largest signal number), so a
+SIGTERM to any worker stops all of them, with one checkpoint, at that call.
 """
 
 import json
 import os
-from typing import Optional
+import signal
+from typing import Callable, Optional
 
 import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
+# What StopAgreement agrees on, first wins: SIGTERM (preemption), then SIGINT.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def split_cpu(count: int) -> None:
@@ -74,3 +82,38 @@ def writable_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
   task = json.loads(os.environ.get('TF_CONFIG', '{}')).get('task', {})
   return os.path.join(model_dir, f'.{task.get("type", "worker")}_'
                                  f'{task.get("index", 0)}')
+
+
+class StopAgreement:
+  """Whether to stop after this training call: this worker's pending signal, or
+  under ``MultiWorkerMirroredStrategy`` any worker's.
+
+  Call it after every training call, on every worker (the same number of times:
+  it is a collective under ``MultiWorkerMirroredStrategy``).
+  ``tf.distribute.experimental.PreemptionCheckpointHandler`` does the same for
+  its own checkpoint manager; this keeps the trainer's checkpoints (numbered by
+  training call, written atomically) and its exit codes.
+
+  Args:
+    strategy: the run's strategy.
+  """
+
+  def __init__(self, strategy: tf.distribute.Strategy):
+    self._agree: Optional[Callable] = None
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+      def counts(pending):  # How many workers have each signal pending.
+        per_replica = strategy.run(lambda: tf.identity(pending))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+      self._agree = counts
+
+  def __call__(self, pending: Optional[int]) -> Optional[int]:
+    """The signal number to stop on (``pending`` or another worker's), or None."""
+    if self._agree is None:
+      return pending
+    # One replica per worker on CPUs, several on GPUs: a count > 0 is enough.
+    counts = self._agree(tf.constant(
+        [float(pending == signum) for signum in _STOP_SIGNALS])).numpy()
+    return next((signum for signum, count in zip(_STOP_SIGNALS, counts)
+                 if count > 0), None)

@@ -203,7 +203,16 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   calls_here = 0
   operative_written = False
   valid_result: Dict[str, float] = {}
-  # SIGTERM/SIGINT in the loop: finish the call, checkpoint, stop (signals.py).
+  # SIGTERM/SIGINT in the loop: finish the call, checkpoint, stop (signals.py);
+  # with several workers, all of them stop after the same call.
+  agreement = distribution.StopAgreement(strategy)
+
+  def stop_now(stop: signals.StopRequest) -> bool:
+    signum = agreement(stop.signum)
+    if signum is not None and stop.signum is None:
+      stop.signum = signum  # Another worker's signal.
+    return signum is not None
+
   with signals.deferred() as stop:
     while int(progress.epoch) < epochs:
       epoch = int(progress.epoch)
@@ -242,7 +251,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                                                           1e-12))
         if int(progress.calls) % checkpoint_every_calls == 0:
           checkpointer.save(int(progress.calls))
-        if stop.requested:
+        if stop_now(stop):
           _stop_on_signal(stop, checkpointer, progress, reporter)
         if stop_after_calls is not None and calls_here >= stop_after_calls:
           checkpointer.save(int(progress.calls))
@@ -256,9 +265,9 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       progress.epoch.assign_add(1)
       progress.position.assign(0)
       checkpointer.save(int(progress.calls))
-      if stop.requested:
+      if stop_now(stop):
         _stop_on_signal(stop, checkpointer, progress, reporter)
-    if stop.requested:  # Received after the last check of the loop.
+    if stop_now(stop):  # Received after the last check of the loop.
       _stop_on_signal(stop, checkpointer, progress, reporter)
   reporter.flush()
 
