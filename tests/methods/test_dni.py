@@ -7,7 +7,6 @@ The method's own ``objective`` or window functions are never reused.
 
 import os
 
-import gin
 import keras
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ from tfcredit.tasks import base as task_base
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.training import schedules
 from tfcredit.training import trainer
-from tfcredit.testing import built_optimizer, clean_gin, tiny_model  # noqa: F401
+from tfcredit.testing import (built_optimizer, clean_gin, configure_tiny,  # noqa: F401
+                              tiny_model)
 
 BATCH = 4
 
@@ -317,20 +317,32 @@ def test_bad_configuration_is_refused_with_the_parameter_named():
     make(synthesizer='linear')
 
 
-def test_alternation_must_also_be_the_lr_schedule(clean_gin):
+def test_alternation_must_also_be_the_lr_schedule():
   task = MarkovLanguageTask(train_length=200, eval_length=50)
   model = tiny_model(task, seed=0)
-  optimizer = built_optimizer(model)
-  gin.parse_config(['train.lr_schedule = @CosineRestarts'])
+  method = DNI(model=model, task=task, optimizer=built_optimizer(model),
+               use_synthetic=schedules.AlternatingRestarts)
   with pytest.raises(ConfigurationError, match='train.lr_schedule'):
-    DNI(model=model, task=task, optimizer=optimizer,
-        use_synthetic=schedules.AlternatingRestarts)
-  gin.clear_config()
-  gin.parse_config(['train.lr_schedule = @AlternatingRestarts',
-                    'AlternatingRestarts.start_phase = "synthetic"'])
-  method = DNI(model=model, task=task, optimizer=optimizer,
-               use_synthetic=gin.query_parameter('train.lr_schedule').scoped_configurable_fn)
+    method.bind_schedule(schedules.CosineRestarts(base=1.0))
+  with pytest.raises(ConfigurationError, match='train.lr_schedule'):
+    method.bind_schedule(schedules.AlternatingRestarts(period_epochs=2.0))
+  with pytest.raises(ConfigurationError, match='train.lr_schedule'):
+    method.bind_schedule(schedules.AlternatingRestarts(start_phase='synthetic'))
+  run_schedule = schedules.AlternatingRestarts(base=0.5)
+  method.bind_schedule(run_schedule)  # The same phases: the run's drives them.
+  assert method.phase_schedule is run_schedule
+  method.on_epoch_start(5)
   assert float(method.synthetic_phase.numpy()) == 1.0
+
+
+def test_the_trainer_refuses_an_alternation_with_another_lr_schedule(clean_gin,
+                                                                     tmp_path):
+  configure_tiny('train.task = @MarkovLanguageTask', 'train.method = @DNI',
+                 'DNI.window = 5', 'DNI.use_synthetic = @AlternatingRestarts',
+                 'train.lr_schedule = @CosineRestarts')
+  with pytest.raises(ConfigurationError, match='train.lr_schedule'):
+    tfcredit.train(str(tmp_path / 'run'), export_dir=None)
+  assert not (tmp_path / 'run').exists()  # Refused before anything was written.
 
 
 # --------------------------------------------------------------- with the trainer

@@ -35,18 +35,14 @@ import tensorflow as tf
 
 from tfcredit import precision
 from tfcredit.errors import ConfigurationError
+# How the trainer combines a metric over the training calls of one summary
+# interval (``Method.metric_reductions``), and the metrics every method returns.
+from tfcredit.metrics import (BASE_METRICS, CONCAT, LAST, MAX,  # pylint: disable=unused-import
+                              NON_FINITE_METRIC, SUM)
 from tfcredit.tasks import base as task_base
 
 Metrics = Dict[str, tf.Tensor]
 
-# How the trainer combines a metric over the training calls of one summary interval
-# (``Method.metric_reductions``): add the values, keep the largest, keep the latest,
-# or concatenate rank-1 values (written as a histogram).
-SUM, MAX, LAST, CONCAT = 'sum', 'max', 'last', 'concat'
-BASE_METRICS = ('loss_sum', 'count', 'grad_norm_sum', 'updates')
-# Added to every ``train_segment``'s metrics by the base class: windows whose
-# update was refused because their loss or gradients were not finite.
-NON_FINITE_METRIC = 'non_finite_windows'
 # Added under ``mixed_float16``: windows skipped because the scaled backward
 # pass overflowed (the loss scale was halved; not a divergence), and the scale.
 OVERFLOW_METRIC = 'loss_scale_overflows'
@@ -148,6 +144,15 @@ class Method(tf.Module):
   def estimate_gradients(self, segment, state) -> Tuple[list, Any]:
     """The method's gradient estimate for the segment (see the module docstring)."""
     return self._estimate_fn(segment, state)
+
+  def bind_schedule(self, schedule) -> None:
+    """Called by the trainer, before training, with the run's learning-rate
+    schedule (a ``tfcredit.training.schedules`` object): a method whose
+    behaviour must follow it checks it here (DNI's alternation).
+
+    Raises:
+      ConfigurationError: the schedule does not fit the method.
+    """
 
   def on_epoch_start(self, epoch: int) -> None:
     """Called by the trainer before the first call of every epoch (0-based), also

@@ -47,7 +47,6 @@ synthetic phase needs one.
 import math
 from typing import Optional, Union
 
-import gin
 import keras
 import tensorflow as tf
 
@@ -56,6 +55,9 @@ from tfcredit.methods import base
 from tfcredit.models import synthesizers as synthesizers_lib
 from tfcredit.tasks import base as task_base
 from tfcredit.training import schedules
+
+# bind_schedule compares the phases of the first epochs (quarter epochs).
+_CHECKED_EPOCHS = 100
 
 SYNTHESIZERS = (synthesizers_lib.LayerwiseSynthesizer,
                 synthesizers_lib.NeuronwiseSynthesizer)
@@ -200,6 +202,27 @@ class DNI(base.Method):
   # ------------------------------------------------------------- public API
   def segment_length(self) -> Optional[int]:
     return self.window * self.windows_per_call
+
+  def bind_schedule(self, schedule) -> None:
+    """With an alternation, the run's learning-rate schedule must be the same
+    alternation (its restarts are the phase switches); it then sets the phases.
+
+    Raises:
+      ConfigurationError: ``use_synthetic`` alternates and ``schedule`` is not an
+        ``AlternatingRestarts`` switching at the same epochs.
+    """
+    if self.phase_schedule is None:
+      return
+    alternation = schedules.AlternatingRestarts
+    epochs = [e / 4 for e in range(4 * _CHECKED_EPOCHS)]
+    if not isinstance(schedule, alternation) or any(
+        schedule.phase(e) != self.phase_schedule.phase(e) for e in epochs):
+      raise ConfigurationError(
+          f'DNI.use_synthetic = @{alternation.__name__} alternates phases at its '
+          f'restarts, but train.lr_schedule = {schedule!r} restarts elsewhere: '
+          f'bind train.lr_schedule = @{alternation.__name__} too (both read the '
+          f'same {alternation.__name__}.* bindings)')
+    self.phase_schedule = schedule
 
   def on_epoch_start(self, epoch: int) -> None:
     """Sets the phase of ``epoch`` from the alternation schedule, if any."""
@@ -470,22 +493,4 @@ def _phase_schedule(use_synthetic):
     raise ConfigurationError(
         f'DNI.use_synthetic must be True, False or @AlternatingRestarts, got '
         f'{use_synthetic!r}')
-  _check_matches_lr_schedule()
   return use_synthetic
-
-
-def _check_matches_lr_schedule() -> None:
-  """With gin, the run's ``train.lr_schedule`` must be the same alternation."""
-  schedule_class = schedules.AlternatingRestarts
-  try:
-    bound = gin.query_parameter('train.lr_schedule')
-  except (ValueError, KeyError):
-    return  # Not configured through gin (or the default schedule).
-  bound_class = getattr(getattr(bound, 'configurable', None), 'wrapped', None)
-  if bound_class is not None and not (
-      isinstance(bound_class, type) and issubclass(bound_class, schedule_class)):
-    raise ConfigurationError(
-        f'DNI.use_synthetic = @{schedule_class.__name__} alternates phases at its '
-        f'restarts, but train.lr_schedule = {bound!r} restarts elsewhere: bind '
-        f'train.lr_schedule = @{schedule_class.__name__} too (both read the same '
-        f'{schedule_class.__name__}.* bindings)')

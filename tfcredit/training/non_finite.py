@@ -21,7 +21,7 @@ from typing import Dict
 import numpy as np
 
 from tfcredit.errors import ConfigurationError, TrainingError
-from tfcredit.methods.base import NON_FINITE_METRIC
+from tfcredit.metrics import NON_FINITE_METRIC
 
 STOP, SKIP = 'stop', 'skip'
 POLICIES = (STOP, SKIP)

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Mapping, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfcredit.methods import base as method_base
+from tfcredit import metrics as metrics_lib
 
 
 class Reporter:
@@ -69,11 +69,11 @@ class Reporter:
     if self._log_window['units'] is None:
       self._log_window['units'] = units_done_overall - units
     window = self._window
-    for key in method_base.BASE_METRICS:
+    for key in metrics_lib.BASE_METRICS:
       window[key] += float(metrics[key])
     for key, value in metrics.items():
-      if key not in method_base.BASE_METRICS:
-        self._extras[key] = combine(self.metric_reductions.get(key, method_base.SUM),
+      if key not in metrics_lib.BASE_METRICS:
+        self._extras[key] = combine(self.metric_reductions.get(key, metrics_lib.SUM),
                                     self._extras.get(key), value)
     window['units'] += units
     window['calls'] += 1
@@ -106,7 +106,7 @@ class Reporter:
   def _write_method_summaries(self) -> None:
     if not self._extras or self.method_summaries is None:
       return
-    totals = {key: self._window[key] for key in method_base.BASE_METRICS}
+    totals = {key: self._window[key] for key in metrics_lib.BASE_METRICS}
     totals.update(self._extras)
     for name, value in self.method_summaries(totals).items():
       value = np.asarray(value)
@@ -152,19 +152,19 @@ class Reporter:
 def combine(reduction: str, total, value):
   """Combines one call's ``value`` of a metric into the interval's ``total``."""
   value = np.asarray(value, dtype=np.float64)
-  if reduction == method_base.CONCAT:
+  if reduction == metrics_lib.CONCAT:
     value = value.reshape(-1)
     return value if total is None else np.concatenate([total, value])
   value = float(value)
-  if total is None or reduction == method_base.LAST:
+  if total is None or reduction == metrics_lib.LAST:
     return value
-  if reduction == method_base.MAX:
+  if reduction == metrics_lib.MAX:
     return max(total, value)
-  if reduction == method_base.SUM:
+  if reduction == metrics_lib.SUM:
     return total + value
   raise ValueError(f'unknown metric reduction {reduction!r}: use one of '
-                   f'{method_base.SUM!r}, {method_base.MAX!r}, {method_base.LAST!r}, '
-                   f'{method_base.CONCAT!r}')
+                   f'{metrics_lib.SUM!r}, {metrics_lib.MAX!r}, {metrics_lib.LAST!r}, '
+                   f'{metrics_lib.CONCAT!r}')
 
 
 def read_scalars(directory: str) -> Dict[str, list]:

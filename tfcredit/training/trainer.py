@@ -170,12 +170,13 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   task_obj, model_obj = parts.task, parts.model
   optimizer_obj, method_obj = parts.optimizer, parts.method
   _check_window_fits(method_obj, task_obj)
+  # Host-side bookkeeping: plain variables, outside the strategy's scope.
+  schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
+  method_obj.bind_schedule(schedule)
   stream = task_obj.regime == task_base.STREAM
   chief = distribution.is_chief(strategy)
   write_dir = distribution.writable_dir(model_dir, strategy)
   os.makedirs(write_dir, exist_ok=True)
-  # Host-side bookkeeping: plain variables, outside the strategy's scope.
-  schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
   progress = progress_lib.Progress(
       model_obj.state_spec() if stream else None, batch_size)
   task_state = task_obj.checkpoint_state()  # A curriculum's position, or None.
