@@ -4,9 +4,7 @@
 References are the same models and methods in float32, from the same weights.
 """
 
-import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -71,6 +71,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit import precision as precision_lib
 from tfcredit.cli import common
 from tfcredit.errors import ConfigurationError
@@ -891,9 +892,9 @@ def run(argv: List[str]) -> int:
   if FLAGS.quick and not FLAGS['windows_per_call'].present:
     windows_per_call = QUICK_WINDOWS_PER_CALL
   try:
-    windows_per_call = [task_base.check_positive_int('--windows_per_call', count)
+    windows_per_call = [validation.positive_int('--windows_per_call', count)
                         for count in windows_per_call]
-    rounds = task_base.check_positive_int(
+    rounds = validation.positive_int(
         '--rounds', FLAGS.rounds if FLAGS.rounds is not None else
         (1 if FLAGS.quick else 3))
   except ConfigurationError as error:

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 from absl import flags
 
+from tfcredit import validation
 from tfcredit.cli import common
 
 FLAGS = flags.FLAGS
@@ -103,7 +104,7 @@ def run(argv: List[str]) -> int:
   if unknown or not FLAGS.signals:
     raise tfcredit.ConfigurationError(
         f'--signals={",".join(FLAGS.signals)}: use kill and/or term')
-  tfcredit.tasks.base.check_positive_int('--trials', FLAGS.trials)
+  validation.positive_int('--trials', FLAGS.trials)
   root = FLAGS.output_dir or tempfile.mkdtemp(prefix='fault_injection_')
   rng = random.Random(FLAGS.seed)
   try:

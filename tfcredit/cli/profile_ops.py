@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 
+from tfcredit import validation
 from tfcredit.cli import common
 
 FLAGS = flags.FLAGS
@@ -144,7 +145,7 @@ def run(argv: List[str]) -> int:
     return code
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tfcredit.tasks import base as task_base  # pylint: disable=g-import-not-at-top
-  calls = task_base.check_positive_int('--calls', FLAGS.calls)
+  calls = validation.positive_int('--calls', FLAGS.calls)
   runner = build(FLAGS.workload, FLAGS.unroll_implementation)
   trace_dir = os.path.join(FLAGS.output_dir, 'trace')
   shutil.rmtree(trace_dir, ignore_errors=True)

@@ -40,12 +40,12 @@ being a factor 0: the sum over its windows of their compensated gradients.
 """
 
 import math
-import numbers
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.tasks import base as task_base
@@ -57,13 +57,6 @@ ESTIMATE_DRAWS = ('shared', 'per_row')
 MAX_WINDOW_LENGTH = 2**30
 _TABLE_SIZE = 2**14
 _TRAIN_KEY, _ESTIMATE_KEY = 0, 1
-
-
-def _real(name: str, value) -> float:
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
-      not math.isfinite(value)):
-    raise ConfigurationError(f'ARTBP.{name} must be a finite number, got {value!r}')
-  return float(value)
 
 
 class TruncationSampler:
@@ -82,13 +75,13 @@ class TruncationSampler:
       raise ConfigurationError(
           f'ARTBP.schedule must be one of {SCHEDULES}, got {schedule!r}: use '
           "'power' (Eq. 14) or 'constant' (c = 1/L0, geometric lengths)")
-    self.mean_length = _real('mean_length', mean_length)
+    self.mean_length = validation.finite_number('ARTBP.mean_length', mean_length)
     if self.mean_length <= 0:
       raise ConfigurationError(
           f'ARTBP.mean_length must be positive (the mean window length L0), got '
           f'{mean_length!r}: the paper uses 16 (influence balancing) and 50 (PTB)')
     self.schedule = schedule
-    self.alpha = _real('alpha', alpha)
+    self.alpha = validation.finite_number('ARTBP.alpha', alpha)
     if schedule == 'power' and self.alpha <= 2:
       raise ConfigurationError(
           f'ARTBP.alpha must be > 2 for the power schedule (Eq. 14 has mean window '
@@ -256,17 +249,11 @@ class ARTBP(base.Method):
     """
     self.sampler = TruncationSampler(mean_length, alpha, schedule)
     self.mean_length = self.sampler.mean_length
-    self.windows_per_call = task_base.check_positive_int(
+    self.windows_per_call = validation.positive_int(
         'ARTBP.windows_per_call', windows_per_call)
-    if estimate_draws not in ESTIMATE_DRAWS:
-      raise ConfigurationError(
-          f'ARTBP.estimate_draws must be one of {ESTIMATE_DRAWS}, got '
-          f'{estimate_draws!r}')
-    self.estimate_draws = estimate_draws
-    if not isinstance(compensate, bool):
-      raise ConfigurationError(
-          f'ARTBP.compensate must be True or False, got {compensate!r}')
-    self.compensate = compensate
+    self.estimate_draws = validation.one_of('ARTBP.estimate_draws',
+                                            estimate_draws, ESTIMATE_DRAWS)
+    self.compensate = validation.boolean('ARTBP.compensate', compensate)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
       raise ConfigurationError(f'ARTBP.seed must be an integer, got {seed!r}')
     super().__init__(model=model, task=task, optimizer=optimizer,

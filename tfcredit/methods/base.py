@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcredit import precision
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 # How the trainer combines a metric over the training calls of one summary
 # interval (``Method.metric_reductions``), and the metrics every method returns.
@@ -109,10 +110,7 @@ class Method(tf.Module):
                                 LOSS_SCALE_METRIC: LAST}
     else:
       self.loss_scale = None
-    if not isinstance(jit_compile, bool):
-      raise ConfigurationError(
-          f'jit_compile must be True or False, got {jit_compile!r}')
-    self.jit_compile = jit_compile
+    self.jit_compile = validation.boolean('jit_compile', jit_compile)
     self._compiled_window_gradients = (
         tf.function(self._window_gradients_parts, jit_compile=True)
         if jit_compile else None)

@@ -50,6 +50,7 @@ from typing import Optional, Union
 import keras
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.models import synthesizers as synthesizers_lib
@@ -141,7 +142,7 @@ class DNI(base.Method):
           f'DNI.window must be a positive integer number of steps, got {window!r}: '
           'set e.g. DNI.window = 35')
     self.window = window
-    self.windows_per_call = task_base.check_positive_int('DNI.windows_per_call',
+    self.windows_per_call = validation.positive_int('DNI.windows_per_call',
                                                          windows_per_call)
     if (isinstance(sg_scale, bool) or not isinstance(sg_scale, (int, float))
         or not sg_scale >= 0):
@@ -157,7 +158,7 @@ class DNI(base.Method):
           f'DNI.synthesizer must be @LayerwiseSynthesizer or @NeuronwiseSynthesizer '
           f'(class or instance), got {synthesizer!r}')
     if batch_size is not None:
-      batch_size = task_base.check_positive_int('DNI.batch_size', batch_size)
+      batch_size = validation.positive_int('DNI.batch_size', batch_size)
     carries_memory = (synthesizer.memory_size > 0 and
                       task.regime == task_base.STREAM)
     if carries_memory and batch_size is None:

@@ -41,28 +41,14 @@ first pass (computed with the weights the window started from, as with one step)
 window-loss part of FPTT's updates, without the regularizer, and nothing applied.
 """
 
-import math
-import numbers
 from typing import Optional
 
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.tasks import base as task_base
-
-
-def _real(name: str, value, low: float, high: float = math.inf,
-          low_inclusive: bool = False, hint: str = '') -> float:
-  """Validates a finite number in ``(low, high]`` (``[low, high]`` if inclusive)."""
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
-      not math.isfinite(value) or value > high or value < low or
-      (value == low and not low_inclusive)):
-    interval = (f'{"[" if low_inclusive else "("}{low:g}, '
-                f'{high:g}{"]" if math.isfinite(high) else ")"}')
-    raise ConfigurationError(
-        f'FPTT.{name} must be a finite number in {interval}, got {value!r}{hint}')
-  return float(value)
 
 
 class FPTT(base.Method):
@@ -120,24 +106,23 @@ class FPTT(base.Method):
     Raises:
       ConfigurationError: an argument is out of range or does not fit the task.
     """
-    self.windows = task_base.check_positive_int('FPTT.windows', windows)
-    self.alpha = _real('alpha', alpha, 0.0, hint=': the authors use 0.01 to 0.5')
-    self.beta = _real('beta', beta, 0.0, 1.0, hint=': the authors use 0.5')
-    self.quadratic_scale = _real('quadratic_scale', quadratic_scale, 0.0,
-                                 low_inclusive=True, hint=': 1 is the paper\'s '
-                                 'objective, 2 the authors\' PTB code')
-    self.inner_steps = task_base.check_positive_int('FPTT.inner_steps', inner_steps)
-    if not isinstance(reset_gradient_state_each_epoch, bool):
-      raise ConfigurationError(
-          'FPTT.reset_gradient_state_each_epoch must be True or False, got '
-          f'{reset_gradient_state_each_epoch!r}')
-    self.reset_gradient_state_each_epoch = reset_gradient_state_each_epoch
+    self.windows = validation.positive_int('FPTT.windows', windows)
+    self.alpha = validation.finite_number(
+        'FPTT.alpha', alpha, 0.0, hint=': the authors use 0.01 to 0.5')
+    self.beta = validation.finite_number(
+        'FPTT.beta', beta, 0.0, 1.0, hint=': the authors use 0.5')
+    self.quadratic_scale = validation.finite_number(
+        'FPTT.quadratic_scale', quadratic_scale, 0.0, low_inclusive=True,
+        hint=': 1 is the paper\'s objective, 2 the authors\' PTB code')
+    self.inner_steps = validation.positive_int('FPTT.inner_steps', inner_steps)
+    self.reset_gradient_state_each_epoch = validation.boolean(
+        'FPTT.reset_gradient_state_each_epoch', reset_gradient_state_each_epoch)
     if task.regime == task_base.STREAM:
       if window_length is None:
         raise ConfigurationError(
             'FPTT.window_length is required for stream tasks (a segment is windows '
             '× window_length steps): set e.g. FPTT.window_length = 50')
-      self.window_length = task_base.check_positive_int('FPTT.window_length',
+      self.window_length = validation.positive_int('FPTT.window_length',
                                                         window_length)
     else:
       if window_length is not None:

@@ -66,12 +66,11 @@ refuses them.
 """
 
 import math
-import numbers
 from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.tasks import base as task_base
@@ -85,27 +84,9 @@ H_OPTIMIZERS = ('sgd', 'adagrad')
 _ADAGRAD_EPSILON = 1e-10
 
 
-def _choice(name, value, options):
-  if value not in options:
-    raise ConfigurationError(
-        f'TargetProp.{name} must be one of {options}, got {value!r}')
-  return value
-
-
 def _non_negative(name, value) -> float:
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
-      not math.isfinite(value) or value < 0):
-    raise ConfigurationError(
-        f'TargetProp.{name} must be a finite number >= 0, got {value!r}')
-  return float(value)
-
-
-def _count(name, value, minimum) -> int:
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or
-      value < minimum):
-    raise ConfigurationError(
-        f'TargetProp.{name} must be an integer >= {minimum}, got {value!r}')
-  return int(value)
+  return validation.finite_number(f'TargetProp.{name}', value, low=0.0,
+                                  low_inclusive=True)
 
 
 def to_blocks(values, blocks, block_length):
@@ -189,26 +170,29 @@ class TargetProp(base.Method):
     Raises:
       ConfigurationError: an argument is out of range or unsupported.
     """
-    self.block_size = _count('block_size', block_size, 1)
+    self.block_size = validation.integer('TargetProp.block_size', block_size, 1)
     if window is not None:
-      window = _count('window', window, 1)
+      window = validation.integer('TargetProp.window', window, 1)
       if window % self.block_size:
         raise ConfigurationError(
             f'TargetProp.window={window} is not a whole number of blocks of '
             f'block_size={self.block_size}: use a multiple of {self.block_size}')
       blocks_per_update = window // self.block_size
-    self.blocks_per_update = _count('blocks_per_update', blocks_per_update, 1)
-    self.h_steps = _count('h_steps', h_steps, 0)
-    self.theta_steps = _count('theta_steps', theta_steps, 1)
+    self.blocks_per_update = validation.integer('TargetProp.blocks_per_update',
+                                                blocks_per_update, 1)
+    self.h_steps = validation.integer('TargetProp.h_steps', h_steps, 0)
+    self.theta_steps = validation.integer('TargetProp.theta_steps', theta_steps, 1)
     self.penalty = _non_negative('penalty', penalty)
     self.dual_lr = _non_negative('dual_lr', dual_lr)
     self.h_learning_rate = _non_negative('h_learning_rate', h_learning_rate)
-    self.solver = _choice('solver', solver, SOLVERS)
-    self.h_optimizer = _choice('h_optimizer', h_optimizer, H_OPTIMIZERS)
-    self.h_init = _choice('h_init', h_init, H_INITS)
-    self.duals = _choice('duals', duals, DUALS)
-    self.mode = _choice('mode', mode, MODES)
-    self.updates_per_call = _count('updates_per_call', updates_per_call, 1)
+    self.solver = validation.one_of('TargetProp.solver', solver, SOLVERS)
+    self.h_optimizer = validation.one_of('TargetProp.h_optimizer', h_optimizer,
+                                         H_OPTIMIZERS)
+    self.h_init = validation.one_of('TargetProp.h_init', h_init, H_INITS)
+    self.duals = validation.one_of('TargetProp.duals', duals, DUALS)
+    self.mode = validation.one_of('TargetProp.mode', mode, MODES)
+    self.updates_per_call = validation.integer('TargetProp.updates_per_call',
+                                               updates_per_call, 1)
     if task.readout != task_base.PER_STEP:
       raise ConfigurationError(
           f'TargetProp needs per-step losses; task {task.name!r} has a '

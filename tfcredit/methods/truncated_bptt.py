@@ -15,6 +15,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.tasks import base as task_base
@@ -43,7 +44,7 @@ class TruncatedBPTT(base.Method):
       name: module name.
     """
     self.window = self._check_window(window)
-    self.windows_per_call = task_base.check_positive_int(
+    self.windows_per_call = validation.positive_int(
         'TruncatedBPTT.windows_per_call', windows_per_call)
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,

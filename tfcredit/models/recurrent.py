@@ -41,6 +41,7 @@ import keras
 import tensorflow as tf
 
 from tfcredit import precision
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.models import fused
 
@@ -158,9 +159,9 @@ class RecurrentModel(keras.Model):
           f'RecurrentModel.unroll_implementation must be one of {_UNROLLS}, got '
           f'{unroll_implementation!r}')
     for arg, value in (('num_layers', num_layers), ('output_dim', output_dim)):
-      _check_positive_int(arg, value)
+      validation.positive_int(f'RecurrentModel.{arg}', value)
     if units is not None:
-      _check_positive_int('units', units)
+      validation.positive_int('RecurrentModel.units', units)
     custom_cells = _custom_cells(cell, units, num_layers)
     if custom_cells is None and cell not in _CELLS:
       raise ConfigurationError(
@@ -454,12 +455,6 @@ class RecurrentModel(keras.Model):
             'num_layers': self.num_layers, 'readout': self.readout,
             'output_dim': self.output_dim,
             'unroll_implementation': self.unroll_implementation}
-
-
-def _check_positive_int(arg: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ConfigurationError(
-        f'RecurrentModel.{arg} must be a positive integer, got {value!r}')
 
 
 def _is_cell(value) -> bool:

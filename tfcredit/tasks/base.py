@@ -192,27 +192,8 @@ def evaluate(task: Task, predict: PredictFn, initial_state: Callable[[int], Any]
   return result
 
 
-def check_positive_int(name: str, value: Any) -> int:
-  """Validates a positive integer setting, naming it in the error."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-    raise ConfigurationError(
-        f'{name} must be a positive integer, got {value!r}: set it to a whole '
-        f'number >= 1')
-  return int(value)
-
-
 def nats_to_bits(value: float) -> float:
   return value / math.log(2.0)
-
-
-def check_number(name: str, value: Any) -> float:
-  """Validates a real-number setting (an int or float, not a string or bool)."""
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
-                                                       np.floating)):
-    raise ConfigurationError(
-        f'{name} must be a number, got {value!r} ({type(value).__name__}): write '
-        f'it without quotes, e.g. {name} = 0.01')
-  return float(value)
 
 
 def episode_length(task: Task) -> Optional[int]:

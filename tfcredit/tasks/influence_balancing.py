@@ -20,6 +20,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.models.linear_cell import InfluenceBalancingCell
 from tfcredit.tasks import base
@@ -57,9 +58,9 @@ class InfluenceBalancingTask(base.Task):
     self.initial_theta = float(initial_theta)
     self.target = float(target)
     self.lengths = {
-        'train': base.check_positive_int('InfluenceBalancingTask.train_length',
+        'train': validation.positive_int('InfluenceBalancingTask.train_length',
                                          train_length),
-        'valid': base.check_positive_int('InfluenceBalancingTask.eval_length',
+        'valid': validation.positive_int('InfluenceBalancingTask.eval_length',
                                          eval_length),
         'test': eval_length}
     self._cell_args = dict(positive=positive, negative=negative,

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks import base
 from tfcredit.tasks import corpora
@@ -85,7 +86,7 @@ class LanguageModelTask(_TokenStreamTask):
     """
     super().__init__()
     if train_tokens is not None:
-      base.check_positive_int('LanguageModelTask.train_tokens', train_tokens)
+      validation.positive_int('LanguageModelTask.train_tokens', train_tokens)
     self.train_tokens = train_tokens
     self.corpus_name = corpus
     self._corpus = corpora.load_corpus(corpus, data_dir=data_dir, download=download)
@@ -130,18 +131,18 @@ class MarkovLanguageTask(_TokenStreamTask):
   def __init__(self, *, vocabulary_size: int = 16, branching: int = 3,
                train_length: int = 20000, eval_length: int = 4000, seed: int = 0):
     super().__init__()
-    self._size = base.check_positive_int('MarkovLanguageTask.vocabulary_size',
+    self._size = validation.positive_int('MarkovLanguageTask.vocabulary_size',
                                          vocabulary_size)
-    self.branching = base.check_positive_int('MarkovLanguageTask.branching',
+    self.branching = validation.positive_int('MarkovLanguageTask.branching',
                                              branching)
     if self.branching > self._size:
       raise ConfigurationError(
           f'MarkovLanguageTask.branching={branching} exceeds vocabulary_size='
           f'{vocabulary_size}: use branching <= vocabulary_size')
     self.lengths = {
-        'train': base.check_positive_int('MarkovLanguageTask.train_length',
+        'train': validation.positive_int('MarkovLanguageTask.train_length',
                                          train_length),
-        'valid': base.check_positive_int('MarkovLanguageTask.eval_length',
+        'valid': validation.positive_int('MarkovLanguageTask.eval_length',
                                          eval_length),
         'test': eval_length}
     self.seed = int(seed)

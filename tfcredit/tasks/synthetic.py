@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks import base
 
@@ -36,11 +37,11 @@ class _SyntheticTask(base.Task):
 
   def __init__(self, *, sequence_length: int, seed: int, train_batches_per_epoch: int,
                eval_batches: int):
-    self.sequence_length = base.check_positive_int('sequence_length', sequence_length)
+    self.sequence_length = validation.positive_int('sequence_length', sequence_length)
     self.seed = int(seed)
-    self.train_batches_per_epoch = base.check_positive_int(
+    self.train_batches_per_epoch = validation.positive_int(
         'train_batches_per_epoch', train_batches_per_epoch)
-    self.eval_batches = base.check_positive_int('eval_batches', eval_batches)
+    self.eval_batches = validation.positive_int('eval_batches', eval_batches)
 
   def _rng(self, split: str, epoch: int, index: int) -> np.random.Generator:
     if split not in _SPLITS:
@@ -154,7 +155,7 @@ class CopyTask(_SyntheticTask):
     super().__init__(sequence_length=sequence_length, seed=seed,
                      train_batches_per_epoch=train_batches_per_epoch,
                      eval_batches=eval_batches)
-    self.memory_length = base.check_positive_int('CopyTask.memory_length',
+    self.memory_length = validation.positive_int('CopyTask.memory_length',
                                                  memory_length)
     if curriculum_threshold is not None and not (
         isinstance(curriculum_threshold, (int, float)) and
@@ -167,7 +168,7 @@ class CopyTask(_SyntheticTask):
           f'CopyTask.curriculum_on must be one of {_CURRICULA}, got '
           f'{curriculum_on!r}')
     self.curriculum_threshold = curriculum_threshold
-    self.curriculum_calls = base.check_positive_int('CopyTask.curriculum_calls',
+    self.curriculum_calls = validation.positive_int('CopyTask.curriculum_calls',
                                                     curriculum_calls)
     self.curriculum_on = curriculum_on
     start = self.sequence_length if curriculum_on == 'blanks' else self.memory_length

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit import export as export_lib
 from tfcredit import precision as precision_lib
 from tfcredit.errors import ConfigurationError, TrainingError
@@ -142,13 +143,13 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   """
   non_finite.check_policy(on_non_finite)
   precision_lib.check(precision)
-  task_base.check_number('train.learning_rate', learning_rate)
-  task_base.check_number('train.log_every_seconds', log_every_seconds)
+  validation.number('train.learning_rate', learning_rate)
+  validation.number('train.log_every_seconds', log_every_seconds)
   for name, value in (('epochs', epochs), ('batch_size', batch_size),
                       ('eval_batch_size', eval_batch_size),
                       ('checkpoint_every_calls', checkpoint_every_calls),
                       ('summary_every_calls', summary_every_calls)):
-    task_base.check_positive_int(f'train.{name}', value)
+    validation.positive_int(f'train.{name}', value)
   if not learning_rate > 0:
     raise ConfigurationError(
         f'train.learning_rate must be positive, got {learning_rate!r}')
