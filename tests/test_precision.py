@@ -12,27 +12,14 @@ import tensorflow as tf
 import tfcredit
 from tfcredit import precision
 from tfcredit.errors import ConfigurationError
-from tfcredit.methods import ARTBP, DNI, FPTT, TargetProp, TruncatedBPTT
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.testing import (built_optimizer, clean_gin, configure_tiny,  # noqa: F401
-                              tiny_model)
+                              small_methods, tiny_model)
 from tfcredit.training import run_directory
 
 ROWS = 2
 
-METHODS = {
-    'truncated_bptt': lambda m, t, o: TruncatedBPTT(
-        model=m, task=t, optimizer=o, window=5, windows_per_call=2),
-    'artbp': lambda m, t, o: ARTBP(model=m, task=t, optimizer=o, mean_length=4,
-                                   windows_per_call=3, seed=3),
-    'dni': lambda m, t, o: DNI(model=m, task=t, optimizer=o, window=5,
-                               windows_per_call=2, batch_size=ROWS),
-    'fptt': lambda m, t, o: FPTT(model=m, task=t, optimizer=o, windows=2,
-                                 window_length=5, alpha=0.1),
-    'target_prop': lambda m, t, o: TargetProp(
-        model=m, task=t, optimizer=o, block_size=2, blocks_per_update=3,
-        batch_size=ROWS),
-}
+METHODS = small_methods(ROWS)
 
 
 @pytest.fixture(scope='module')
@@ -49,6 +36,18 @@ def _model(task, policy, **kwargs):
 def _segment(task, length):
   data = task.stream('train', ROWS)
   return tf.constant(data[:, :length]), tf.constant(data[:, 1:length + 1])
+
+
+def _train_calls(trainer, model, task, calls):
+  """``calls`` training calls, each finite and updating; the final state."""
+  state = model.initial_state(ROWS)
+  for _ in range(calls):
+    state, metrics = trainer.train_segment(
+        _segment(task, trainer.segment_length()), state)
+    assert np.isfinite(float(metrics['loss_sum']))
+    assert float(metrics['non_finite_windows']) == 0
+    assert float(metrics['updates']) > 0
+  return state
 
 
 def _flat(gradients):
@@ -68,12 +67,7 @@ def test_every_method_trains_under_bfloat16_with_float32_state(task, method):
   assert all(tf.as_dtype(v.dtype) == tf.float32 for v in model.trainable_variables)
   trainer = METHODS[method](model, task, built_optimizer(model, learning_rate=0.5))
   before = [v.numpy().copy() for v in model.trainable_variables]
-  state = model.initial_state(ROWS)
-  length = trainer.segment_length()
-  for _ in range(3):
-    state, metrics = trainer.train_segment(_segment(task, length), state)
-    assert np.isfinite(float(metrics['loss_sum']))
-    assert float(metrics['non_finite_windows']) == 0
+  state = _train_calls(trainer, model, task, 3)
   assert trainer.trace_counts['train_segment'] == 1
   assert all(s.dtype == tf.float32 for s in tf.nest.flatten(state))
   assert all(np.all(np.isfinite(s.numpy())) for s in tf.nest.flatten(state))
@@ -158,13 +152,7 @@ def test_the_loss_scale_grows_after_a_run_of_finite_windows():
 def test_float16_methods_with_their_own_tapes_train(task, method):
   model = _model(task, precision.MIXED_FLOAT16)
   trainer = METHODS[method](model, task, built_optimizer(model, learning_rate=0.5))
-  state = model.initial_state(ROWS)
-  length = trainer.segment_length()
-  for _ in range(2):
-    state, metrics = trainer.train_segment(_segment(task, length), state)
-    assert np.isfinite(float(metrics['loss_sum']))
-    assert float(metrics['non_finite_windows']) == 0
-    assert float(metrics['updates']) > 0
+  _train_calls(trainer, model, task, 2)
 
 
 def test_a_bfloat16_checkpoint_resumes_in_float32_and_exports_float32(

@@ -55,6 +55,27 @@ def tiny_model(task: task_base.Task, seed: Optional[int] = 0,
   return model
 
 
+def small_methods(rows: int) -> dict:
+  """``{name: (model, task, optimizer) -> method}``: every method with small
+  windows, for tests that train each one on a stream of ``rows`` columns."""
+  from tfcredit import methods  # pylint: disable=g-import-not-at-top
+  return {
+      'truncated_bptt': lambda m, t, o: methods.TruncatedBPTT(
+          model=m, task=t, optimizer=o, window=5, windows_per_call=2),
+      'artbp': lambda m, t, o: methods.ARTBP(
+          model=m, task=t, optimizer=o, mean_length=4, windows_per_call=3,
+          seed=3),
+      'dni': lambda m, t, o: methods.DNI(
+          model=m, task=t, optimizer=o, window=5, windows_per_call=2,
+          batch_size=rows),
+      'fptt': lambda m, t, o: methods.FPTT(
+          model=m, task=t, optimizer=o, windows=2, window_length=5, alpha=0.1),
+      'target_prop': lambda m, t, o: methods.TargetProp(
+          model=m, task=t, optimizer=o, block_size=2, blocks_per_update=3,
+          batch_size=rows),
+  }
+
+
 def built_optimizer(model: keras.Model, cls=keras.optimizers.SGD,
                     learning_rate: float = 0.1, **kwargs: Any
                     ) -> keras.optimizers.Optimizer:

@@ -17,13 +17,13 @@ import tensorflow as tf
 
 import tfcredit
 from tfcredit.errors import ConfigurationError
-from tfcredit.methods import ARTBP, DNI, FPTT, TargetProp, TruncatedBPTT
+from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import contract
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import (assert_nests_close, built_optimizer, clean_gin,
-                              max_abs_diff, run_entry_point)
+                              max_abs_diff, run_entry_point, small_methods)
 from tfcredit.training import trainer
 
 ROWS = 2
@@ -88,19 +88,7 @@ def _segment(task, length):
   return tf.constant(data[:, :length]), tf.constant(data[:, 1:length + 1])
 
 
-METHODS = {
-    'truncated_bptt': lambda m, t, o: TruncatedBPTT(
-        model=m, task=t, optimizer=o, window=5, windows_per_call=2),
-    'artbp': lambda m, t, o: ARTBP(model=m, task=t, optimizer=o, mean_length=4,
-                                   windows_per_call=3, seed=3),
-    'dni': lambda m, t, o: DNI(model=m, task=t, optimizer=o, window=5,
-                               windows_per_call=2, batch_size=ROWS),
-    'fptt': lambda m, t, o: FPTT(model=m, task=t, optimizer=o, windows=2,
-                                 window_length=5, alpha=0.1),
-    'target_prop': lambda m, t, o: TargetProp(
-        model=m, task=t, optimizer=o, block_size=2, blocks_per_update=3,
-        batch_size=ROWS),
-}
+METHODS = small_methods(ROWS)
 
 CELLS = {
     'two_state': lambda: TwoStateCell(),
