@@ -180,3 +180,19 @@ def test_a_change_to_or_from_float16_is_refused_naming_both():
   refused, allowed = run_directory.differences(
       "train.precision = 'mixed_bfloat16'\n", "train.precision = 'float32'\n")
   assert not refused and len(allowed) == 1
+
+
+def test_a_float32_head_computes_the_logits_in_float32(task):
+  inputs = _segment(task, 12)[0]
+  outputs = {}
+  for name, policy, kwargs in (
+      ('float32', precision.FLOAT32, {}),
+      ('bfloat16', precision.MIXED_BFLOAT16, {}),
+      ('float32 head', precision.MIXED_BFLOAT16, {'float32_head': True})):
+    model = _model(task, policy, **kwargs)
+    outputs[name] = model.unroll(inputs, model.initial_state(ROWS))[0].numpy()
+    if kwargs:
+      assert model.head.compute_dtype == 'float32'
+      assert model.core[0].compute_dtype == 'bfloat16'
+  error = lambda name: np.abs(outputs[name] - outputs['float32']).max()
+  assert 0 < error('float32 head') < error('bfloat16')

@@ -104,6 +104,7 @@ class RecurrentModel(keras.Model):
                forget_bias: float = 1.0, tie_embeddings: bool = False,
                init_scale: Optional[float] = None, identity_head: bool = False,
                unroll_implementation: str = 'auto',
+               float32_head: bool = False,
                name: str = 'recurrent_model'):
     """Builds the layers.
 
@@ -151,6 +152,9 @@ class RecurrentModel(keras.Model):
         or the layer's input is at least half as wide as its state (see
         ``_fused_unroll`` for the measurements). Custom
         cells always use the Keras layers (or ``tf.scan`` under a scale).
+      float32_head: under a mixed-precision policy, compute the head (the
+        readout product, the logits) in float32 while the recurrent core runs
+        in 16 bits; no effect in float32.
       name: Keras name.
     """
     super().__init__(name=name)
@@ -272,6 +276,8 @@ class RecurrentModel(keras.Model):
     self._fusable = tuple(fused.supports(layer) for layer in self.core)
     self._on_gpu = bool(tf.config.list_logical_devices('GPU'))
 
+    self.float32_head = validation.boolean('RecurrentModel.float32_head',
+                                           float32_head)
     if tie_embeddings or identity_head:
       self.head = None
       if tie_embeddings:
@@ -279,7 +285,8 @@ class RecurrentModel(keras.Model):
                                            name='output_bias')
     else:
       self.head = keras.layers.Dense(
-          output_dim, kernel_initializer=weights_init('glorot_uniform'), name='head')
+          output_dim, kernel_initializer=weights_init('glorot_uniform'),
+          name='head', **({'dtype': 'float32'} if float32_head else {}))
 
   # ------------------------------------------------------------------ state
   @property
@@ -413,7 +420,7 @@ class RecurrentModel(keras.Model):
       return tf.cast(features, tf.float32)
     if self.head is not None:
       return tf.cast(self.head(features), tf.float32)
-    dtype = self.compute_dtype
+    dtype = tf.float32 if self.float32_head else self.compute_dtype
     logits = tf.tensordot(tf.cast(features, dtype),
                           tf.cast(self.encoder.embeddings, dtype), axes=[[-1], [1]])
     return tf.cast(logits, tf.float32) + tf.cast(self.output_bias, tf.float32)
