@@ -210,6 +210,18 @@ def test_alternating_restarts_follow_the_paper_cycles():
   assert schedule(35 + 20) == pytest.approx(0.25)
 
 
+def test_alternating_restarts_with_equal_cycles_flip_every_period():
+  # t_mult = 1: every cycle lasts period_epochs, so the phase flips at each one.
+  schedule = schedules.AlternatingRestarts(base=0.5, period_epochs=1, t_mult=1.0)
+  assert [schedule.phase(e) for e in range(4)] == [
+      'real', 'synthetic', 'real', 'synthetic']
+  for start in range(4):
+    assert schedule(start) == pytest.approx(0.5)
+    assert schedule(start + 0.5) == pytest.approx(0.25)
+  with pytest.raises(ConfigurationError, match='t_mult'):
+    schedules.AlternatingRestarts(t_mult=0.5)
+
+
 def test_alternating_restarts_start_phase_and_errors():
   schedule = schedules.AlternatingRestarts(period_epochs=2,
                                            start_phase='synthetic')

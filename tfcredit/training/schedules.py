@@ -337,7 +337,8 @@ class AlternatingRestarts(CosineRestarts):
   Language Modeling", Sections 2.1 and 3.2: run i lasts `E_i = 2**i *
   period_epochs` epochs (so runs start at epochs `period_epochs * (2**i - 1)`:
   0, 5, 15, 35, 75 for `E_base = 5`); within a run the rate follows SGDR's
-  cosine (`CosineRestarts` with `t_mult = 2`); the boundary gradient of run i
+  cosine (`CosineRestarts` with `t_mult = 2`; `t_mult = 1`, equal cycles,
+  fits more restarts into a short budget); the boundary gradient of run i
   is `start_phase` for even i and the other phase for odd i. (The authors'
   public code uses cycles of 5, 5, 10, 20 epochs; this follows the paper.)
 
@@ -349,7 +350,8 @@ class AlternatingRestarts(CosineRestarts):
   """
 
   def __init__(self, *, base: float = 1.0, period_epochs: float = 5.0,
-               start_phase: str = REAL, minimum: float = 0.0):
+               start_phase: str = REAL, minimum: float = 0.0,
+               t_mult: float = 2.0):
     """Args: see the class docstring; `period_epochs` is `E_base` > 0.
 
     `base` does not affect the phases (DNI builds its copy with the default).
@@ -357,7 +359,7 @@ class AlternatingRestarts(CosineRestarts):
     Raises:
       ConfigurationError: If an argument is out of range.
     """
-    super().__init__(base=base, period_epochs=period_epochs, t_mult=2.0,
+    super().__init__(base=base, period_epochs=period_epochs, t_mult=t_mult,
                      minimum=minimum)
     _check(start_phase in _PHASES, type(self).__name__, 'start_phase',
            start_phase, f'one of {_PHASES}',
