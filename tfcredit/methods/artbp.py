@@ -48,6 +48,8 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods.replicas import densify
+from tfcredit.metrics import CONCAT, MAX
 from tfcredit.tasks import base as task_base
 
 SCHEDULES = ('power', 'constant')
@@ -201,8 +203,7 @@ class ARTBP(base.Method):
   ``method/window_lengths``.
   """
 
-  metric_reductions = {'max_compensation': base.MAX,
-                       'window_lengths': base.CONCAT}
+  metric_reductions = {'max_compensation': MAX, 'window_lengths': CONCAT}
 
   def summaries(self, totals):
     values = {'max_compensation': totals['max_compensation'],
@@ -220,9 +221,6 @@ class ARTBP(base.Method):
     """Binds the method.
 
     Args:
-      model: the model.
-      task: the task.
-      optimizer: the Keras optimizer.
       mean_length: ``L0``, the mean window length (> 1); also the nominal window
         length that divides every window's loss.
       alpha: ``α`` of Eq. 14 (> 2); the paper uses 4 (PTB) and 6 (influence
@@ -239,10 +237,9 @@ class ARTBP(base.Method):
         unbiased ARTBP); False keeps the random truncations with every factor
         1, an ablation that separates the random window lengths from the
         compensation (biased, like truncated BPTT).
-      clip_norm: global-norm clipping threshold, or None (the paper: none; clipping
-        breaks unbiasedness).
-      use_tf_function: compile (turn off to debug eagerly).
-      name: module name.
+      clip_norm: as in ``Method`` (the paper: none; clipping breaks
+        unbiasedness).
+      model, task, optimizer, use_tf_function, name: as in ``Method``.
 
     Raises:
       ConfigurationError: an argument is out of range.
@@ -265,9 +262,7 @@ class ARTBP(base.Method):
     self.truncation_seed = variable(int(seed), 'truncation_seed')
     self.training_blocks = variable(0, 'training_blocks')  # Blocks drawn so far.
     self.estimate_blocks = variable(0, 'estimate_blocks')
-    planned = self._traced('plan', self._planned_window_lengths)
-    self._plan_fn = (tf.function(planned, input_signature=[]) if use_tf_function
-                     else planned)
+    self._plan_fn = self.compile('plan', self._planned_window_lengths, [])
 
   # ------------------------------------------------------------- public API
   def segment_length(self) -> Optional[int]:
@@ -342,29 +337,16 @@ class ARTBP(base.Method):
                                  self.compensate)[0]
     window_ends = self._window_ends(lengths[0], length)
     first_window = self.first_loss_window(window_ends)
-
-    def body(index, segment, state, start, end, totals):
-      del index
-      state, loss_sum, norm = self.window_update(
-          segment, state, start, end, self.mean_length,
-          state_grad_scale=scales[start:end])
-      loss_total, norm_total, update_total = totals
-      return state, (loss_total + loss_sum, norm_total + norm, update_total + 1.0)
-
-    zero = tf.constant(0.0)
-    state, (loss_sum, norm_sum, updates) = self.for_each_window(
-        segment, state, window_ends, body, (zero, zero, zero),
+    state, loss_sum, norm_sum, updates = self.train_windows(
+        segment, state, window_ends, self.mean_length, state_grad_scale=scales,
         first_window=first_window)
     window_lengths = window_ends - tf.concat([[0], window_ends], axis=0)[:-1]
-    metrics = {'loss_sum': loss_sum,
-               'count': task_base.count_of(self.task, segment[1]),
-               'grad_norm_sum': norm_sum, 'updates': updates,
-               'windows': tf.cast(tf.size(window_lengths), tf.float32),
-               'window_length_sum': tf.cast(tf.reduce_sum(window_lengths), tf.float32),
-               'max_compensation': self._max_compensation(
-                   window_lengths[first_window:]),
-               'window_lengths': tf.cast(window_lengths, tf.float32)}
-    return state, metrics
+    return state, self.base_metrics(
+        segment, loss_sum, norm_sum, updates,
+        windows=tf.cast(tf.size(window_lengths), tf.float32),
+        window_length_sum=tf.cast(tf.reduce_sum(window_lengths), tf.float32),
+        max_compensation=self._max_compensation(window_lengths[first_window:]),
+        window_lengths=tf.cast(window_lengths, tf.float32))
 
   def _estimate_gradients(self, segment, state):
     """One backward pass over the segment: a truncation is a factor of 0.
@@ -379,15 +361,16 @@ class ARTBP(base.Method):
                                         length, rows)
     scales = compensation_scales(self.sampler, lengths, length, self.compensate)
     # Per-row factors go with their rows to the replicas; shared ones to all.
-    scales = self.shard(scales) if per_row else scales[0]
-    variables = self.trainable_variables
+    scales = self.replicas.shard(scales) if per_row else scales[0]
+    variables = self.model_variables
 
     def per_replica(segment, state, scales):
       inputs, targets = segment
       gradients, new_state, _ = self.window_gradients(inputs, targets, state, 1,
                                                       state_grad_scale=scales)
-      return base.densify(gradients, variables), new_state
+      return densify(gradients, variables), new_state
 
-    gradients, state = self.replicate(per_replica, self.shard(segment),
-                                      self.shard(state), scales)
-    return self.replica_sum(gradients), self.unshard(state)
+    gradients, state = self.replicas.run(
+        per_replica, self.replicas.shard(segment), self.replicas.shard(state),
+        scales)
+    return self.replicas.sum(gradients), self.replicas.unshard(state)

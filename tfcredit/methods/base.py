@@ -1,29 +1,14 @@
-"""The method contract: how credit reaches the weights (docs/design.md, "Method").
+"""The method contract and the one path every method trains through.
 
-A method is bound to a model, a task (its loss) and an optimizer. It offers
-
-* ``train_segment(segment, state) -> (state, metrics)``: consume one segment (an
-  episodic batch, or a stream slice of ``segment_length()`` steps), cut it into
-  windows, apply its parameter updates, return the carried state and summed metrics;
-* ``estimate_gradients(segment, state) -> (gradients, state)``: the method's estimate
-  of the gradient of the segment's total loss, ``∇θ (1/B)·Σ_t ℓ_t`` for per-step
-  losses or ``∇θ mean_b ℓ_b`` for terminal ones, at the current weights and without
-  applying it. Estimates of different methods are directly comparable (the scale
-  does not depend on any window length).
-
-Both are compiled once each with ``tf.function`` and an input signature whose batch
-and time dimensions are ``None``: a run traces each function once, whatever the
-window lengths (``trace_counts`` counts the traces). The windows of a segment run in
-one ``tf.while_loop``, so one host call does several windows.
-
-Loss convention: a window's training objective is the sum of its per-step losses
-divided by ``batch size × nominal window length`` (never the actual length, which
-would reweight random windows), or the batch mean of a terminal loss.
-
-A new method is one subclass: implement ``_train_segment`` and
-``_estimate_gradients`` (usually with ``_for_each_window``), and keep any state of
-its own (synthesizers, hidden-state variables, running averages) as attributes, so
-``tf.train.Checkpoint(method=...)`` saves it.
+docs/design.md, "Method" and "Loss convention". A method binds a model, a task and
+an optimizer and offers ``train_segment(segment, state) -> (state, metrics)`` and
+``estimate_gradients(segment, state) -> (gradients, state)``, each compiled once.
+This module owns what all methods share: the window loop (``for_each_window``),
+one window's per-replica pass, replica sum, clip and apply (``run_window``,
+``window_update``, ``apply_gradients``), the loss convention (``objective``,
+``normalize``) and the base metrics (``base_metrics``). A subclass implements
+``_train_segment`` and ``_estimate_gradients`` and keeps its own state as
+attributes, so ``tf.train.Checkpoint(method=...)`` saves it.
 """
 
 import collections
@@ -38,37 +23,19 @@ from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 # How the trainer combines a metric over the training calls of one summary
 # interval (``Method.metric_reductions``), and the metrics every method returns.
+from tfcredit.methods import guard as guard_lib
+from tfcredit.methods import replicas as replicas_lib
+from tfcredit.methods.guard import LOSS_SCALE_METRIC, OVERFLOW_METRIC  # pylint: disable=unused-import
+from tfcredit.methods.replicas import coalesce, densify, zeros_like_variables  # pylint: disable=unused-import
+from tfcredit import metrics as metrics_lib
 from tfcredit.metrics import (BASE_METRICS, CONCAT, LAST, MAX,  # pylint: disable=unused-import
                               NON_FINITE_METRIC, SUM)
 from tfcredit.tasks import base as task_base
 
 Metrics = Dict[str, tf.Tensor]
 
-# Added under ``mixed_float16``: windows skipped because the scaled backward
-# pass overflowed (the loss scale was halved; not a divergence), and the scale.
-OVERFLOW_METRIC = 'loss_scale_overflows'
-LOSS_SCALE_METRIC = 'loss_scale'
-
-
-class _NonFiniteCounter:
-  """Holds the non-finite guard's counter. A plain object, not a trackable one,
-  so the counter stays out of checkpoints (it is reset at every call, and
-  checkpoints written before it existed still restore)."""
-
-  def __init__(self):
-    self.variable = tf.Variable(
-        0.0, trainable=False, name='non_finite_windows',
-        synchronization=tf.VariableSynchronization.ON_WRITE,
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-
-
 class Method(tf.Module):
-  """Base class of the credit-assignment methods.
-
-  Responsibilities: compile ``train_segment`` and ``estimate_gradients`` once;
-  compute window objectives by the shared loss convention; clip and apply
-  gradients; loop over the windows of a segment inside the graph.
-  """
+  """Base class of the credit-assignment methods (see the module docstring)."""
 
   def __init__(self, *, model: keras.Model, task: task_base.Task,
                optimizer: keras.optimizers.Optimizer,
@@ -97,33 +64,26 @@ class Method(tf.Module):
     self.task = task
     self.optimizer = optimizer
     self.clip_norm = clip_norm
-    self.strategy = tf.distribute.get_strategy()
-    self.num_replicas = self.strategy.num_replicas_in_sync
+    self.replicas = replicas_lib.Replicas()
+    self.num_replicas = self.replicas.count
+    self.use_tf_function = validation.boolean('use_tf_function', use_tf_function)
     self.trace_counts = collections.Counter()
-    self._guard = _NonFiniteCounter()
     # float16 gradients need a loss scale (tfcredit.precision); checkpointed
     # with the method.
+    self.loss_scale = None
     if precision.compute_dtype(model) == tf.float16:
       self.loss_scale = precision.DynamicLossScale()
-      self._overflows = _NonFiniteCounter()
       self.metric_reductions = {**type(self).metric_reductions,
                                 LOSS_SCALE_METRIC: LAST}
-    else:
-      self.loss_scale = None
+    self._guard = guard_lib.UpdateGuard(self.loss_scale)
     self.jit_compile = validation.boolean('jit_compile', jit_compile)
     self._compiled_window_gradients = (
         tf.function(self._window_gradients_parts, jit_compile=True)
         if jit_compile else None)
     signature = [task.segment_spec(), model.state_spec()]
-    if use_tf_function:
-      self._train_fn = tf.function(self._traced('train_segment', self._train_segment),
-                                   input_signature=signature)
-      self._estimate_fn = tf.function(
-          self._traced('estimate_gradients', self._estimate_gradients),
-          input_signature=signature)
-    else:
-      self._train_fn = self._train_segment
-      self._estimate_fn = self._estimate_gradients
+    self._train_fn = self.compile('train_segment', self._train_segment, signature)
+    self._estimate_fn = self.compile('estimate_gradients',
+                                     self._estimate_gradients, signature)
 
   # ------------------------------------------------------------- public API
   def segment_length(self) -> Optional[int]:
@@ -170,28 +130,10 @@ class Method(tf.Module):
 
   def summaries(self, totals: Mapping[str, Union[float, np.ndarray]]
                 ) -> Dict[str, Union[float, np.ndarray]]:
-    """TensorBoard values from one interval's combined extra metrics.
-
-    The default writes a ``SUM`` metric named ``<x>_sum`` as ``<x>`` = its mean per
-    parameter update (``<x>_sum / updates``), other ``SUM`` metrics as totals,
-    ``MAX`` and ``LAST`` metrics as they are and ``CONCAT`` metrics as histograms
-    (array values). Override to derive other ratios.
-
-    Args:
-      totals: every metric of the interval, base ones included, combined.
-    """
-    values = {}
-    updates = float(totals.get('updates', 0.0))
-    for key, value in totals.items():
-      if key in BASE_METRICS:
-        continue
-      reduction = self.metric_reductions.get(key, SUM)
-      if reduction == SUM and key.endswith('_sum'):
-        if updates > 0:
-          values[key[:-len('_sum')]] = float(value) / updates
-      else:
-        values[key] = value
-    return values
+    """TensorBoard values from one interval's combined extra metrics (``totals``,
+    base ones included): by default ``tfcredit.metrics.per_update_summaries``;
+    override to derive other ratios."""
+    return metrics_lib.per_update_summaries(totals, self.metric_reductions)
 
   # ------------------------------------------------------------ subclasses
   def _train_segment(self, segment, state):
@@ -201,35 +143,34 @@ class Method(tf.Module):
     raise NotImplementedError
 
   # --------------------------------------------------------------- helpers
+  def compile(self, key: str, function: Callable, input_signature) -> Callable:
+    """``function`` as a ``tf.function`` with ``input_signature`` (eager when
+    ``use_tf_function`` is off), its traces counted in ``trace_counts[key]``."""
+    traced = self._traced(key, function)
+    if not self.use_tf_function:
+      return traced
+    return tf.function(traced, input_signature=input_signature)
+
   def _traced(self, key: str, function: Callable) -> Callable:
     def counted(*args):
       self.trace_counts[key] += 1  # Runs once per trace, never per call.
       if key != 'train_segment':
         return function(*args)
-      return self._counting_non_finite(function, *args)
+      return self._guard.counting(function, *args)
     return counted
 
-  def _counting_non_finite(self, function: Callable, *args):
-    """``function(*args)`` with the metric ``non_finite_windows``: the windows
-    whose update ``apply_gradients`` refused (automatic control dependencies
-    order the reset, the loop and the read)."""
-    counter = self._guard.variable
-    counter.assign(0.0)
-    if self.loss_scale is not None:
-      self._overflows.variable.assign(0.0)
-    state, metrics = function(*args)
-    metrics = dict(metrics)
-    metrics[NON_FINITE_METRIC] = tf.identity(counter.read_value())
-    if self.loss_scale is not None:
-      overflows = tf.identity(self._overflows.variable.read_value())
-      metrics[OVERFLOW_METRIC] = overflows
-      metrics['updates'] = metrics['updates'] - overflows  # Skipped windows.
-      metrics[LOSS_SCALE_METRIC] = tf.identity(self.loss_scale.scale.read_value())
-    return state, metrics
-
   @property
-  def trainable_variables(self):  # The model's weights, not the method's state.
+  def model_variables(self):
+    """The model's weights: what the optimizer updates (a method's own trainable
+    variables, such as DNI's synthesizer, are not among them)."""
     return self.model.trainable_variables
+
+  def base_metrics(self, segment, loss_sum, grad_norm_sum, updates,
+                   **extra) -> Metrics:
+    """``train_segment``'s metrics: ``BASE_METRICS`` (``count`` from the
+    segment's targets) and the method's ``extra`` ones."""
+    return {'loss_sum': loss_sum, 'count': task_base.count_of(self.task, segment[1]),
+            'grad_norm_sum': grad_norm_sum, 'updates': updates, **extra}
 
   def window_targets(self, targets, start, end):
     """The targets of steps ``[start, end)``, or all of them for a terminal loss."""
@@ -249,11 +190,20 @@ class Method(tf.Module):
     """
     losses = self.task.losses(outputs, targets)
     loss_sum = tf.reduce_sum(losses)
-    # The global batch: summing replicas' gradients gives the global mean.
-    batch = tf.cast(tf.shape(losses)[0] * self.num_replicas, tf.float32)
+    return self.normalize(loss_sum, tf.shape(losses)[0], normalizer), loss_sum
+
+  def global_batch(self, rows) -> tf.Tensor:
+    """The global batch of ``rows`` per replica: summing the replicas'
+    gradients of objectives divided by it gives the global mean."""
+    return tf.cast(rows * self.num_replicas, tf.float32)
+
+  def normalize(self, total, rows, normalizer=1):
+    """The loss convention: ``total / (global batch × normalizer)`` for per-step
+    losses, ``total / global batch`` for terminal ones."""
+    batch = self.global_batch(rows)
     if self.task.readout == task_base.TERMINAL:
-      return loss_sum / batch, loss_sum
-    return loss_sum / (batch * tf.cast(normalizer, tf.float32)), loss_sum
+      return total / batch
+    return total / (batch * tf.cast(normalizer, tf.float32))
 
   def window_gradients(self, inputs, targets, state, normalizer,
                        state_grad_scale=None):
@@ -273,7 +223,7 @@ class Method(tf.Module):
     gradients = [tf.IndexedSlices(*g) if isinstance(g, tuple) else g
                  for g in gradients]
     if self.num_replicas > 1:  # Cross-replica sums of IndexedSlices: keep dense.
-      gradients = densify(gradients, self.trainable_variables)
+      gradients = densify(gradients, self.model_variables)
     return gradients, new_state, loss_sum
 
   def _window_gradients_parts(self, inputs, targets, state, normalizer,
@@ -284,7 +234,7 @@ class Method(tf.Module):
       outputs, new_state = self.model.unroll(inputs, state, training=True,
                                              state_grad_scale=state_grad_scale)
       objective, loss_sum = self.objective(outputs, targets, normalizer)
-    gradients = self.gradient(tape, objective, self.trainable_variables)
+    gradients = self.gradient(tape, objective, self.model_variables)
     gradients = [(g.values, g.indices, g.dense_shape)
                  if isinstance(g, tf.IndexedSlices) else g for g in gradients]
     return gradients, new_state, loss_sum
@@ -301,14 +251,9 @@ class Method(tf.Module):
                       ) -> tf.Tensor:
     """Clips (if configured) and applies; returns the pre-clipping global norm.
 
-    The non-finite guard: when the gradients' global norm (or ``loss``, the
-    window's loss when given) is not finite, nothing is applied (the optimizer's
-    slots and iteration count do not move either) and the window is counted in
-    the ``non_finite_windows`` metric, all inside the graph, with no host sync.
-    Under ``mixed_float16`` a window with a finite loss whose gradients are not
-    finite overflowed the loss scale: it is skipped, the scale halved, and it
-    is counted in ``loss_scale_overflows`` instead (once the scale is 1, it
-    counts as non-finite).
+    The non-finite guard (``tfcredit.methods.guard``): when the gradients' global
+    norm (or ``loss``) is not finite, nothing is applied (the optimizer's slots
+    and iteration count do not move either) and the window is counted.
 
     Args:
       gradients: the model's gradients.
@@ -322,20 +267,7 @@ class Method(tf.Module):
     # occurrence; rows of a repeated token must be summed before taking the norm.
     gradients = [coalesce(g) for g in gradients]
     norm = tf.linalg.global_norm(gradients)
-    finite = tf.math.is_finite(norm)
-    if also_finite is not None:
-      finite = tf.logical_and(finite, also_finite)
-    loss_finite = tf.constant(True)
-    if loss is not None:
-      loss_finite = tf.math.is_finite(tf.reduce_sum(tf.cast(loss, tf.float32)))
-    overflow = tf.constant(0.0)
-    if self.loss_scale is not None:
-      overflow = tf.cast(tf.logical_and(
-          tf.logical_and(loss_finite, tf.logical_not(finite)),
-          self.loss_scale.scale > 1.0), tf.float32)
-      self.loss_scale.update(finite)
-      self._overflows.variable.assign_add(overflow)
-    finite = tf.logical_and(finite, loss_finite)
+    finite, overflow = self._guard.check(norm, loss, also_finite)
     if self.clip_norm is not None:
       # With a finite norm, clip_by_global_norm scales by clip / max(norm, clip);
       # otherwise the values are not used.
@@ -343,7 +275,7 @@ class Method(tf.Module):
           gradients, self.clip_norm, use_norm=tf.where(finite, norm, 1.0))
 
     def apply():
-      self.optimizer.apply(gradients, self.trainable_variables)
+      self.optimizer.apply(gradients, self.model_variables)
       if also_apply is not None:
         also_apply()
       return tf.constant(0.0)
@@ -351,8 +283,7 @@ class Method(tf.Module):
     def refuse():
       return tf.constant(1.0)
 
-    refused = tf.cond(finite, apply, refuse)
-    self._guard.variable.assign_add(refused - overflow)
+    self._guard.record(tf.cond(finite, apply, refuse), overflow)
     # An overflowed window's norm is the scale's, not the model's: left out.
     return tf.where(overflow > 0, 0.0, norm)
 
@@ -367,91 +298,55 @@ class Method(tf.Module):
     ends = tf.range(window, length + window, window)
     return tf.minimum(ends, length)
 
-  # ------------------------------------------------------- distribution
-  # The windows of a segment loop in the cross-replica context; each window's
-  # forward and backward pass runs per replica (``replicate``), the gradients are
-  # summed over replicas (``replica_sum``) and applied once. Every objective is
-  # divided by the GLOBAL batch, so the sum is the global-batch gradient and one
-  # replica or several give the same update. (An optimizer step inside a
-  # ``tf.while_loop`` that runs in the replica context would need a ``merge_call``,
-  # which TensorFlow forbids there.) With one replica these are plain calls.
+  # ------------------------------------------------------------ windows
+  def for_each_window(self, segment, carried, window_ends, body, accumulators,
+                      first_window=0, gather: bool = True):
+    """Runs ``body`` over consecutive windows in one ``tf.while_loop``.
 
-  def replicate(self, function, *args):
-    """Runs ``function(*args)`` on every replica (``args`` may be per-replica)."""
-    if self.num_replicas == 1:
-      return function(*args)
-    return self.strategy.run(function, args=args)
+    Args:
+      segment: global ``(inputs, targets)``.
+      carried: the global state at the segment's start (or a nest whose tensors
+        all have the batch as first axis: DNI carries its synthesizer memory).
+      window_ends: ``[num_windows]`` int32, increasing, last == segment length.
+      body: ``(index, segment, carried, start, end, accumulators) -> (carried,
+        accumulators)``, called in the cross-replica context: ``segment`` and
+        ``carried`` are per-replica values (plain tensors with one replica), to
+        be used through ``run_window``; accumulators are plain tensors.
+      accumulators: a nest of tensors carried through the loop.
+      first_window: windows before this one only run forward (no loss there:
+        the terminal-loss case); ``carried`` is then the model state.
+      gather: return ``carried`` as global tensors (else per replica).
 
-  def replica_sum(self, values):
-    """Sums per-replica values (a nest) over the replicas."""
-    if self.num_replicas == 1:
-      return values
-    return tf.nest.map_structure(
-        lambda value: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value,
-                                           axis=None), values)
+    Returns:
+      ``(carried, accumulators)``.
+    """
+    segment, carried = self.replicas.shard(segment), self.replicas.shard(carried)
+    first_window = tf.convert_to_tensor(first_window)
+    if tf.get_static_value(first_window) != 0:  # Else there is no prefix.
+      prefix_end = tf.where(first_window > 0,
+                            window_ends[tf.maximum(first_window - 1, 0)], 0)
+      carried = self.forward_prefix(segment, carried, prefix_end)
+    num_windows = tf.shape(window_ends)[0]
 
-  def shard(self, values):
-    """Splits the rows (batch axis) of a global nest evenly over the replicas."""
-    if self.num_replicas == 1:
-      return values
+    def loop_body(index, carried, accumulators):
+      start = tf.where(index > 0, window_ends[tf.maximum(index - 1, 0)], 0)
+      carried, accumulators = body(index, segment, carried, start,
+                                   window_ends[index], accumulators)
+      return index + 1, carried, accumulators
 
-    def local(values):
-      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-      def rows(value):
-        size = tf.shape(value)[0] // self.num_replicas
-        return value[replica * size:(replica + 1) * size]
-      return tf.nest.map_structure(rows, values)
-    return self.strategy.run(local, args=(values,))
-
-  def unshard(self, values):
-    """Concatenates per-replica rows back into global tensors."""
-    if self.num_replicas == 1:
-      return values
-    return tf.nest.map_structure(lambda v: self.strategy.gather(v, axis=0), values)
+    _, carried, accumulators = tf.while_loop(
+        lambda index, *_: index < num_windows, loop_body,
+        (first_window, carried, accumulators))
+    if gather:
+      carried = self.replicas.unshard(carried)
+    return carried, accumulators
 
   def forward_prefix(self, segment, state, end):
     """Runs steps ``[0, end)`` forward only, per replica (nothing when ``end`` is 0)."""
     def prefix(segment, state):
       return tf.cond(end > 0, lambda: self.forward(segment[0][:, :end], state),
                      lambda: state)
-    return self.replicate(prefix, segment, state)
-
-  def for_each_window(self, segment, state, window_ends, body, accumulators,
-                      first_window=0):
-    """Runs ``body`` over consecutive windows in one ``tf.while_loop``.
-
-    Args:
-      segment: global ``(inputs, targets)``.
-      state: the global state at the segment's start.
-      window_ends: ``[num_windows]`` int32, increasing, last == segment length.
-      body: ``(index, segment, state, start, end, accumulators) -> (state,
-        accumulators)``, called in the cross-replica context: ``segment`` and
-        ``state`` are per-replica values (plain tensors with one replica), to be
-        used through ``replicate``; accumulators are plain tensors.
-      accumulators: a nest of tensors carried through the loop.
-      first_window: windows before this one only run forward (no loss there: the
-        terminal-loss case).
-
-    Returns:
-      ``(final global state, accumulators)``.
-    """
-    segment, state = self.shard(segment), self.shard(state)
-    first_window = tf.convert_to_tensor(first_window)
-    prefix_end = tf.where(first_window > 0,
-                          window_ends[tf.maximum(first_window - 1, 0)], 0)
-    state = self.forward_prefix(segment, state, prefix_end)
-    num_windows = tf.shape(window_ends)[0]
-
-    def loop_body(index, state, accumulators):
-      start = tf.where(index > 0, window_ends[tf.maximum(index - 1, 0)], 0)
-      state, accumulators = body(index, segment, state, start, window_ends[index],
-                                 accumulators)
-      return index + 1, state, accumulators
-
-    _, state, accumulators = tf.while_loop(
-        lambda index, *_: index < num_windows, loop_body,
-        (first_window, state, accumulators))
-    return self.unshard(state), accumulators
+    return self.replicas.run(prefix, segment, state)
 
   def first_loss_window(self, window_ends):
     """Index of the first window with loss: the last one for terminal losses."""
@@ -459,21 +354,33 @@ class Method(tf.Module):
       return tf.shape(window_ends)[0] - 1
     return 0
 
+  def run_window(self, per_replica, segment, carried):
+    """``per_replica(segment, carried) -> (carried, results)`` on every replica;
+    returns the per-replica ``carried`` and the ``results`` summed over replicas."""
+    carried, results = self.replicas.run(per_replica, segment, carried)
+    return carried, self.replicas.sum(results)
+
   def window_update(self, segment, state, start, end, normalizer,
-                    state_grad_scale=None):
+                    state_grad_scale=None, transform=None):
     """One window's forward/backward per replica, then one applied update.
+
+    Args:
+      transform: optional, maps the replica-summed gradients to the ones applied
+        (FPTT adds its regularizer's gradient).
 
     Returns:
       ``(new per-replica state, summed loss, pre-clipping gradient norm)``.
     """
     def per_replica(segment, state):
       inputs, targets = segment
-      return self.window_gradients(
+      gradients, new_state, loss_sum = self.window_gradients(
           inputs[:, start:end], self.window_targets(targets, start, end), state,
           normalizer, state_grad_scale=state_grad_scale)
+      return new_state, (gradients, loss_sum)
 
-    gradients, state, loss_sum = self.replicate(per_replica, segment, state)
-    gradients, loss_sum = self.replica_sum((gradients, loss_sum))
+    state, (gradients, loss_sum) = self.run_window(per_replica, segment, state)
+    if transform is not None:
+      gradients = transform(gradients)
     return state, loss_sum, self.apply_gradients(gradients, loss=loss_sum)
 
   def window_estimate(self, segment, state, start, end, state_grad_scale=None):
@@ -482,35 +389,50 @@ class Method(tf.Module):
     Returns:
       ``(new per-replica state, gradients)``.
     """
-    variables = self.trainable_variables
+    variables = self.model_variables
 
     def per_replica(segment, state):
       inputs, targets = segment
       gradients, new_state, _ = self.window_gradients(
           inputs[:, start:end], self.window_targets(targets, start, end), state, 1,
           state_grad_scale=state_grad_scale)
-      return densify(gradients, variables), new_state
+      return new_state, densify(gradients, variables)
 
-    gradients, state = self.replicate(per_replica, segment, state)
-    return state, self.replica_sum(gradients)
+    return self.run_window(per_replica, segment, state)
 
+  def train_windows(self, segment, state, window_ends, normalizer,
+                    state_grad_scale=None, first_window=0):
+    """One ``window_update`` per window (truncated BPTT's loop; ARTBP's with its
+    compensation factors ``state_grad_scale``, one per step of the segment).
 
-def coalesce(gradient):
-  """Sums the rows of ``IndexedSlices`` that share an index; dense unchanged."""
-  if not isinstance(gradient, tf.IndexedSlices):
-    return gradient
-  indices, positions = tf.unique(gradient.indices)
-  values = tf.math.unsorted_segment_sum(gradient.values, positions,
-                                        tf.shape(indices)[0])
-  return tf.IndexedSlices(values, indices, gradient.dense_shape)
+    Returns:
+      ``(state, loss_sum, grad_norm_sum, updates)``.
+    """
+    def body(index, segment, state, start, end, totals):
+      del index
+      scale = None if state_grad_scale is None else state_grad_scale[start:end]
+      state, loss_sum, norm = self.window_update(segment, state, start, end,
+                                                 normalizer, state_grad_scale=scale)
+      loss_total, norm_total, update_total = totals
+      return state, (loss_total + loss_sum, norm_total + norm, update_total + 1.0)
 
+    zero = tf.constant(0.0)
+    state, totals = self.for_each_window(segment, state, window_ends, body,
+                                         (zero, zero, zero),
+                                         first_window=first_window)
+    return (state, *totals)
 
-def zeros_like_variables(variables) -> list:
-  """Dense zero accumulators for gradient sums over windows."""
-  return [tf.zeros_like(v) for v in variables]
+  def estimate_windows(self, segment, state, window_ends, first_window=0,
+                       weight=None):
+    """The sum over windows of ``window_estimate`` (each times ``weight(index)``
+    when given); returns ``(gradients, state)``."""
+    def body(index, segment, state, start, end, totals):
+      state, gradients = self.window_estimate(segment, state, start, end)
+      if weight is not None:
+        gradients = [weight(index) * g for g in gradients]
+      return state, [t + g for t, g in zip(totals, gradients)]
 
-
-def densify(gradients, variables) -> list:
-  """Converts ``IndexedSlices`` (embedding gradients) to dense tensors; None -> 0."""
-  return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-          for g, v in zip(gradients, variables)]
+    state, totals = self.for_each_window(
+        segment, state, window_ends, body,
+        zeros_like_variables(self.model_variables), first_window=first_window)
+    return totals, state

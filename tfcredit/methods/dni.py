@@ -1,47 +1,12 @@
 """DNI: truncated BPTT with synthetic gradients at the window boundaries.
 
-Jaderberg et al. 2017 (ICML; arXiv:1608.05343), "Decoupled Neural Interfaces using
-Synthetic Gradients" (synthetic gradients for recurrent networks), and Shang & Zhang
-2019, "Alternating Synthetic and Real Gradients for Neural Language Modeling", Eq. 1
-and Sections 2.2-2.3.
-
-Windows of ``K`` steps as in truncated BPTT, the state carried with its gradient
-stopped. For a window from ``s_0`` to ``s_K``, with one tape:
-
-* the model's objective is ``J = objective(window) + sg_scale·⟨stop_grad(δ̂_K),
-  s_K⟩ / B`` (``B`` the global batch), so the gradient arriving at ``s_K`` is
-  ``sg_scale·δ̂_K / B`` and the model update is the truncated gradient plus
-  ``sg_scale·(∂s_K/∂θ)ᵀ δ̂_K / B`` (Eq. 1);
-* the synthesizer's target at the window start is ``B·∂J/∂s_0`` (the window's real
-  gradient plus the propagated injected term: the bootstrap of Eq. 1), a
-  constant for the synthesizer; its loss is ``Σ_b ‖SG(s_0)_b − target_b‖² / B``:
-  squared error summed over the state and averaged over the batch rows only (the
-  public code also averages over the leading axis of a stacked state). The model
-  gets no gradient from it; the synthesizer has its own optimizer.
-
-Scale. ``objective`` divides the window's summed per-step losses by ``B × K``
-(``tfcredit.methods.base``), i.e. it is the batch mean of each sequence's
-``L_b = Σ_t ℓ_{b,t} / K``. The synthesizer speaks in those per-sequence units:
-``δ̂_b ≈ ∂(future L_b)/∂s_{K,b}``, whatever the batch size; hence the ``1/B`` of the
-injected term and the ``B`` of the target. (For terminal losses, ``L_b = ℓ_b``.)
-``estimate_gradients`` uses ``Σ_t ℓ / B``, ``K`` times larger for per-step losses,
-so it injects ``K·sg_scale·δ̂ / B``: the estimate is the sum of the training
-gradients of the windows, times ``K``.
-
-Episodic tasks: every window trains (synthetic gradients are how earlier windows
-get credit for a later loss); the last window of a sequence has no future, so
-nothing is injected there; with a terminal loss, only the last window has a
-loss term. The neuron-wise synthesizer's memory starts at zero with each batch of
-sequences. Stream tasks: the memory is carried across windows and calls in a
-variable of ``[batch_size, N, m]`` and reset at each epoch end (``on_epoch_end``).
-
-Alternation (Shang & Zhang, Section 2.3): ``use_synthetic`` is ``True``, ``False``
-(truncated BPTT while the synthesizer still learns), or a schedule with
-``synthetic(epoch)`` (``tfcredit.training.schedules.AlternatingRestarts``, also the
-run's ``train.lr_schedule``). ``on_epoch_start`` sets a variable from it, which the
-compiled step reads: the phase never retraces. In a real phase the target still
-includes the injected term, which needs a second backward pass for ``s_0``; the
-synthetic phase needs one.
+Jaderberg et al. 2017, "Decoupled Neural Interfaces using Synthetic Gradients"
+(Eq. 1 for recurrent networks), and Shang & Zhang 2019, "Alternating Synthetic and
+Real Gradients for Neural Language Modeling" (neuron-wise synthesizer,
+alternation). A window from ``s_0`` to ``s_K`` trains the model on ``objective +
+sg_scale·⟨stop_grad(δ̂_K), s_K⟩ / B`` and the synthesizer towards ``B·∂J/∂s_0``
+(the bootstrap). This module owns the synthesizer, its optimizer, noise, memory
+and phase; the scales and the alternation are in docs/methods/dni.md.
 """
 
 import math
@@ -53,12 +18,11 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods.replicas import densify, zeros_like_variables
+from tfcredit.metrics import LAST
 from tfcredit.models import synthesizers as synthesizers_lib
 from tfcredit.tasks import base as task_base
 from tfcredit.training import schedules
-
-# bind_schedule compares the phases of the first epochs (quarter epochs).
-_CHECKED_EPOCHS = 100
 
 SYNTHESIZERS = (synthesizers_lib.LayerwiseSynthesizer,
                 synthesizers_lib.NeuronwiseSynthesizer)
@@ -72,18 +36,13 @@ def flatten_state(state) -> tf.Tensor:
 class DNI(base.Method):
   """Truncated BPTT plus synthetic gradients (see the module docstring).
 
-  ``train_segment`` metrics: the base ones plus, summed over windows,
-  ``synthesizer_loss_sum``, ``prediction_target_dot`` (``Σ SG(s_0)·target`` over
-  the batch and the state), ``prediction_squares`` (``Σ SG(s_0)²``) and
-  ``target_squares`` (``Σ target²``), and ``synthetic_phase`` (1 when synthetic
-  gradients are injected). TensorBoard shows ``method/synthesizer_loss`` (mean per
-  update), ``method/cosine`` and ``method/norm_ratio`` (``‖SG(s_0)‖ / ‖target‖``)
-  between the predictions and their targets pooled over the summary interval (so
-  windows with larger gradients weigh more) and ``method/synthetic_phase`` (the
-  latest).
+  Metrics beyond the base ones, summed over windows: ``synthesizer_loss_sum``,
+  ``prediction_target_dot``, ``prediction_squares``, ``target_squares`` (from
+  which ``summaries`` pools the cosine and norm ratio of the predictions to their
+  targets) and ``synthetic_phase``; docs/methods/dni.md, "TensorBoard".
   """
 
-  metric_reductions = {'synthetic_phase': base.LAST}
+  metric_reductions = {'synthetic_phase': LAST}
 
   def summaries(self, totals):
     values = {'synthetic_phase': totals['synthetic_phase']}
@@ -111,9 +70,6 @@ class DNI(base.Method):
     """Binds the method and builds the synthesizer and its optimizer.
 
     Args:
-      model: the model.
-      task: the task.
-      optimizer: the model's Keras optimizer.
       window: steps per window (``K``).
       synthesizer: a synthesizer class (gin: ``@LayerwiseSynthesizer``,
         ``@NeuronwiseSynthesizer``) or instance.
@@ -130,27 +86,20 @@ class DNI(base.Method):
         neuron-wise synthesizer on stream tasks (its memory variable).
       seed: seeds the synthesizer's input noise (the draws are keyed by a counter
         kept in checkpoints).
-      clip_norm: global-norm clipping of the model gradient, or None.
-      use_tf_function: compile (turn off to debug eagerly).
-      name: module name.
+      model, task, optimizer, clip_norm, use_tf_function, name: as in
+        ``Method`` (the optimizer and clipping are the model's).
 
     Raises:
       ConfigurationError: an argument is invalid.
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-      raise ConfigurationError(
-          f'DNI.window must be a positive integer number of steps, got {window!r}: '
-          'set e.g. DNI.window = 35')
-    self.window = window
+    self.window = validation.positive_int('DNI.window', window)
     self.windows_per_call = validation.positive_int('DNI.windows_per_call',
                                                          windows_per_call)
-    if (isinstance(sg_scale, bool) or not isinstance(sg_scale, (int, float))
-        or not sg_scale >= 0):
-      raise ConfigurationError(
-          f'DNI.sg_scale must be a number >= 0, got {sg_scale!r}: the DNI paper '
-          'uses 0.1')
-    self.sg_scale = float(sg_scale)
-    self.phase_schedule = _phase_schedule(use_synthetic)
+    self.sg_scale = validation.finite_number(
+        'DNI.sg_scale', sg_scale, 0.0, low_inclusive=True,
+        hint=': the DNI paper uses 0.1')
+    self.phase_schedule = schedules.AlternatingRestarts.from_setting(
+        'DNI.use_synthetic', use_synthetic)
     if isinstance(synthesizer, type):
       synthesizer = synthesizer()
     if not isinstance(synthesizer, SYNTHESIZERS):
@@ -215,9 +164,7 @@ class DNI(base.Method):
     if self.phase_schedule is None:
       return
     alternation = schedules.AlternatingRestarts
-    epochs = [e / 4 for e in range(4 * _CHECKED_EPOCHS)]
-    if not isinstance(schedule, alternation) or any(
-        schedule.phase(e) != self.phase_schedule.phase(e) for e in epochs):
+    if not self.phase_schedule.same_phases(schedule):
       raise ConfigurationError(
           f'DNI.use_synthetic = @{alternation.__name__} alternates phases at its '
           f'restarts, but train.lr_schedule = {schedule!r} restarts elsewhere: '
@@ -240,34 +187,10 @@ class DNI(base.Method):
     return self.synthesizer.trainable_variables
 
   # ------------------------------------------------------------ the method
-  def _for_each_window(self, segment, carried, window_ends, body, accumulators):
-    """``Method.for_each_window`` for a carried nest beyond the model state.
-
-    The synthesizer memory and noise are split over the replicas with the state
-    (rows are sequences); every window trains, so there is no forward prefix.
-    Returns the carried nest per replica.
-    """
-    segment, carried = self.shard(segment), self.shard(carried)
-    num_windows = tf.shape(window_ends)[0]
-
-    def loop_body(index, carried, accumulators):
-      start = tf.where(index > 0, window_ends[tf.maximum(index - 1, 0)], 0)
-      carried, accumulators = body(index, segment, carried, start,
-                                   window_ends[index], accumulators)
-      return index + 1, carried, accumulators
-
-    _, carried, accumulators = tf.while_loop(
-        lambda index, *_: index < num_windows, loop_body,
-        (tf.constant(0), carried, accumulators))
-    return carried, accumulators  # Per replica: the caller gathers what it keeps.
-
-  def _zero_memory(self, batch):
-    return tf.zeros(tf.stack([batch, self.width, self.synthesizer.memory_size]))
-
   def _initial_memory(self, batch):
     if self.memory is not None:
       return tf.identity(self.memory)
-    return self._zero_memory(batch)
+    return tf.zeros(tf.stack([batch, self.width, self.synthesizer.memory_size]))
 
   def _noise(self, batch, boundaries):
     """``[B, boundaries, N]`` multiplicative noise, drawn in the cross-replica context."""
@@ -278,9 +201,6 @@ class DNI(base.Method):
     seed = tf.stack([self.noise_seed, self.noise_draws])
     self.noise_draws.assign_add(1)
     return tf.random.stateless_normal(shape, seed=seed, mean=1.0, stddev=stddev)
-
-  def _global_batch(self, local_batch):
-    return tf.cast(local_batch * self.num_replicas, tf.float32)
 
   def _injected(self, delta, final_state, batch, has_future, ratio):
     """``ratio·sg_scale·⟨stop_grad(δ̂), s_K⟩ / B``, zero where there is no future."""
@@ -301,6 +221,24 @@ class DNI(base.Method):
       return tf.constant(1.0)
     return tf.cast(end < length, tf.float32)
 
+  def _window_terms(self, tape, inputs, targets, state, memory_start, noise,
+                    has_future, end, length, normalizer, ratio):
+    """A window's forward pass on ``tape``: ``(objective, loss sum, injected
+    term, final state)``; the synthesizer's prediction at the end boundary
+    (from ``memory_start``, with ``noise`` when given) is not recorded."""
+    outputs, final_state = self.model.unroll(inputs, state, training=True)
+    objective, loss_sum = self._window_objective(outputs, targets, normalizer,
+                                                 end, length)
+    with tape.stop_recording():
+      if noise is None:
+        delta, _ = self.synthesizer(flatten_state(final_state), memory_start)
+      else:
+        delta, _ = self.synthesizer(flatten_state(final_state), memory_start,
+                                    noise, training=True)
+    batch = self.global_batch(tf.shape(tf.nest.flatten(state)[0])[0])
+    injected = self._injected(delta, final_state, batch, has_future, ratio)
+    return objective, loss_sum, injected, final_state
+
   def _window_pass(self, inputs, targets, state, memory_start, noise_end,
                    has_future, end, length, inject: bool):
     """One window's model gradients, final state and synthesizer target (per replica).
@@ -316,17 +254,13 @@ class DNI(base.Method):
     """
     state = tf.nest.map_structure(tf.stop_gradient, state)
     start_tensors = tf.nest.flatten(state)
-    batch = self._global_batch(tf.shape(start_tensors[0])[0])
-    variables = self.trainable_variables
+    batch = self.global_batch(tf.shape(start_tensors[0])[0])
+    variables = self.model_variables
     with tf.GradientTape(persistent=not inject) as tape:
       tape.watch(start_tensors)
-      outputs, final_state = self.model.unroll(inputs, state, training=True)
-      objective, loss_sum = self._window_objective(outputs, targets, self.window,
-                                                   end, length)
-      with tape.stop_recording():
-        delta, _ = self.synthesizer(flatten_state(final_state), memory_start,
-                                    noise_end, training=True)
-      injected = self._injected(delta, final_state, batch, has_future, 1.0)
+      objective, loss_sum, injected, final_state = self._window_terms(
+          tape, inputs, targets, state, memory_start, noise_end, has_future, end,
+          length, normalizer=self.window, ratio=1.0)
       total = objective + injected
     zero = tf.UnconnectedGradients.ZERO
     if inject:
@@ -344,7 +278,7 @@ class DNI(base.Method):
     target = batch * tf.concat(start_gradients, axis=-1)
     gradients = gradients[:len(variables)]
     if self.num_replicas > 1:
-      gradients = base.densify(gradients, variables)
+      gradients = densify(gradients, variables)
     return gradients, final_state, loss_sum, target
 
   def _window_step(self, inputs, targets, state, memory, noise_start, noise_end,
@@ -360,7 +294,7 @@ class DNI(base.Method):
       synthesizer gradients, loss sum, synthesizer loss, [Σ p·t, Σ p², Σ t²])``.
     """
     flat = flatten_state(tf.nest.map_structure(tf.stop_gradient, state))
-    batch = self._global_batch(tf.shape(flat)[0])
+    batch = self.global_batch(tf.shape(flat)[0])
     synthesizer_variables = self.synthesizer_variables
     with tf.GradientTape() as synthesizer_tape:  # Records the synthesizer only.
       prediction, memory_start = self.synthesizer(flat, memory, noise_start,
@@ -376,7 +310,7 @@ class DNI(base.Method):
       gradients, final_state, loss_sum, target = window_pass(self._constant_phase)()
     target = tf.stop_gradient(target)
     error = prediction - target
-    synthesizer_gradients = base.densify(
+    synthesizer_gradients = densify(
         synthesizer_tape.gradient(prediction, synthesizer_variables,
                                   output_gradients=2.0 * error / batch),
         synthesizer_variables)
@@ -407,9 +341,8 @@ class DNI(base.Method):
             self._has_future(end, length), end, length, synthetic)
         return (final_state, memory_start, noise), per_window
 
-      carried, per_window = self.replicate(per_replica, segment, carried)
-      (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
-       statistics) = self.replica_sum(per_window)
+      carried, (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
+                statistics) = self.run_window(per_replica, segment, carried)
       # The synthesizer's update is the window's too: both or neither.
       synthesizer_finite = tf.logical_and(
           tf.math.is_finite(tf.linalg.global_norm(synthesizer_gradients)),
@@ -422,21 +355,18 @@ class DNI(base.Method):
       return carried, tuple(t + a for t, a in zip(totals, additions))
 
     zero = tf.constant(0.0)
-    (state, memory, _), totals = self._for_each_window(
-        segment, carried, window_ends, body, (zero,) * 7)
-    state = self.unshard(state)
+    (state, memory, _), totals = self.for_each_window(
+        segment, carried, window_ends, body, (zero,) * 7, gather=False)
+    state = self.replicas.unshard(state)
     if self.memory is not None:  # (A layer-wise memory is empty: never gathered.)
-      self.memory.assign(self.unshard(memory))
+      self.memory.assign(self.replicas.unshard(memory))
     (loss_sum, norm_sum, updates, synthesizer_loss, dot, prediction_squares,
      target_squares) = totals
-    metrics = {'loss_sum': loss_sum,
-               'count': task_base.count_of(self.task, segment[1]),
-               'grad_norm_sum': norm_sum, 'updates': updates,
-               'synthesizer_loss_sum': synthesizer_loss,
-               'prediction_target_dot': dot,
-               'prediction_squares': prediction_squares,
-               'target_squares': target_squares, 'synthetic_phase': synthetic}
-    return state, metrics
+    return state, self.base_metrics(
+        segment, loss_sum, norm_sum, updates,
+        synthesizer_loss_sum=synthesizer_loss, prediction_target_dot=dot,
+        prediction_squares=prediction_squares, target_squares=target_squares,
+        synthetic_phase=synthetic)
 
   def _estimate_gradients(self, segment, state):
     """Sum over windows of ``∇[Σ ℓ / B + ratio·sg_scale·⟨δ̂, s_K⟩ / B]`` (no noise).
@@ -449,7 +379,7 @@ class DNI(base.Method):
     batch = tf.shape(segment[0])[0]
     ratio = 1.0 if self.task.readout == task_base.TERMINAL else float(self.window)
     synthetic = self.synthetic_phase.read_value()
-    variables = self.trainable_variables
+    variables = self.model_variables
 
     def body(index, segment, carried, start, end, totals):
       del index
@@ -459,39 +389,18 @@ class DNI(base.Method):
         state = tf.nest.map_structure(tf.stop_gradient, state)
         _, memory_start = self.synthesizer(flatten_state(state), memory)
         with tf.GradientTape() as tape:
-          outputs, final_state = self.model.unroll(
-              inputs[:, start:end], state, training=True)
-          objective, _ = self._window_objective(
-              outputs, self.window_targets(targets, start, end), 1, end, length)
-          with tape.stop_recording():
-            delta, _ = self.synthesizer(flatten_state(final_state), memory_start)
-          injected = self._injected(
-              delta, final_state,
-              self._global_batch(tf.shape(tf.nest.flatten(state)[0])[0]),
-              self._has_future(end, length), ratio)
+          objective, _, injected, final_state = self._window_terms(
+              tape, inputs[:, start:end], self.window_targets(targets, start, end),
+              state, memory_start, None, self._has_future(end, length), end,
+              length, normalizer=1, ratio=ratio)
           total = objective + synthetic * injected
-        gradients = base.densify(self.gradient(tape, total, variables), variables)
+        gradients = densify(self.gradient(tape, total, variables), variables)
         return (final_state, memory_start), gradients
 
-      carried, gradients = self.replicate(per_replica, segment, carried)
-      gradients = self.replica_sum(gradients)
+      carried, gradients = self.run_window(per_replica, segment, carried)
       return carried, [t + g for t, g in zip(totals, gradients)]
 
-    (state, _), totals = self._for_each_window(
+    (state, _), totals = self.for_each_window(
         segment, (state, self._initial_memory(batch)), window_ends, body,
-        base.zeros_like_variables(variables))
-    return totals, self.unshard(state)
-
-
-def _phase_schedule(use_synthetic):
-  """The alternation schedule behind ``use_synthetic``, or None for a constant."""
-  if isinstance(use_synthetic, bool):
-    return None
-  if isinstance(use_synthetic, type) and issubclass(
-      use_synthetic, schedules.AlternatingRestarts):
-    use_synthetic = use_synthetic()  # The base rate does not change the phases.
-  if not isinstance(use_synthetic, schedules.AlternatingRestarts):
-    raise ConfigurationError(
-        f'DNI.use_synthetic must be True, False or @AlternatingRestarts, got '
-        f'{use_synthetic!r}')
-  return use_synthetic
+        zeros_like_variables(variables), gather=False)
+    return totals, self.replicas.unshard(state)

@@ -48,6 +48,8 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods.replicas import densify
+from tfcredit.metrics import LAST
 from tfcredit.tasks import base as task_base
 
 
@@ -69,7 +71,7 @@ class FPTT(base.Method):
   ``p``; for terminal tasks the readout of window ``p``'s last state).
   """
 
-  metric_reductions = {'distance_to_average': base.LAST}
+  metric_reductions = {'distance_to_average': LAST}
 
   def __init__(self, *, model, task, optimizer, windows: int, alpha: float,
                beta: float = 0.5, quadratic_scale: float = 1.0,
@@ -80,9 +82,6 @@ class FPTT(base.Method):
     """Binds the method and creates ``W̄`` and ``λ``.
 
     Args:
-      model: the model (built).
-      task: the task.
-      optimizer: the Keras optimizer (built on the model's weights).
       windows: ``K``, windows per sequence (episodic) or per segment (stream); the
         authors use 10 (adding task, PTB) and 20 (sequential images).
       alpha: ``α`` of the dynamic regularizer (> 0); the authors' code defaults to
@@ -98,10 +97,9 @@ class FPTT(base.Method):
       window_length: stream tasks only (required there): steps per window; a
         segment is ``windows × window_length`` steps. Must be None for episodic
         tasks, whose sequences are cut into ``windows`` near-equal windows.
-      clip_norm: global-norm clipping of each step's full gradient (window loss
-        and regularizer), or None.
-      use_tf_function: compile (turn off to debug eagerly).
-      name: module name.
+      clip_norm: as in ``Method``, of each step's full gradient (window loss
+        and regularizer).
+      model, task, optimizer, use_tf_function, name: as in ``Method``.
 
     Raises:
       ConfigurationError: an argument is out of range or does not fit the task.
@@ -140,7 +138,7 @@ class FPTT(base.Method):
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      name=name or 'FPTT')
-    variables = self.trainable_variables
+    variables = self.model_variables
     # Created in the strategy's scope the trainer builds the method in, so they
     # are mirrored like the weights; updated in the cross-replica context only.
     self.running_average = [
@@ -150,8 +148,7 @@ class FPTT(base.Method):
         tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
                     name=f'gradient_state_{i}')
         for i, v in enumerate(variables)]
-    swap = self._traced('epoch_end', self._swap_in_average)
-    self._swap_fn = tf.function(swap, input_signature=[]) if use_tf_function else swap
+    self._swap_fn = self.compile('epoch_end', self._swap_in_average, [])
 
   # ------------------------------------------------------------- public API
   def segment_length(self) -> Optional[int]:
@@ -161,7 +158,7 @@ class FPTT(base.Method):
 
   def on_epoch_end(self) -> None:
     """The weights become ``W̄``; ``λ`` is zeroed if so configured."""
-    with self.strategy.scope():
+    with self.replicas.strategy.scope():
       self._swap_fn()
 
   def summaries(self, totals):
@@ -176,7 +173,7 @@ class FPTT(base.Method):
 
   # ------------------------------------------------------------ the method
   def _swap_in_average(self):
-    for variable, average in zip(self.trainable_variables, self.running_average):
+    for variable, average in zip(self.model_variables, self.running_average):
       variable.assign(average)
     if self.reset_gradient_state_each_epoch:
       for state in self.gradient_state:
@@ -204,7 +201,7 @@ class FPTT(base.Method):
   def _regularizer(self):
     """``−⟨λ, W⟩ + quadratic_scale·(α/2)‖W − W̄‖²`` at the current weights."""
     total = tf.constant(0.0)
-    for v, average, state in zip(self.trainable_variables, self.running_average,
+    for v, average, state in zip(self.model_variables, self.running_average,
                                  self.gradient_state):
       v = tf.convert_to_tensor(v)
       total += (-tf.reduce_sum(state * v) + self.quadratic_scale * 0.5 * self.alpha *
@@ -214,30 +211,24 @@ class FPTT(base.Method):
   def _distance_to_average(self):
     return tf.sqrt(tf.add_n([
         tf.reduce_sum(tf.square(tf.convert_to_tensor(v) - average))
-        for v, average in zip(self.trainable_variables, self.running_average)]))
+        for v, average in zip(self.model_variables, self.running_average)]))
 
   def _inner_step(self, segment, state, start, end, normalizer, weight):
     """One optimizer step on the window objective; returns (state, loss, norm)."""
-    variables = self.trainable_variables
-
-    def per_replica(segment, state):
-      inputs, targets = segment
-      gradients, new_state, loss_sum = self.window_gradients(
-          inputs[:, start:end], self.window_targets(targets, start, end), state,
-          normalizer)
-      return base.densify(gradients, variables), new_state, loss_sum
-
-    gradients, new_state, loss_sum = self.replicate(per_replica, segment, state)
-    gradients, loss_sum = self.replica_sum((gradients, loss_sum))
     scale = self.quadratic_scale * self.alpha
-    full = [weight * g - lam + scale * (tf.convert_to_tensor(v) - average)
-            for g, v, average, lam in zip(gradients, variables,
-                                          self.running_average, self.gradient_state)]
-    return new_state, loss_sum, self.apply_gradients(full, loss=loss_sum)
+
+    def with_regularizer(gradients):
+      gradients = densify(gradients, self.model_variables)
+      return [weight * g - lam + scale * (tf.convert_to_tensor(v) - average)
+              for g, v, average, lam in zip(gradients, self.model_variables,
+                                            self.running_average,
+                                            self.gradient_state)]
+    return self.window_update(segment, state, start, end, normalizer,
+                              transform=with_regularizer)
 
   def _update_averages(self):
     """``λ ← λ − α(W − W̄)``, then ``W̄ ← (1−β)W̄ + βW − (β/α)λ`` (new ``λ``)."""
-    for v, average, state in zip(self.trainable_variables, self.running_average,
+    for v, average, state in zip(self.model_variables, self.running_average,
                                  self.gradient_state):
       v = tf.convert_to_tensor(v)
       new_state = state - self.alpha * (v - average)
@@ -284,30 +275,19 @@ class FPTT(base.Method):
                 segment, state, window_ends, body,
                 (zero, zero, zero, zero, zeros, zeros))
     windows_run = tf.cast(num_windows, tf.float32)
-    metrics = {'loss_sum': last_loss if terminal else loss_total,
-               'count': task_base.count_of(self.task, segment[1]),
-               'grad_norm_sum': norm_sum,
-               'updates': windows_run * float(self.inner_steps),
-               'windows': windows_run,
-               'regularizer_sum': regularizer_sum,
-               'distance_to_average': self._distance_to_average()}
+    metrics = self.base_metrics(
+        segment, last_loss if terminal else loss_total, norm_sum,
+        windows_run * float(self.inner_steps), windows=windows_run,
+        regularizer_sum=regularizer_sum,
+        distance_to_average=self._distance_to_average())
     for p in range(self.windows):
       metrics[f'window_loss_sum_{p}'] = window_losses[p]
       metrics[f'window_count_{p}'] = window_counts[p]
     return state, metrics
 
   def _estimate_gradients(self, segment, state):
-    length = tf.shape(segment[0])[1]
-    window_ends = self._window_ends(length)
+    window_ends = self._window_ends(tf.shape(segment[0])[1])
     num_windows = tf.shape(window_ends)[0]
-
-    def body(index, segment, state, start, end, totals):
-      weight = self.window_weight(index, num_windows)
-      state, gradients = self.window_estimate(segment, state, start, end)
-      return state, [t + weight * g for t, g in zip(totals, gradients)]
-
-    state, totals = self.for_each_window(
-        segment, state, window_ends, body,
-        base.zeros_like_variables(self.trainable_variables))
-    return totals, state
-
+    return self.estimate_windows(
+        segment, state, window_ends,
+        weight=lambda index: self.window_weight(index, num_windows))

@@ -1,68 +1,14 @@
-"""Blocked target propagation (Wiseman et al. 2017).
+"""Blocked target propagation (Wiseman et al. 2017, Eq. 7).
 
-The hidden state at the start of every block of ``B`` steps is a free variable
-``h_b``; inside a block the state follows the recurrence from it (BPTT within the
-block), and the block's predicted final state ``ĥ_{b+1}`` is tied to the next free
-variable by the augmented loss of Eq. 7::
-
-    L_aug(H, θ, U) = Σ_t ℓ_t + (λ/2)·Σ_b ‖h_{b+1} − ĥ_{b+1} + u_b‖²
-
-Solvers (Section 3): ADMM = ``h_steps`` gradient steps on ``H``, then
-``theta_steps`` on ``θ``, then dual ascent ``u ← u + α_u·∇_u L_aug = u +
-α_u·λ·(h − ĥ + u)``; the penalty method (PM) skips the dual step; the augmented
-Lagrangian method (ALM) takes joint steps on ``(H, θ)`` (``theta_steps`` of
-them), then the dual step.
-
-Layout. An update covers ``m = blocks_per_update`` consecutive blocks of one
-minibatch of ``R`` stream columns. All of them run as ONE batched unroll: the
-inputs ``[R, m·B]`` become ``[m·R, B]`` (blocks stacked on the batch axis,
-block-major) and the initial states are ``[h_0; h_1; …; h_{m−1}]``. The free
-variables of an update are held as ``m + 1`` slots per state tensor (``[m + 1,
-R, units]``, the same nest as ``model.initial_state``, so an LSTM has h AND c of
-every layer): slot ``s`` is the state at the update's boundary ``s`` (before block
-``s``; slot ``m`` after the last block). Slot 0 is the carried state in minibatch
-mode and the free variable of the update's first block in batch mode; slot ``m``
-exists in batch mode only (the next update's first variable, fixed here, so the
-last block's ``ĥ`` is constrained too).
-
-Modes. ``'minibatch'`` (Section 4.1, the paper's Table 1 middle): the interior
-variables of the current minibatch live in ``minibatch_states`` and are initialised
-before the ``H``-steps by a forward pass under the current ``θ``
-(``h_init='forward'``) or at zero; the ``H``-optimizer's slots restart at every
-minibatch, as in the authors' code. ``'batch'``: the variables (and duals, and
-Adagrad accumulators) of the whole training stream, ``[N_blocks − 1, R, units]``
-per state tensor, persist across epochs and are saved in checkpoints; a
-boundary's row is read and written by the update that contains it, whose
-position in the stream is the method variable ``block_position`` (reset when a
-new epoch starts, advanced by each call). In epoch 0 ``h_init='forward'`` sets
-the rows from the forward pass on their first visit.
-
-Carried state. Minibatch mode with ``h_init='forward'`` carries the forward
-pass's final state to the next update (the model's own state, as truncated BPTT
-carries it); otherwise the carried state is the last block's ``ĥ`` from the
-update's last unroll (in batch mode it is the ``ĥ`` that the next update's first
-free variable is tied to).
-
-Duals. ``'per_minibatch'`` (the authors' code): ``u = 0`` at every minibatch, so
-the dual step has no effect and ADMM behaves as the penalty method.
-``'persistent'``: one dual per stream boundary, kept across minibatches and
-epochs (always the case in batch mode).
-
-Scales. The ``H``-steps follow the gradient of Eq. 7 itself (summed losses, not
-averaged over the batch: each row's variables are separate, so a step size does
-not depend on the batch size); the ``θ``-steps follow Eq. 7 divided by
-``rows × nominal window`` (``blocks_per_update·block_size``), the shared loss
-convention of ``tfcredit.methods.base``, penalty included.
-``estimate_gradients`` returns ``∇θ`` of Eq. 7 divided by the rows, after the
-``H``-steps, without moving ``θ`` or any stored variable. With these scales the
-Appendix A.1 identity holds as stated: penalty method, forward initialisation,
-one plain gradient step of size ``η`` on ``H``: the penalty's ``θ``-gradient is
-``ηλ`` times the BPTT gradient that crosses the block boundaries.
-
-The authors' code divides the loss by the block size (``λ_theirs·B = λ_here``)
-and splits the LSTM state off by one (not copied). Several replicas are not
-supported (the per-row variables would need sharded writes): the constructor
-refuses them.
+The state at the start of every block of ``B`` steps is a free variable ``h_b``;
+each block's predicted final state ``ĥ_{b+1}`` is tied to the next one by
+``L_aug(H, θ, U) = Σ_t ℓ_t + (λ/2)·Σ_b ‖h_{b+1} − ĥ_{b+1} + u_b‖²``, solved by ADMM
+(``h_steps`` H-steps, ``theta_steps`` θ-steps, a dual step), the penalty method
+(no dual step) or ALM (joint steps). This module owns the update's named steps;
+the blocked layout and boundary storage are ``tfcredit.methods.blocks``; modes,
+scales, duals and the carried state are in docs/methods/target_prop.md. The
+H-steps follow Eq. 7 itself, the θ-steps Eq. 7 under the shared loss convention,
+so the Appendix A.1 identity holds as stated.
 """
 
 import math
@@ -73,30 +19,25 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods import blocks as blocks_lib
+from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.tasks import base as task_base
+
+to_blocks = blocks_lib.to_blocks  # Part of the module's API.
 
 SOLVERS = ('admm', 'penalty', 'alm')
 H_INITS = ('forward', 'zeros')
 DUALS = ('per_minibatch', 'persistent')
 MODES = ('minibatch', 'batch')
 H_OPTIMIZERS = ('sgd', 'adagrad')
-# Torch's optim.adagrad (the authors' code): accumulators start at 0.
-_ADAGRAD_EPSILON = 1e-10
+_METRICS = ('loss_sum', 'grad_norm_sum', 'updates', 'loss_before_h_steps_sum',
+            'loss_after_h_steps_sum', 'penalty_sum', 'violation_sq_sum',
+            'dual_sq_sum', 'constraints')
 
 
 def _non_negative(name, value) -> float:
   return validation.finite_number(f'TargetProp.{name}', value, low=0.0,
                                   low_inclusive=True)
-
-
-def to_blocks(values, blocks, block_length):
-  """``[R, m·B, ...]`` → ``[m·R, B, ...]``: block ``b`` of row ``r`` is row ``b·R + r``."""
-  shape = tf.shape(values)
-  rest = shape[2:]
-  values = tf.reshape(values, tf.concat([[shape[0], blocks, block_length], rest], 0))
-  rank = values.shape.rank
-  values = tf.transpose(values, [1, 0] + list(range(2, rank)))
-  return tf.reshape(values, tf.concat([[blocks * shape[0], block_length], rest], 0))
 
 
 class TargetProp(base.Method):
@@ -128,9 +69,6 @@ class TargetProp(base.Method):
     """Binds the method.
 
     Args:
-      model: the model (per-step readout).
-      task: the task (stream, or episodic with per-step losses).
-      optimizer: the Keras optimizer of ``θ`` (the paper: Adagrad).
       block_size: ``B``, steps per block (the authors' code: 10; Table 1: 5, 10,
         20). ``B = 1`` is plain TPROP.
       blocks_per_update: blocks per parameter update and batched unroll (the
@@ -162,10 +100,9 @@ class TargetProp(base.Method):
       updates_per_call: stream tasks: updates per ``train_segment`` call.
       batch_size: the training columns (passed by the trainer); required by batch
         mode and persistent duals, whose variables cover the training stream.
-      clip_norm: global-norm clipping of the ``θ`` gradient (the authors: 0.5),
-        or None.
-      use_tf_function: compile (turn off to debug eagerly).
-      name: module name.
+      clip_norm: as in ``Method``, of the ``θ`` gradient (the authors: 0.5).
+      model, task, optimizer, use_tf_function, name: as in ``Method`` (the
+        optimizer is ``θ``'s; the paper: Adagrad).
 
     Raises:
       ConfigurationError: an argument is out of range or unsupported.
@@ -234,12 +171,10 @@ class TargetProp(base.Method):
     if stored_duals:
       length = task.stream('train', batch_size).shape[1] - 1
       self.num_boundaries = max(-(-length // self.block_size) - 1, 0)
-
-      def stream_variables(name, trainable):
-        return tf.nest.map_structure(
-            lambda s: tf.Variable(
-                tf.zeros([self.num_boundaries, batch_size, s.shape[-1]]),
-                trainable=trainable, name=name), spec)
+    self._store = blocks_lib.BoundaryStore(self.num_boundaries)
+    if stored_duals:
+      stream_variables = lambda name, trainable: self._store.variables(
+          spec, batch_size, name, trainable)
       self.dual_variables = stream_variables('duals', False)
       if self.stored_states:
         self.hidden_states = stream_variables('hidden_states', True)
@@ -292,49 +227,35 @@ class TargetProp(base.Method):
     return tf.concat([full, extra], axis=0)
 
   def _train_segment(self, segment, state):
-    return self._segment(segment, state, train=True)
+    zero = tf.constant(0.0)
+    state, totals = self._for_each_update(
+        segment, state, self._train_update, {key: zero for key in _METRICS})
+    blocks = (tf.shape(segment[0])[1] + self.block_size - 1) // self.block_size
+    self.block_position.assign_add(tf.cast(blocks, tf.int64))
+    return state, self.base_metrics(segment, **totals)
 
   def _estimate_gradients(self, segment, state):
-    return self._segment(segment, state, train=False)
+    state, gradients = self._for_each_update(
+        segment, state, self._estimate_update,
+        zeros_like_variables(self.model_variables))
+    return gradients, state
 
-  def _segment(self, segment, state, train):
-    length = tf.shape(segment[0])[1]
-    window_ends = self._window_ends(length)
-    nominal = self.blocks_per_update * self.block_size
-    zero = tf.constant(0.0)
-    if train:
-      accumulators = {key: zero for key in self._metric_keys()}
-    else:
-      accumulators = base.zeros_like_variables(self.trainable_variables)
-
-    def body(index, segment, state, start, end, accumulators):
+  def _for_each_update(self, segment, state, update, totals):
+    """``update(inputs, targets, carried, first_block) -> (carried, values)``
+    over the segment's updates, ``values`` summed into ``totals``."""
+    def body(index, segment, state, start, end, totals):
       del index
       inputs, targets = segment
       first_block = self.block_position + tf.cast(start // self.block_size,
                                                   tf.int64)
-      state, result = self._update(inputs[:, start:end], targets[:, start:end],
-                                   state, first_block, nominal, train)
-      if train:
-        return state, {k: accumulators[k] + result[k] for k in accumulators}
-      return state, [a + g for a, g in zip(accumulators, result)]
+      state, values = update(inputs[:, start:end], targets[:, start:end], state,
+                             first_block)
+      return state, tf.nest.map_structure(tf.add, totals, values)
 
-    state, accumulators = self.for_each_window(segment, state, window_ends, body,
-                                               accumulators)
-    if not train:
-      return accumulators, state
-    blocks = (length + self.block_size - 1) // self.block_size
-    self.block_position.assign_add(tf.cast(blocks, tf.int64))
-    metrics = dict(accumulators)
-    metrics['count'] = task_base.count_of(self.task, segment[1])
-    return state, metrics
+    window_ends = self._window_ends(tf.shape(segment[0])[1])
+    return self.for_each_window(segment, state, window_ends, body, totals)
 
-  @staticmethod
-  def _metric_keys():
-    return ('loss_sum', 'grad_norm_sum', 'updates', 'loss_before_h_steps_sum',
-            'loss_after_h_steps_sum', 'penalty_sum', 'violation_sq_sum',
-            'dual_sq_sum', 'constraints')
-
-  # -------------------------------------------------------------- one update
+  # ------------------------------------------------------- one update's steps
   def _forward_states(self, inputs, carried, blocks, block_length):
     """The sequential states at the ``blocks + 1`` boundaries, ``[m + 1, R, u]``."""
     arrays = tf.nest.map_structure(
@@ -342,7 +263,10 @@ class TargetProp(base.Method):
 
     def step(index, state, arrays):
       start = index * block_length
-      state = self._core_forward(inputs[:, start:start + block_length], state)
+      # The final state only: a language model's readout would dominate the cost.
+      _, state = self.model.unroll(inputs[:, start:start + block_length], state,
+                                   training=True, readout=False)
+      state = tf.nest.map_structure(tf.stop_gradient, state)
       arrays = tf.nest.map_structure(lambda a, s: a.write(index + 1, s),
                                      arrays, state)
       return index + 1, state, arrays
@@ -351,179 +275,94 @@ class TargetProp(base.Method):
                                  (tf.constant(0), carried, arrays))
     return tf.nest.map_structure(lambda a: a.stack(), arrays)
 
-  def _core_forward(self, inputs, state):
-    """The final state of a window, without the readout (the forward pass only
-    needs states; a language model's softmax layer would dominate its cost)."""
-    _, state = self.model.unroll(inputs, state, training=True, readout=False)
-    return tf.nest.map_structure(tf.stop_gradient, state)
+  def _prepare(self, inputs, targets, carried, first_block):
+    """An update's layout and initial free variables, duals and H-accumulators
+    (zero where nothing is stored), and the forward pass's last state."""
+    lay = blocks_lib.layout(inputs, targets, first_block, self.block_size,
+                            self.num_boundaries, self.stored_states)
+    zeros = tf.nest.map_structure(
+        lambda c: tf.zeros(tf.stack([lay.blocks + 1, lay.rows, tf.shape(c)[-1]])),
+        carried)
+    forward = lambda: self._forward_states(inputs, carried, lay.blocks,
+                                           lay.block_length)
+    gather = lambda variables: self._store.gather(variables, lay.boundary_rows,
+                                                  lay.valid)
+    if self.stored_states:
+      stored = gather(self.hidden_states)
+      free = (tf.cond(self.epoch <= 0, forward, lambda: stored)
+              if self.h_init == 'forward' else stored)
+    else:
+      free = forward() if self.h_init == 'forward' else zeros
+    forward_last = tf.nest.map_structure(lambda f: f[lay.blocks], free)
+    duals = gather(self.dual_variables) if self.stored_duals else zeros
+    if self.stored_states and self.h_optimizer == 'adagrad':
+      accumulators = gather(self.h_accumulators)
+    else:
+      accumulators = zeros  # Fresh H-optimizer slots every minibatch.
+    return lay, free, duals, accumulators, forward_last
 
-  def _gather(self, variables, rows, valid):
-    """Rows of stream variables (zero where ``valid`` is false)."""
-    safe = tf.clip_by_value(rows, 0, max(self.num_boundaries - 1, 0))
-    mask = tf.reshape(tf.cast(valid, tf.float32), [-1, 1, 1])
-    if self.num_boundaries == 0:
-      return tf.nest.map_structure(
-          lambda v: tf.zeros(tf.concat([tf.shape(rows), tf.shape(v)[1:]], 0)),
-          variables)
-    return tf.nest.map_structure(lambda v: tf.gather(v, safe) * mask, variables)
-
-  def _scatter(self, variables, rows, valid, values):
-    if self.num_boundaries == 0:
-      return
-    indices = tf.expand_dims(tf.boolean_mask(rows, valid), 1)
-    tf.nest.map_structure(
-        lambda v, x: v.scatter_nd_update(indices, tf.boolean_mask(x, valid)),
-        variables, values)
-
-  def _evaluate(self, x, y, carried, free, blocks, first_free):
-    """One batched unroll of every block of an update.
-
-    Returns:
-      ``(loss, predicted, last)``: the summed prediction loss, ``ĥ`` at every
-      slot (``[m + 1, R, units]`` per state tensor; slot 0 is the carried state,
-      gradient stopped) and the last block's ``ĥ``.
-    """
-    rows = tf.shape(tf.nest.flatten(carried)[0])[0]
-
+  def _augmented(self, lay, carried, free, duals):
+    """One batched unroll of every block of the update: ``(summed prediction
+    loss, ĥ at every slot (slot 0: the carried state, gradient stopped), the
+    last block's ĥ, the penalty of Eq. 7 over the active slots)``."""
     def initial(free_leaf, carried_leaf):
-      first = tf.where(first_free, free_leaf[0], carried_leaf)
-      stacked = tf.concat([first[None], free_leaf[1:blocks]], axis=0)
+      first = tf.where(lay.active[0] > 0, free_leaf[0], carried_leaf)
+      stacked = tf.concat([first[None], free_leaf[1:lay.blocks]], axis=0)
       return tf.reshape(stacked, [-1, tf.shape(free_leaf)[-1]])
 
     initial_state = tf.nest.map_structure(initial, free, carried)
-    outputs, final = self.model.unroll(x, initial_state, training=True)
-    loss = tf.reduce_sum(self.task.losses(outputs, y))
+    outputs, final = self.model.unroll(lay.x, initial_state, training=True)
+    loss = tf.reduce_sum(self.task.losses(outputs, lay.y))
     predicted = tf.nest.map_structure(
         lambda f, c: tf.concat([tf.stop_gradient(c)[None],
-                                tf.reshape(f, [blocks, rows, -1])], axis=0),
+                                tf.reshape(f, [lay.blocks, lay.rows, -1])], axis=0),
         final, carried)
-    last = tf.nest.map_structure(lambda p: p[blocks], predicted)
-    return loss, predicted, last
+    last = tf.nest.map_structure(lambda p: p[lay.blocks], predicted)
+    penalty, _ = self._constraints(free, predicted, duals, lay.active)
+    return loss, predicted, last, penalty
 
   def _constraints(self, free, predicted, duals, weights):
-    """``((λ/2)·Σ w‖h − ĥ + u‖², Σ w‖h − ĥ‖²)`` over the weighted slots."""
-    weights = tf.reshape(weights, [-1, 1, 1])
-    flat = list(zip(tf.nest.flatten(free), tf.nest.flatten(predicted),
-                    tf.nest.flatten(duals)))
-    penalty = tf.add_n([tf.reduce_sum(weights * tf.square(h - p + u))
-                        for h, p, u in flat])
-    violation = tf.add_n([tf.reduce_sum(weights * tf.square(h - p))
-                          for h, p, _ in flat])
-    return 0.5 * self.penalty * penalty, violation
+    return blocks_lib.constraints(free, predicted, duals, weights, self.penalty)
 
   def _h_step(self, free, gradients, accumulators, optimized):
-    mask = tf.reshape(optimized, [-1, 1, 1])
-    if self.loss_scale is not None:
-      # mixed_float16: an H-step whose scaled gradients overflowed moves nothing
-      # (the θ-step's window lowers the scale).
-      finite = tf.math.is_finite(tf.linalg.global_norm(tf.nest.flatten(gradients)))
-      gradients = tf.nest.map_structure(
-          lambda g: tf.where(finite, g, tf.zeros_like(g)), gradients)
-    gradients = tf.nest.map_structure(lambda g: g * mask, gradients)
-    if self.h_optimizer == 'sgd':
-      free = tf.nest.map_structure(lambda h, g: h - self.h_learning_rate * g,
-                                   free, gradients)
-      return free, accumulators
-    accumulators = tf.nest.map_structure(lambda a, g: a + tf.square(g),
-                                         accumulators, gradients)
-    free = tf.nest.map_structure(
-        lambda h, g, a: h - self.h_learning_rate * g /
-        (tf.sqrt(a) + _ADAGRAD_EPSILON), free, gradients, accumulators)
-    return free, accumulators
+    return blocks_lib.h_step(free, gradients, accumulators, optimized,
+                             self.h_optimizer, self.h_learning_rate,
+                             skip_non_finite=self.loss_scale is not None)
 
-  def _update(self, inputs, targets, carried, first_block, nominal, train):
-    """One update over ``m`` whole blocks (or one short block at a stream's end).
+  def _h_steps(self, lay, carried, free, duals, accumulators):
+    """``h_steps`` steps on ``H`` along Eq. 7 itself (none for ALM); returns
+    ``(free, accumulators, prediction loss before the first)``."""
+    if self.solver == 'alm' or self.h_steps == 0:
+      return free, accumulators, tf.constant(0.0)
 
-    Returns:
-      ``(carried state, metrics)`` when training, ``(carried state, gradients)``
-      when estimating.
-    """
-    width = tf.shape(inputs)[1]
-    block_length = tf.minimum(self.block_size, width)
-    blocks = width // block_length
-    rows = tf.shape(inputs)[0]
-    x = to_blocks(inputs, blocks, block_length)
-    y = to_blocks(targets, blocks, block_length)
-    boundary_rows = first_block - 1 + tf.range(tf.cast(blocks, tf.int64) + 1)
-    valid = tf.logical_and(boundary_rows >= 0, boundary_rows < self.num_boundaries)
-    interior = tf.concat([[0.0], tf.ones([blocks - 1]), [0.0]], axis=0)
-    if self.stored_states:
-      first_free = tf.cast(first_block > 0, tf.float32)
-      next_active = tf.cast(valid[-1], tf.float32)
-      active = interior + tf.concat([[first_free], tf.zeros([blocks])], 0)
-      active += tf.concat([tf.zeros([blocks]), [next_active]], 0)
-      optimized = active - tf.concat([tf.zeros([blocks]), [next_active]], 0)
-    else:
-      active = optimized = interior
-    # Constraints whose ĥ is computed here: dual steps and metrics (each
-    # boundary once per pass).
-    measured = active * tf.concat([[0.0], tf.ones([blocks])], 0)
-
-    units = lambda leaf: tf.shape(leaf)[-1]
-    zeros = tf.nest.map_structure(
-        lambda c: tf.zeros(tf.stack([blocks + 1, rows, units(c)])), carried)
-    forward = lambda: self._forward_states(inputs, carried, blocks, block_length)
-    if self.stored_states:
-      stored = self._gather(self.hidden_states, boundary_rows, valid)
-      if self.h_init == 'forward':
-        free = tf.cond(self.epoch <= 0, forward, lambda: stored)
-      else:
-        free = stored
-    else:
-      free = forward() if self.h_init == 'forward' else zeros
-    # Minibatch mode with forward initialisation carries the model's own state
-    # (as truncated BPTT does); otherwise the last block's ĥ.
-    carry_forward = not self.stored_states and self.h_init == 'forward'
-    forward_last = tf.nest.map_structure(lambda f: f[blocks], free)
-    duals = (self._gather(self.dual_variables, boundary_rows, valid)
-             if self.stored_duals else zeros)
-    if self.stored_states and self.h_optimizer == 'adagrad':
-      accumulators = self._gather(self.h_accumulators, boundary_rows, valid)
-    else:
-      accumulators = zeros  # Fresh H-optimizer slots every minibatch.
-
-    first_free = active[0] > 0
-    evaluate = lambda free: self._evaluate(x, y, carried, free, blocks, first_free)
-    thetas = self.trainable_variables
-    theta_scale = 1.0 / (tf.cast(rows, tf.float32) *
-                         tf.cast(nominal if train else 1, tf.float32))
-
-    def h_step(index, free, accumulators, loss_before):
+    def step(index, free, accumulators, loss_before):
       with tf.GradientTape() as tape:
         tape.watch(free)
-        loss, predicted, _ = evaluate(free)
-        penalty, _ = self._constraints(free, predicted, duals, active)
+        loss, _, _, penalty = self._augmented(lay, carried, free, duals)
         objective = loss + penalty  # Eq. 7 itself.
       gradients = self.gradient(tape, objective, free,
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      free, accumulators = self._h_step(free, gradients, accumulators, optimized)
-      loss_before = tf.where(index == 0, loss, loss_before)
-      return index + 1, free, accumulators, loss_before
+      free, accumulators = self._h_step(free, gradients, accumulators,
+                                        lay.optimized)
+      return index + 1, free, accumulators, tf.where(index == 0, loss, loss_before)
 
-    zero = tf.constant(0.0)
-    loss_before = zero
-    if self.solver != 'alm' and self.h_steps > 0:
-      _, free, accumulators, loss_before = tf.while_loop(
-          lambda index, *_: index < self.h_steps, h_step,
-          (tf.constant(0), free, accumulators, loss_before))
+    _, free, accumulators, loss_before = tf.while_loop(
+        lambda index, *_: index < self.h_steps, step,
+        (tf.constant(0), free, accumulators, tf.constant(0.0)))
+    return free, accumulators, loss_before
 
-    if not train:
-      with tf.GradientTape() as tape:
-        loss, predicted, last = evaluate(free)
-        penalty, _ = self._constraints(free, predicted, duals, active)
-        objective = (loss + penalty) * theta_scale
-      if carry_forward:
-        last = forward_last
-      return last, base.densify(self.gradient(tape, objective, thetas), thetas)
-
+  def _theta_steps(self, lay, carried, free, duals, accumulators, theta_scale):
+    """``theta_steps`` applied updates of ``θ`` (ALM: joint with ``H``) along Eq. 7
+    under the loss convention; returns ``(free, accumulators, (first loss, grad
+    norm sum, measured penalty, violation, last ĥ))``."""
     joint = self.solver == 'alm'
+    thetas = self.model_variables
 
-    def theta_step(index, free, accumulators, totals):
+    def step(index, free, accumulators, totals):
       with tf.GradientTape() as tape:
         if joint:
           tape.watch(free)
-        loss, predicted, last = evaluate(free)
-        penalty, _ = self._constraints(free, predicted, duals, active)
+        loss, predicted, last, penalty = self._augmented(lay, carried, free, duals)
         objective = (loss + penalty) * theta_scale
       if joint:
         gradients, free_gradients = self.gradient(
@@ -532,57 +371,89 @@ class TargetProp(base.Method):
         free_gradients = tf.nest.map_structure(lambda g: g / theta_scale,
                                                free_gradients)
         free, accumulators = self._h_step(free, free_gradients, accumulators,
-                                          optimized)
+                                          lay.optimized)
       else:
         gradients = self.gradient(tape, objective, thetas)
       norm = self.apply_gradients(gradients)
-      # Metrics where ĥ is computed in this update (each boundary once).
       measured_penalty, violation = self._constraints(
           free, tf.nest.map_structure(tf.stop_gradient, predicted), duals,
-          measured)
-      first_loss, _, norm_sum, _, _, _ = totals
-      first_loss = tf.where(index == 0, loss, first_loss)
-      totals = (first_loss, loss, norm_sum + norm, measured_penalty, violation,
-                tf.nest.map_structure(tf.stop_gradient, last))
-      return index + 1, free, accumulators, totals
+          lay.measured)
+      first_loss, norm_sum, _, _, _ = totals
+      return index + 1, free, accumulators, (
+          tf.where(index == 0, loss, first_loss), norm_sum + norm,
+          measured_penalty, violation,
+          tf.nest.map_structure(tf.stop_gradient, last))
 
-    totals = (zero, zero, zero, zero, zero, carried)
+    zero = tf.constant(0.0)
     _, free, accumulators, totals = tf.while_loop(
-        lambda index, *_: index < self.theta_steps, theta_step,
-        (tf.constant(0), free, accumulators, totals))
-    loss_after, _, norm_sum, penalty, violation, last = totals
-    if joint or self.h_steps == 0:
-      loss_before = loss_after
+        lambda index, *_: index < self.theta_steps, step,
+        (tf.constant(0), free, accumulators, (zero, zero, zero, zero, carried)))
+    return free, accumulators, totals
 
+  def _dual_step(self, lay, carried, free, duals):
+    """``u ← u + α_u·λ·(h − ĥ + u)`` with ``ĥ`` under the new ``θ`` (one more
+    batched forward pass); returns ``(duals, penalty, violation, last ĥ)``."""
+    _, predicted, last, _ = self._augmented(lay, carried, free, duals)
+    weights = tf.reshape(lay.measured, [-1, 1, 1])
+    duals = tf.nest.map_structure(
+        lambda u, h, p: u + weights * self.dual_lr * self.penalty * (h - p + u),
+        duals, free, predicted)
+    penalty, violation = self._constraints(free, predicted, duals, lay.measured)
+    return duals, penalty, violation, last
+
+  def _carried(self, last, forward_last):
+    """Minibatch mode with forward initialisation carries the model's own state
+    (as truncated BPTT does); otherwise the last block's ``ĥ``."""
+    if not self.stored_states and self.h_init == 'forward':
+      last = forward_last
+    return tf.nest.map_structure(tf.stop_gradient, last)
+
+  def _estimate_update(self, inputs, targets, carried, first_block):
+    """``∇θ`` of Eq. 7 over the rows after the H-steps; nothing moves."""
+    lay, free, duals, accumulators, forward_last = self._prepare(
+        inputs, targets, carried, first_block)
+    free, _, _ = self._h_steps(lay, carried, free, duals, accumulators)
+    thetas = self.model_variables
+    with tf.GradientTape() as tape:
+      loss, _, last, penalty = self._augmented(lay, carried, free, duals)
+      objective = (loss + penalty) * self.normalize(tf.constant(1.0), lay.rows)
+    gradients = densify(self.gradient(tape, objective, thetas), thetas)
+    return self._carried(last, forward_last), gradients
+
+  def _train_update(self, inputs, targets, carried, first_block):
+    """One update over ``m`` whole blocks (or one short block at a stream's end):
+    H-steps, θ-steps, the dual step, then the stored variables are written."""
+    lay, free, duals, accumulators, forward_last = self._prepare(
+        inputs, targets, carried, first_block)
+    free, accumulators, loss_before = self._h_steps(lay, carried, free, duals,
+                                                    accumulators)
+    theta_scale = self.normalize(tf.constant(1.0), lay.rows,
+                                 self.blocks_per_update * self.block_size)
+    free, accumulators, (loss_after, norm_sum, penalty, violation, last) = (
+        self._theta_steps(lay, carried, free, duals, accumulators, theta_scale))
+    if self.solver == 'alm' or self.h_steps == 0:
+      loss_before = loss_after
     dual_step = self.solver != 'penalty' and self.stored_duals
-    if dual_step:  # ĥ under the new θ: one more batched forward pass.
-      _, predicted, last = evaluate(free)
-      weights = tf.reshape(measured, [-1, 1, 1])
-      duals = tf.nest.map_structure(
-          lambda u, h, p: u + weights * self.dual_lr * self.penalty * (h - p + u),
-          duals, free, predicted)
-      penalty, violation = self._constraints(free, predicted, duals, measured)
-    dual_sq = tf.add_n([tf.reduce_sum(tf.reshape(measured, [-1, 1, 1]) *
+    if dual_step:
+      duals, penalty, violation, last = self._dual_step(lay, carried, free, duals)
+    dual_sq = tf.add_n([tf.reduce_sum(tf.reshape(lay.measured, [-1, 1, 1]) *
                                       tf.square(u))
                         for u in tf.nest.flatten(duals)])
-
+    scatter = lambda variables, values: self._store.scatter(
+        variables, lay.boundary_rows, lay.valid, values)
     if self.stored_states:
-      self._scatter(self.hidden_states, boundary_rows, valid, free)
+      scatter(self.hidden_states, free)
       if self.h_optimizer == 'adagrad':
-        self._scatter(self.h_accumulators, boundary_rows, valid, accumulators)
+        scatter(self.h_accumulators, accumulators)
     else:
-      tf.nest.map_structure(lambda v, f: v.assign(f[1:blocks]),
+      tf.nest.map_structure(lambda v, f: v.assign(f[1:lay.blocks]),
                             self.minibatch_states, free)
     if dual_step:
-      self._scatter(self.dual_variables, boundary_rows, valid, duals)
-
-    metrics = {
+      scatter(self.dual_variables, duals)
+    return self._carried(last, forward_last), {
         'loss_sum': loss_before, 'grad_norm_sum': norm_sum,
         'updates': tf.constant(float(self.theta_steps)),
         'loss_before_h_steps_sum': loss_before,
         'loss_after_h_steps_sum': loss_after, 'penalty_sum': penalty,
         'violation_sq_sum': violation, 'dual_sq_sum': dual_sq,
-        'constraints': tf.reduce_sum(measured) * tf.cast(rows, tf.float32)}
-    if carry_forward:
-      last = forward_last
-    return tf.nest.map_structure(tf.stop_gradient, last), metrics
+        'constraints': tf.reduce_sum(lay.measured) * tf.cast(lay.rows, tf.float32)}

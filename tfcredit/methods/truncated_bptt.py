@@ -31,17 +31,11 @@ class TruncatedBPTT(base.Method):
     """Binds the method.
 
     Args:
-      model: the model.
-      task: the task.
-      optimizer: the Keras optimizer.
       window: steps per truncation window (``K``); 35 is the PyTorch word-LM
         default, Zaremba et al. 2014 use 20 (set in their gin file).
       windows_per_call: stream tasks: windows per ``train_segment`` call.
-      clip_norm: global-norm clipping threshold, or None.
-      use_tf_function: compile (turn off to debug eagerly).
-      jit_compile: compile each window's forward and backward pass with XLA
-        (``base.Method``).
-      name: module name.
+      model, task, optimizer, clip_norm, use_tf_function, jit_compile, name:
+        as in ``Method``.
     """
     self.window = self._check_window(window)
     self.windows_per_call = validation.positive_int(
@@ -51,11 +45,7 @@ class TruncatedBPTT(base.Method):
                      jit_compile=jit_compile, name=name or type(self).__name__)
 
   def _check_window(self, window):
-    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-      raise ConfigurationError(
-          f'TruncatedBPTT.window must be a positive integer number of steps, got '
-          f'{window!r}: set e.g. TruncatedBPTT.window = 35')
-    return window
+    return validation.positive_int('TruncatedBPTT.window', window)
 
   def segment_length(self) -> Optional[int]:
     return self.window * self.windows_per_call
@@ -69,38 +59,16 @@ class TruncatedBPTT(base.Method):
 
   def _train_segment(self, segment, state):
     length = tf.shape(segment[0])[1]
-    nominal = self._nominal_window(length)
     window_ends = self._window_ends(length)
-
-    def body(index, segment, state, start, end, totals):
-      del index
-      state, loss_sum, norm = self.window_update(segment, state, start, end, nominal)
-      loss_total, norm_total, update_total = totals
-      return state, (loss_total + loss_sum, norm_total + norm, update_total + 1.0)
-
-    zero = tf.constant(0.0)
-    state, (loss_sum, norm_sum, updates) = self.for_each_window(
-        segment, state, window_ends, body, (zero, zero, zero),
+    state, loss_sum, norm_sum, updates = self.train_windows(
+        segment, state, window_ends, self._nominal_window(length),
         first_window=self.first_loss_window(window_ends))
-    metrics = {'loss_sum': loss_sum,
-               'count': task_base.count_of(self.task, segment[1]),
-               'grad_norm_sum': norm_sum, 'updates': updates}
-    return state, metrics
+    return state, self.base_metrics(segment, loss_sum, norm_sum, updates)
 
   def _estimate_gradients(self, segment, state):
-    length = tf.shape(segment[0])[1]
-    window_ends = self._window_ends(length)
-
-    def body(index, segment, state, start, end, totals):
-      del index
-      state, gradients = self.window_estimate(segment, state, start, end)
-      return state, [t + g for t, g in zip(totals, gradients)]
-
-    state, totals = self.for_each_window(
-        segment, state, window_ends, body,
-        base.zeros_like_variables(self.trainable_variables),
-        first_window=self.first_loss_window(window_ends))
-    return totals, state
+    window_ends = self._window_ends(tf.shape(segment[0])[1])
+    return self.estimate_windows(segment, state, window_ends,
+                                 first_window=self.first_loss_window(window_ends))
 
 
 class BPTT(TruncatedBPTT):
@@ -117,15 +85,10 @@ class BPTT(TruncatedBPTT):
     """Binds the method.
 
     Args:
-      model: the model.
-      task: the task.
-      optimizer: the Keras optimizer.
       sequence_length: stream tasks only: steps per training sequence (required
         there); must be None for episodic tasks, whose sequences are whole.
-      clip_norm: global-norm clipping threshold, or None.
-      use_tf_function: compile (turn off to debug eagerly).
-      jit_compile: compile the window's forward and backward pass with XLA.
-      name: module name.
+      model, task, optimizer, clip_norm, use_tf_function, jit_compile, name:
+        as in ``Method``.
     """
     if task.regime == task_base.STREAM and sequence_length is None:
       raise ConfigurationError(

@@ -24,6 +24,7 @@ Implements:
 from collections.abc import Sequence
 import math
 import numbers
+from typing import Optional
 
 import tensorflow as tf
 
@@ -365,6 +366,29 @@ class AlternatingRestarts(CosineRestarts):
            start_phase, f'one of {_PHASES}',
            "pass start_phase='real' (the paper: real gradients first)")
     self._start_phase = start_phase
+
+  @classmethod
+  def from_setting(cls, name: str, setting) -> Optional['AlternatingRestarts']:
+    """The alternation behind a `True` / `False` / alternation setting (a class
+    is built with its defaults, which fix the phases), or None for a constant.
+
+    Raises:
+      ConfigurationError: `setting` is none of these.
+    """
+    if isinstance(setting, bool):
+      return None
+    if isinstance(setting, type) and issubclass(setting, cls):
+      setting = setting()
+    if not isinstance(setting, cls):
+      raise ConfigurationError(
+          f'{name} must be True, False or @{cls.__name__}, got {setting!r}')
+    return setting
+
+  def same_phases(self, other, epochs: int = 100) -> bool:
+    """Whether `other` is an alternation with the same phases over the first
+    `epochs` epochs (compared every quarter epoch)."""
+    return isinstance(other, AlternatingRestarts) and all(
+        self.phase(e / 4) == other.phase(e / 4) for e in range(4 * epochs))
 
   def phase(self, epoch: float) -> str:
     """`'real'` or `'synthetic'`: the boundary gradient during `epoch`."""
