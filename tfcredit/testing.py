@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import gin
 import keras
@@ -149,6 +149,29 @@ def assert_nests_close(actual: Any, expected: Any, rtol: float = 1e-5,
                                      tf.nest.flatten(expected))):
     np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=rtol, atol=atol,
                                err_msg=f'leaf {index}')
+
+
+def assert_compiled_matches_eager(build: Callable[[], Any],
+                                  run: Callable[[Any, Any], Any],
+                                  rtol: float = 1e-5, atol: float = 1e-6) -> Any:
+  """Runs ``run(method, model)`` on a method from ``build() -> (method, model)``
+  and on a twin whose ``tf.function``s run eagerly (same initial weights), and
+  asserts the results and final weights agree. A trace that baked in a Python
+  value (a segment's length or batch, a stream position) would disagree.
+  Returns the compiled method (for its ``trace_counts``)."""
+  results = []
+  for eagerly in (False, True):
+    tf.config.run_functions_eagerly(eagerly)
+    try:
+      method, model = build()
+      outcome = run(method, model)
+      results.append((outcome, [v.numpy() for v in model.trainable_variables]))
+    finally:
+      tf.config.run_functions_eagerly(False)
+    if not eagerly:
+      compiled = method
+  assert_nests_close(results[0], results[1], rtol=rtol, atol=atol)
+  return compiled
 
 
 # TensorFlow's C++ log lines ("E0000 00:00:... failed call to cuInit", "I0000 ...

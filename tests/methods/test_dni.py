@@ -422,7 +422,7 @@ def test_a_non_finite_window_moves_neither_the_model_nor_the_synthesizer():
   """The synthesizer's update belongs to its window: when the window's loss is
   not finite, the non-finite guard refuses both updates (and both optimizers'
   slots stay), and counts the window once."""
-  from tfcredit.methods.base import NON_FINITE_METRIC  # pylint: disable=g-import-not-at-top
+  from tfcredit.metrics import NON_FINITE_METRIC  # pylint: disable=g-import-not-at-top
   task = MarkovLanguageTask(train_length=200, eval_length=50)
   model = tiny_model(task, seed=3, cell='gru')
   optimizer = built_optimizer(model, keras.optimizers.Adam, learning_rate=0.05)

@@ -359,37 +359,7 @@ class _TokenStream(task_base.Task):
     return {}
 
 
-def test_each_function_traces_once_for_any_segment_length_episodic(copy_setup):
-  # The same compiled functions as the other tests use (the model does not depend
-  # on the copy length), fed 40-step sequences cut to several lengths.
-  method = copy_setup.method('windowed')
-  task = CopyTask(sequence_length=20, seed=7)
-  for batch_size, length in ((BATCH, 7), (BATCH, 13), (BATCH, 40), (BATCH, 1),
-                             (2, 9)):
-    inputs, targets = _copy_segment(task, batch_size)
-    segment = (inputs[:, :length], targets[:, :length])
-    state = copy_setup.model.initial_state(batch_size)
-    method.train_segment(segment, state)
-    method.estimate_gradients(segment, state)
-  assert method.trace_counts['train_segment'] == 1
-  assert method.trace_counts['estimate_gradients'] == 1
-
-
-def test_each_function_traces_once_for_any_length_and_batch_stream():
-  task = _TokenStream()
-  model = tiny_model(task, cell='simple_rnn', units=4, seed=42)
-  method = _method(TruncatedBPTT, task, model, window=4, windows_per_call=2)
-  for batch_size, lengths in ((3, (8, 5, 1)), (5, (8, 13))):
-    data = tf.constant(task.stream('train', batch_size))
-    state, position = model.initial_state(batch_size), 0
-    for length in lengths:
-      segment = (data[:, position:position + length],
-                 data[:, position + 1:position + length + 1])
-      state, _ = method.train_segment(segment, state)
-      method.estimate_gradients(segment, state)
-      position += length
-  assert method.trace_counts['train_segment'] == 1
-  assert method.trace_counts['estimate_gradients'] == 1
+# One trace for every length and batch: tests/methods/test_tracing.py.
 
 
 # ------------------------------------------------------------ bad input

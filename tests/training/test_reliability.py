@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import tfcredit
 from tfcredit.errors import TrainingError
-from tfcredit.methods.base import NON_FINITE_METRIC
+from tfcredit.metrics import NON_FINITE_METRIC
 from tfcredit.testing import (REPOSITORY, TINY_CONFIG, built_optimizer, clean_gin,  # noqa: F401
                               configure_tiny, run_entry_point,
                               tiny_model)

@@ -160,7 +160,7 @@ def test_method_metrics_are_combined_per_interval_and_written(tmp_path):
 
 def test_combine_reductions():
   from tfcredit.training import reporting
-  from tfcredit.methods import base
+  from tfcredit import metrics as base
   total = None
   for value in (2.0, 5.0, 3.0):
     total = reporting.combine(base.MAX, total, value)
@@ -197,7 +197,7 @@ def test_progress_rate_after_a_resume_counts_only_this_process(tmp_path):
 
 
 def base_metrics():
-  from tfcredit.methods import base
+  from tfcredit import metrics as base
   return base.BASE_METRICS
 
 

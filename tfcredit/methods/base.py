@@ -12,27 +12,22 @@ attributes, so ``tf.train.Checkpoint(method=...)`` saves it.
 """
 
 import collections
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from tfcredit import metrics as metrics_lib
 from tfcredit import precision
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
-# How the trainer combines a metric over the training calls of one summary
-# interval (``Method.metric_reductions``), and the metrics every method returns.
 from tfcredit.methods import guard as guard_lib
 from tfcredit.methods import replicas as replicas_lib
-from tfcredit.methods.guard import LOSS_SCALE_METRIC, OVERFLOW_METRIC  # pylint: disable=unused-import
-from tfcredit.methods.replicas import coalesce, densify, zeros_like_variables  # pylint: disable=unused-import
-from tfcredit import metrics as metrics_lib
-from tfcredit.metrics import (BASE_METRICS, CONCAT, LAST, MAX,  # pylint: disable=unused-import
-                              NON_FINITE_METRIC, SUM)
+from tfcredit.methods.replicas import coalesce, densify, zeros_like_variables
 from tfcredit.tasks import base as task_base
 
 Metrics = Dict[str, tf.Tensor]
+
 
 class Method(tf.Module):
   """Base class of the credit-assignment methods (see the module docstring)."""
@@ -41,9 +36,7 @@ class Method(tf.Module):
                optimizer: keras.optimizers.Optimizer,
                clip_norm: Optional[float] = None, use_tf_function: bool = True,
                jit_compile: bool = False, name: Optional[str] = None):
-    """Binds the method.
-
-    Args:
+    """Args:
       model: a built ``RecurrentModel``.
       task: the task whose ``losses`` define the objective.
       optimizer: a Keras optimizer, built on the model's trainable variables.
@@ -74,7 +67,7 @@ class Method(tf.Module):
     if precision.compute_dtype(model) == tf.float16:
       self.loss_scale = precision.DynamicLossScale()
       self.metric_reductions = {**type(self).metric_reductions,
-                                LOSS_SCALE_METRIC: LAST}
+                                guard_lib.LOSS_SCALE_METRIC: metrics_lib.LAST}
     self._guard = guard_lib.UpdateGuard(self.loss_scale)
     self.jit_compile = validation.boolean('jit_compile', jit_compile)
     self._compiled_window_gradients = (
@@ -91,45 +84,32 @@ class Method(tf.Module):
     return None
 
   def train_segment(self, segment, state) -> Tuple[Any, Metrics]:
-    """Trains on one segment; returns the carried state and summed metrics.
-
-    Metrics: ``loss_sum`` (sum of the unreduced task losses), ``count`` (tokens or
-    sequences they cover), ``grad_norm_sum`` (sum of pre-clipping global gradient
-    norms) and ``updates`` (parameter updates applied).
-    """
+    """Trains on one segment; returns the carried state and summed metrics
+    (``tfcredit.metrics.BASE_METRICS`` and the method's own)."""
     return self._train_fn(segment, state)
 
   def estimate_gradients(self, segment, state) -> Tuple[list, Any]:
-    """The method's gradient estimate for the segment (see the module docstring)."""
+    """The method's estimate of ``∇θ (1/B)·Σ_t ℓ_t`` (per-step losses) or ``∇θ
+    mean_b ℓ_b`` (terminal) at the current weights, applying nothing."""
     return self._estimate_fn(segment, state)
 
   def bind_schedule(self, schedule) -> None:
-    """Called by the trainer, before training, with the run's learning-rate
-    schedule (a ``tfcredit.training.schedules`` object): a method whose
-    behaviour must follow it checks it here (DNI's alternation).
-
-    Raises:
-      ConfigurationError: the schedule does not fit the method.
-    """
+    """Before training, the run's learning-rate schedule: a method whose
+    behaviour must follow it checks it here (DNI's alternation), raising
+    ``ConfigurationError`` if it does not fit."""
 
   def on_epoch_start(self, epoch: int) -> None:
-    """Called by the trainer before the first call of every epoch (0-based), also
-    when a run resumes mid-epoch; epoch-dependent behaviour (a phase, a position
-    in the training stream) is set here, never in the trainer's loop."""
+    """Before the first call of every epoch (0-based; also on a mid-epoch resume):
+    epoch-dependent behaviour is set here, never in the trainer's loop."""
 
   def on_epoch_end(self) -> None:
-    """Called by the trainer after every epoch, before validation (FPTT swaps in
-    its averages here)."""
+    """After every epoch, before validation (FPTT swaps in its averages)."""
 
-  # Extra metrics. ``train_segment`` may return metrics besides ``BASE_METRICS``:
-  # scalars (or rank-1 tensors for ``CONCAT``). The trainer combines each over a
-  # summary interval by its reduction here (``SUM`` when not listed) and writes
-  # what ``summaries`` makes of the combined values under ``method/`` in
-  # TensorBoard.
+  # How the trainer combines each extra metric (a scalar, or rank 1 for CONCAT)
+  # over a summary interval (SUM when not listed); ``summaries`` then writes it.
   metric_reductions: Mapping[str, str] = {}
 
-  def summaries(self, totals: Mapping[str, Union[float, np.ndarray]]
-                ) -> Dict[str, Union[float, np.ndarray]]:
+  def summaries(self, totals: Mapping[str, Any]) -> Dict[str, Any]:
     """TensorBoard values from one interval's combined extra metrics (``totals``,
     base ones included): by default ``tfcredit.metrics.per_update_summaries``;
     override to derive other ratios."""
@@ -179,15 +159,9 @@ class Method(tf.Module):
     return targets[:, start:end]
 
   def objective(self, outputs, targets, normalizer) -> Tuple[tf.Tensor, tf.Tensor]:
-    """``(objective, loss_sum)`` of one window under the shared loss convention.
-
-    Args:
-      outputs: the model's window outputs.
-      targets: the window's targets.
-      normalizer: per-step losses are divided by ``batch × normalizer``
-        (the nominal window length when training, 1 for gradient estimates);
-        terminal losses are averaged over the batch.
-    """
+    """``(objective, loss_sum)`` of one window under the loss convention
+    (``normalize``; ``normalizer``: the nominal window length when training, 1
+    for gradient estimates)."""
     losses = self.task.losses(outputs, targets)
     loss_sum = tf.reduce_sum(losses)
     return self.normalize(loss_sum, tf.shape(losses)[0], normalizer), loss_sum
@@ -207,11 +181,8 @@ class Method(tf.Module):
 
   def window_gradients(self, inputs, targets, state, normalizer,
                        state_grad_scale=None):
-    """Backpropagates one window from ``state`` (whose gradient is stopped).
-
-    Returns:
-      ``(gradients, new_state, loss_sum)``.
-    """
+    """``(gradients, new_state, loss_sum)`` of one window from ``state`` (its
+    gradient stopped)."""
     state = tf.nest.map_structure(tf.stop_gradient, state)
     if self._compiled_window_gradients is None:
       gradients, new_state, loss_sum = self._window_gradients_parts(
@@ -228,8 +199,7 @@ class Method(tf.Module):
 
   def _window_gradients_parts(self, inputs, targets, state, normalizer,
                               state_grad_scale):
-    """``window_gradients``' computation, an ``IndexedSlices`` gradient as its
-    ``(values, indices, dense_shape)``."""
+    """``window_gradients``' computation; ``IndexedSlices`` as their parts."""
     with tf.GradientTape() as tape:
       outputs, new_state = self.model.unroll(inputs, state, training=True,
                                              state_grad_scale=state_grad_scale)
@@ -258,10 +228,9 @@ class Method(tf.Module):
     Args:
       gradients: the model's gradients.
       loss: the window's loss, checked too when given.
-      also_finite: a boolean tensor the window's update also needs (a method's
-        own updates: DNI's synthesizer).
-      also_apply: called in the same branch as the optimizer's update: the
-        method's own update of the window, applied or refused with it.
+      also_finite, also_apply: a method's own update of the window (DNI's
+        synthesizer), applied or refused with the model's: the boolean it also
+        needs, and a function called in the same branch.
     """
     # An embedding gradient arrives as IndexedSlices with one row per token
     # occurrence; rows of a repeated token must be summed before taking the norm.
@@ -368,8 +337,7 @@ class Method(tf.Module):
       transform: optional, maps the replica-summed gradients to the ones applied
         (FPTT adds its regularizer's gradient).
 
-    Returns:
-      ``(new per-replica state, summed loss, pre-clipping gradient norm)``.
+    Returns ``(new per-replica state, summed loss, pre-clipping norm)``.
     """
     def per_replica(segment, state):
       inputs, targets = segment
@@ -384,11 +352,8 @@ class Method(tf.Module):
     return state, loss_sum, self.apply_gradients(gradients, loss=loss_sum)
 
   def window_estimate(self, segment, state, start, end, state_grad_scale=None):
-    """One window's gradient of ``(1/B)·Σ ℓ`` (dense), summed over replicas.
-
-    Returns:
-      ``(new per-replica state, gradients)``.
-    """
+    """``(new per-replica state, gradients)``: one window's gradient of
+    ``(1/B)·Σ ℓ`` (dense), summed over replicas."""
     variables = self.model_variables
 
     def per_replica(segment, state):
@@ -402,12 +367,8 @@ class Method(tf.Module):
 
   def train_windows(self, segment, state, window_ends, normalizer,
                     state_grad_scale=None, first_window=0):
-    """One ``window_update`` per window (truncated BPTT's loop; ARTBP's with its
-    compensation factors ``state_grad_scale``, one per step of the segment).
-
-    Returns:
-      ``(state, loss_sum, grad_norm_sum, updates)``.
-    """
+    """``(state, loss_sum, grad_norm_sum, updates)`` of one ``window_update``
+    per window (ARTBP: with ``state_grad_scale``, one factor per step)."""
     def body(index, segment, state, start, end, totals):
       del index
       scale = None if state_grad_scale is None else state_grad_scale[start:end]

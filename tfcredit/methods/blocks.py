@@ -9,9 +9,12 @@ last block). ``Layout`` says which slots are free, optimised and measured; a
 ``BoundaryStore`` holds per-boundary rows of a whole training stream.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import tensorflow as tf
+
+from tfcredit.errors import ConfigurationError
+from tfcredit.tasks import base as task_base
 
 # Torch's optim.adagrad (the authors' code): accumulators start at 0.
 ADAGRAD_EPSILON = 1e-10
@@ -25,6 +28,62 @@ def to_blocks(values, blocks, block_length):
   rank = values.shape.rank
   values = tf.transpose(values, [1, 0] + list(range(2, rank)))
   return tf.reshape(values, tf.concat([[blocks * shape[0], block_length], rest], 0))
+
+
+def check_task(task, block_size: int, mode: str, duals: str, stored_duals: bool,
+               batch_size: Optional[int]) -> None:
+  """Refuses a task the blocked layout cannot serve, naming the setting."""
+  if task.readout != task_base.PER_STEP:
+    raise ConfigurationError(
+        f'TargetProp needs per-step losses; task {task.name!r} has a '
+        f'{task.readout!r} readout: use truncated BPTT or ARTBP for it')
+  if task.regime == task_base.EPISODIC:
+    sequence_length = task.batch('train', 0, 0, 1)[0].shape[1]
+    if sequence_length % block_size:
+      raise ConfigurationError(
+          f'TargetProp.block_size={block_size} does not divide the '
+          f'sequence length {sequence_length} of task {task.name!r}: every '
+          'window must be a whole number of blocks; choose a divisor')
+  if stored_duals and task.regime != task_base.STREAM:
+    raise ConfigurationError(
+        f"TargetProp mode={mode!r}, duals={duals!r} keeps variables "
+        f'for a training stream; task {task.name!r} is episodic: use '
+        "mode='minibatch', duals='per_minibatch'")
+  if stored_duals and batch_size is None:
+    raise ConfigurationError(
+        f"TargetProp mode={mode!r}, duals={duals!r} needs batch_size "
+        '(the trainer passes train.batch_size): pass batch_size=')
+
+
+def update_ends(length, span: int, block_size: int):
+  """Ends of a segment's updates: of ``span`` steps; then the remaining whole
+  blocks; then (a stream's end) a last block shorter than ``block_size``."""
+  full = tf.range(1, length // span + 1) * span
+  last_full = (length // span) * span
+  whole = last_full + ((length - last_full) // block_size) * block_size
+  extra = tf.boolean_mask(tf.stack([whole, length]),
+                          tf.stack([whole > last_full, length > whole]))
+  return tf.concat([full, extra], axis=0)
+
+
+def forward_states(model, inputs, carried, blocks, block_length):
+  """The sequential states at the ``blocks + 1`` boundaries, ``[m + 1, R, u]``
+  (final states only: a language model's readout would dominate the cost)."""
+  arrays = tf.nest.map_structure(
+      lambda s: tf.TensorArray(tf.float32, size=blocks + 1).write(0, s), carried)
+
+  def step(index, state, arrays):
+    start = index * block_length
+    _, state = model.unroll(inputs[:, start:start + block_length], state,
+                            training=True, readout=False)
+    state = tf.nest.map_structure(tf.stop_gradient, state)
+    arrays = tf.nest.map_structure(lambda a, s: a.write(index + 1, s),
+                                   arrays, state)
+    return index + 1, state, arrays
+
+  _, _, arrays = tf.while_loop(lambda index, *_: index < blocks, step,
+                               (tf.constant(0), carried, arrays))
+  return tf.nest.map_structure(lambda a: a.stack(), arrays)
 
 
 class Layout(NamedTuple):

@@ -24,10 +24,6 @@ from tfcredit.models import synthesizers as synthesizers_lib
 from tfcredit.tasks import base as task_base
 from tfcredit.training import schedules
 
-SYNTHESIZERS = (synthesizers_lib.LayerwiseSynthesizer,
-                synthesizers_lib.NeuronwiseSynthesizer)
-
-
 def flatten_state(state) -> tf.Tensor:
   """The state nest as ``[B, N]``: every layer's tensors concatenated."""
   return tf.concat(tf.nest.flatten(state), axis=-1)
@@ -100,12 +96,7 @@ class DNI(base.Method):
         hint=': the DNI paper uses 0.1')
     self.phase_schedule = schedules.AlternatingRestarts.from_setting(
         'DNI.use_synthetic', use_synthetic)
-    if isinstance(synthesizer, type):
-      synthesizer = synthesizer()
-    if not isinstance(synthesizer, SYNTHESIZERS):
-      raise ConfigurationError(
-          f'DNI.synthesizer must be @LayerwiseSynthesizer or @NeuronwiseSynthesizer '
-          f'(class or instance), got {synthesizer!r}')
+    synthesizer = synthesizers_lib.resolve('DNI.synthesizer', synthesizer)
     if batch_size is not None:
       batch_size = validation.positive_int('DNI.batch_size', batch_size)
     carries_memory = (synthesizer.memory_size > 0 and

@@ -23,8 +23,6 @@ from tfcredit.methods import blocks as blocks_lib
 from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.tasks import base as task_base
 
-to_blocks = blocks_lib.to_blocks  # Part of the module's API.
-
 SOLVERS = ('admm', 'penalty', 'alm')
 H_INITS = ('forward', 'zeros')
 DUALS = ('per_minibatch', 'persistent')
@@ -43,17 +41,10 @@ def _non_negative(name, value) -> float:
 class TargetProp(base.Method):
   """Blocked target propagation with ADMM, the penalty method or ALM.
 
-  ``train_segment`` metrics: the base ones (``loss_sum`` is the prediction loss at
-  the ``H`` initialisation: with ``h_init='forward'`` the model's own loss, as
-  truncated BPTT reports it) plus ``loss_before_h_steps_sum`` and
-  ``loss_after_h_steps_sum`` (summed prediction losses), ``penalty_sum`` (the
-  summed penalty of Eq. 7), ``violation_sq_sum`` (``Σ‖h − ĥ‖²``), ``dual_sq_sum``
-  (``Σ‖u‖²``) and ``constraints`` (constrained boundaries × rows), measured at
-  the last evaluation of each update (after the dual step when there is one).
-  TensorBoard: ``method/loss_before_h_steps``, ``method/loss_after_h_steps`` and
-  ``method/penalty`` per token, ``method/constraint_violation`` and
-  ``method/dual_norm`` (root mean square over boundaries of ``‖h − ĥ‖`` and
-  ``‖u‖``).
+  ``loss_sum`` is the prediction loss at the ``H`` initialisation (with
+  ``h_init='forward'`` the model's own loss, as truncated BPTT reports it); the
+  method's metrics (``_METRICS``) are measured at each update's last evaluation;
+  docs/methods/target_prop.md, "TensorBoard".
   """
 
   def __init__(self, *, model, task, optimizer, block_size: int = 10,
@@ -85,11 +76,9 @@ class TargetProp(base.Method):
         minibatch in minibatch mode) or ``'sgd'`` (plain gradient descent, the
         setting of Appendix A.1).
       h_learning_rate: step size of the ``H``-steps (Table 3's grid: 0.1,
-        0.01, 0.001; the authors' code uses 1). Default 0.01: with Adagrad
-        restarted every minibatch the first H-step moves every coordinate of
-        every free state by exactly this much, whatever the gradient's size;
-        0.1 moves a GRU-200 state (in (-1, 1)) by ‖Δh‖ ≈ 1.4 and blew up PTB
-        training within 5 updates, 0.01 and 0.001 trained.
+        0.01, 0.001; the authors' code uses 1). With Adagrad restarted every
+        minibatch the first H-step moves every free coordinate by exactly this
+        much (docs/methods/target_prop.md on the default).
       h_init: ``'forward'`` (the paper, Section 4.1) or ``'zeros'``.
       duals: ``'per_minibatch'`` (the authors' code: reset to 0 every minibatch)
         or ``'persistent'``; batch mode always keeps them.
@@ -130,27 +119,9 @@ class TargetProp(base.Method):
     self.mode = validation.one_of('TargetProp.mode', mode, MODES)
     self.updates_per_call = validation.integer('TargetProp.updates_per_call',
                                                updates_per_call, 1)
-    if task.readout != task_base.PER_STEP:
-      raise ConfigurationError(
-          f'TargetProp needs per-step losses; task {task.name!r} has a '
-          f'{task.readout!r} readout: use truncated BPTT or ARTBP for it')
-    if task.regime == task_base.EPISODIC:
-      sequence_length = task.batch('train', 0, 0, 1)[0].shape[1]
-      if sequence_length % self.block_size:
-        raise ConfigurationError(
-            f'TargetProp.block_size={self.block_size} does not divide the '
-            f'sequence length {sequence_length} of task {task.name!r}: every '
-            'window must be a whole number of blocks; choose a divisor')
     stored_duals = self.mode == 'batch' or self.duals == 'persistent'
-    if stored_duals and task.regime != task_base.STREAM:
-      raise ConfigurationError(
-          f"TargetProp mode={self.mode!r}, duals={self.duals!r} keeps variables "
-          f'for a training stream; task {task.name!r} is episodic: use '
-          "mode='minibatch', duals='per_minibatch'")
-    if stored_duals and batch_size is None:
-      raise ConfigurationError(
-          f"TargetProp mode={self.mode!r}, duals={self.duals!r} needs batch_size "
-          '(the trainer passes train.batch_size): pass batch_size=')
+    blocks_lib.check_task(task, self.block_size, self.mode, self.duals,
+                          stored_duals, batch_size)
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
       raise ConfigurationError(
           'TargetProp does not support several replicas yet (its per-row hidden '
@@ -161,7 +132,6 @@ class TargetProp(base.Method):
                      name=name or 'TargetProp')
     self.stored_states = self.mode == 'batch'
     self.stored_duals = stored_duals
-    self.batch_size = batch_size
     variable = lambda value, name: tf.Variable(value, dtype=tf.int64,
                                                trainable=False, name=name)
     self.block_position = variable(0, 'block_position')  # Stream block index.
@@ -188,8 +158,6 @@ class TargetProp(base.Method):
                                 name='minibatch_states'), spec)
 
   # ------------------------------------------------------------- public API
-  metric_reductions = {}
-
   def segment_length(self) -> Optional[int]:
     if self.task.regime != task_base.STREAM:
       return None
@@ -215,17 +183,6 @@ class TargetProp(base.Method):
     return values
 
   # ------------------------------------------------------------ the windows
-  def _window_ends(self, length):
-    """Updates of ``blocks_per_update`` blocks; then the remaining whole blocks;
-    then (a stream's end) a last block shorter than ``block_size``."""
-    span = self.blocks_per_update * self.block_size
-    full = tf.range(1, length // span + 1) * span
-    last_full = (length // span) * span
-    whole = last_full + ((length - last_full) // self.block_size) * self.block_size
-    extra = tf.boolean_mask(tf.stack([whole, length]),
-                            tf.stack([whole > last_full, length > whole]))
-    return tf.concat([full, extra], axis=0)
-
   def _train_segment(self, segment, state):
     zero = tf.constant(0.0)
     state, totals = self._for_each_update(
@@ -252,29 +209,12 @@ class TargetProp(base.Method):
                              first_block)
       return state, tf.nest.map_structure(tf.add, totals, values)
 
-    window_ends = self._window_ends(tf.shape(segment[0])[1])
+    window_ends = blocks_lib.update_ends(
+        tf.shape(segment[0])[1], self.blocks_per_update * self.block_size,
+        self.block_size)
     return self.for_each_window(segment, state, window_ends, body, totals)
 
   # ------------------------------------------------------- one update's steps
-  def _forward_states(self, inputs, carried, blocks, block_length):
-    """The sequential states at the ``blocks + 1`` boundaries, ``[m + 1, R, u]``."""
-    arrays = tf.nest.map_structure(
-        lambda s: tf.TensorArray(tf.float32, size=blocks + 1).write(0, s), carried)
-
-    def step(index, state, arrays):
-      start = index * block_length
-      # The final state only: a language model's readout would dominate the cost.
-      _, state = self.model.unroll(inputs[:, start:start + block_length], state,
-                                   training=True, readout=False)
-      state = tf.nest.map_structure(tf.stop_gradient, state)
-      arrays = tf.nest.map_structure(lambda a, s: a.write(index + 1, s),
-                                     arrays, state)
-      return index + 1, state, arrays
-
-    _, _, arrays = tf.while_loop(lambda index, *_: index < blocks, step,
-                                 (tf.constant(0), carried, arrays))
-    return tf.nest.map_structure(lambda a: a.stack(), arrays)
-
   def _prepare(self, inputs, targets, carried, first_block):
     """An update's layout and initial free variables, duals and H-accumulators
     (zero where nothing is stored), and the forward pass's last state."""
@@ -283,8 +223,8 @@ class TargetProp(base.Method):
     zeros = tf.nest.map_structure(
         lambda c: tf.zeros(tf.stack([lay.blocks + 1, lay.rows, tf.shape(c)[-1]])),
         carried)
-    forward = lambda: self._forward_states(inputs, carried, lay.blocks,
-                                           lay.block_length)
+    forward = lambda: blocks_lib.forward_states(self.model, inputs, carried,
+                                                lay.blocks, lay.block_length)
     gather = lambda variables: self._store.gather(variables, lay.boundary_rows,
                                                   lay.valid)
     if self.stored_states:

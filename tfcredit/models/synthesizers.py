@@ -27,22 +27,26 @@ from typing import Optional, Tuple
 import keras
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 
 _NEURON_CELLS = {'gru': keras.layers.GRUCell, 'lstm': keras.layers.LSTMCell}
 
 
-def _non_negative_int(owner: str, name: str, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+def resolve(name: str, synthesizer):
+  """A synthesizer instance from a class or instance (gin:
+  ``@LayerwiseSynthesizer``, ``@NeuronwiseSynthesizer``).
+
+  Raises:
+    ConfigurationError: ``synthesizer`` is neither, naming ``name``.
+  """
+  if isinstance(synthesizer, type):
+    synthesizer = synthesizer()
+  if not isinstance(synthesizer, (LayerwiseSynthesizer, NeuronwiseSynthesizer)):
     raise ConfigurationError(
-        f'{owner}.{name} must be a non-negative integer, got {value!r}')
-  return value
-
-
-def _positive_int(owner: str, name: str, value) -> int:
-  if _non_negative_int(owner, name, value) == 0:
-    raise ConfigurationError(f'{owner}.{name} must be positive, got {value!r}')
-  return value
+        f'{name} must be @LayerwiseSynthesizer or @NeuronwiseSynthesizer '
+        f'(class or instance), got {synthesizer!r}')
+  return synthesizer
 
 
 class LayerwiseSynthesizer(keras.layers.Layer):
@@ -66,10 +70,10 @@ class LayerwiseSynthesizer(keras.layers.Layer):
       **kwargs: Keras layer arguments.
     """
     super().__init__(name=name, **kwargs)
-    self.hidden_layers = _non_negative_int('LayerwiseSynthesizer', 'hidden_layers',
-                                           hidden_layers)
+    self.hidden_layers = validation.integer('LayerwiseSynthesizer.hidden_layers',
+                                            hidden_layers, 0)
     if hidden_units is not None:
-      _positive_int('LayerwiseSynthesizer', 'hidden_units', hidden_units)
+      validation.positive_int('LayerwiseSynthesizer.hidden_units', hidden_units)
     self.hidden_units = hidden_units
     self.activation = activation
     self.hidden = []
@@ -120,8 +124,8 @@ class NeuronwiseSynthesizer(keras.layers.Layer):
       **kwargs: Keras layer arguments.
     """
     super().__init__(name=name, **kwargs)
-    self.hidden_units = _positive_int('NeuronwiseSynthesizer', 'hidden_units',
-                                      hidden_units)
+    self.hidden_units = validation.positive_int(
+        'NeuronwiseSynthesizer.hidden_units', hidden_units)
     if cell not in _NEURON_CELLS:
       raise ConfigurationError(
           f'NeuronwiseSynthesizer.cell must be one of {sorted(_NEURON_CELLS)}, got '

@@ -1,0 +1,90 @@
+"""One trace per function serves every segment: compiled equals eager.
+
+Each method's ``train_segment`` and ``estimate_gradients`` are traced once, with
+an input signature whose batch and time dimensions are ``None``. A trace that
+baked in a Python value (a length, a batch, a stream position, a phase) would
+still count one trace but give other numbers than running the same calls
+eagerly; these tests compare the two over segments of several lengths.
+"""
+
+import keras
+import pytest
+import tensorflow as tf
+
+from tfcredit import methods
+from tfcredit.tasks.language_modeling import MarkovLanguageTask
+from tfcredit.tasks.synthetic import AddingTask
+from tfcredit.testing import (assert_compiled_matches_eager, built_optimizer,
+                              small_methods, tiny_model, to_numpy)
+
+ROWS = 3
+STREAM = MarkovLanguageTask(vocabulary_size=6, branching=2, train_length=300,
+                            eval_length=20, seed=4)
+
+
+def _arrays(nest):
+  return tf.nest.map_structure(to_numpy, nest)
+
+
+def _build(factory, task):
+  def build():
+    model = tiny_model(task, seed=0, units=6)
+    optimizer = built_optimizer(model, keras.optimizers.Adam, learning_rate=0.02)
+    return factory(model, task, optimizer), model
+  return build
+
+
+def _stream_calls(method, model):
+  """Calls of the method's own lengths, then shorter ones (a stream's end)."""
+  data = STREAM.stream('train', ROWS)
+  state, position, results = model.initial_state(ROWS), 0, []
+  for call in range(5):
+    length = method.segment_length()
+    if call >= 3:
+      length = max(1, length // (call - 1) - 1)
+    segment = (tf.constant(data[:, position:position + length]),
+               tf.constant(data[:, position + 1:position + length + 1]))
+    position += length
+    gradients, _ = method.estimate_gradients(segment, state)
+    state, metrics = method.train_segment(segment, state)
+    results.append((_arrays(gradients), _arrays(metrics),
+                    _arrays(state)))
+  return results
+
+
+@pytest.mark.parametrize('name', sorted(small_methods(ROWS)))
+def test_one_trace_serves_stream_segments_of_any_length(name):
+  factory = small_methods(ROWS)[name]
+  method = assert_compiled_matches_eager(_build(factory, STREAM), _stream_calls)
+  assert method.trace_counts['train_segment'] == 1
+  assert method.trace_counts['estimate_gradients'] == 1
+
+
+EPISODIC = {
+    'truncated_bptt': lambda m, t, o: methods.TruncatedBPTT(
+        model=m, task=t, optimizer=o, window=4),
+    'artbp': lambda m, t, o: methods.ARTBP(model=m, task=t, optimizer=o,
+                                           mean_length=3, seed=1),
+    'dni': lambda m, t, o: methods.DNI(model=m, task=t, optimizer=o, window=4),
+    'fptt': lambda m, t, o: methods.FPTT(model=m, task=t, optimizer=o, windows=3,
+                                         alpha=0.5),
+}
+
+
+@pytest.mark.parametrize('name', sorted(EPISODIC))
+def test_one_trace_serves_episodic_batches_of_any_length_and_size(name):
+  def run(method, model):
+    results = []
+    for length, batch in ((10, 4), (17, 2), (6, 3)):
+      inputs, targets = AddingTask(sequence_length=length, seed=length).batch(
+          'train', 0, 0, batch)
+      segment = (tf.constant(inputs), tf.constant(targets))
+      gradients, _ = method.estimate_gradients(segment, model.initial_state(batch))
+      _, metrics = method.train_segment(segment, model.initial_state(batch))
+      results.append((_arrays(gradients),
+                      _arrays(metrics)))
+    return results
+  method = assert_compiled_matches_eager(
+      _build(EPISODIC[name], AddingTask(sequence_length=10)), run)
+  assert method.trace_counts['train_segment'] == 1
+  assert method.trace_counts['estimate_gradients'] == 1
