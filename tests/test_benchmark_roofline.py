@@ -98,3 +98,30 @@ def test_matmul_runner_counts_its_chained_products(dtype, label):
   units, elapsed = runner.run()
   assert units == pytest.approx(10 * flops / 1e9)  # 10 products per timing.
   assert elapsed.wall > 0
+
+
+# ------------------------------------------------ --method='NAME: bindings' rows
+@pytest.fixture(scope='module')
+def short_ptb():
+  return benchmark.ptb_small(steps=40, seed=0)
+
+
+def test_a_method_row_is_built_from_its_gin_bindings(short_ptb):
+  runner = benchmark.configured_runner(
+      short_ptb, 'ARTBP L0=5: train.method = @ARTBP; ARTBP.mean_length = 5; '
+      'ARTBP.windows_per_call = 2')
+  assert runner.config == 'tfcredit ARTBP L0=5'
+  units, _ = runner.run()  # One round: the whole stream, whatever the draws.
+  assert units == short_ptb.batch_size * 40
+  assert runner.traces() == 1
+
+
+def test_a_method_row_applies_its_bindings_and_names_what_is_wrong(short_ptb):
+  from tfcredit.errors import ConfigurationError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigurationError, match='ARTBP.mean_length'):
+    benchmark.configured_runner(
+        short_ptb, 'bad: train.method = @ARTBP; ARTBP.mean_length = -1')
+  with pytest.raises(ConfigurationError, match='binds no method'):
+    benchmark.configured_runner(short_ptb, 'no class: ARTBP.mean_length = 5')
+  with pytest.raises(ConfigurationError, match='NAME: BINDINGS'):
+    benchmark.configured_runner(short_ptb, 'train.method = @ARTBP')

@@ -18,13 +18,8 @@ from tfcredit import errors
 from tfcredit.errors import ConfigurationError
 from tfcredit.errors import DataError
 from tfcredit.errors import TrainingError
-from tfcredit.methods import ARTBP
-from tfcredit.methods import BPTT
-from tfcredit.methods import FPTT
-from tfcredit.methods import DNI
+from tfcredit.methods import METHODS
 from tfcredit.methods import Method
-from tfcredit.methods import TargetProp
-from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import InfluenceBalancingCell
 from tfcredit.models import LayerwiseSynthesizer
 from tfcredit.models import NeuronwiseSynthesizer
@@ -41,28 +36,24 @@ from tfcredit.training.trainer import train
 
 __version__ = '0.1.0'
 
-__all__ = [
-    'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DataError',
-    'InfluenceBalancingCell', 'InfluenceBalancingTask',
-    'LanguageModelTask', 'MarkovLanguageTask', 'Method', 'RecurrentModel', 'Task', 'TrainingError',
-    'TruncatedBPTT', 'train',
-    'TargetProp',
-    'FPTT', 'SequentialImageTask',
-    'DNI', 'LayerwiseSynthesizer', 'NeuronwiseSynthesizer',
-]
+# The methods (tfcredit.methods.METHODS) register with gin where they are defined.
+globals().update({cls.__name__: cls for cls in METHODS.values()})
 
-for _configurable in (RecurrentModel, TruncatedBPTT, BPTT, AddingTask, CopyTask,
-                      LanguageModelTask, MarkovLanguageTask, schedules.Constant, schedules.StepDecay,
+__all__ = sorted([
+    'AddingTask', 'ConfigurationError', 'CopyTask', 'DataError',
+    'InfluenceBalancingCell', 'InfluenceBalancingTask', 'LanguageModelTask',
+    'LayerwiseSynthesizer', 'MarkovLanguageTask', 'Method', 'NeuronwiseSynthesizer',
+    'RecurrentModel', 'SequentialImageTask', 'Task', 'TrainingError', 'train',
+] + [cls.__name__ for cls in METHODS.values()])
+
+for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
+                      MarkovLanguageTask, SequentialImageTask, InfluenceBalancingTask,
+                      InfluenceBalancingCell, LayerwiseSynthesizer,
+                      NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,
-                      schedules.CosineRestarts,
-                      ARTBP, InfluenceBalancingTask, InfluenceBalancingCell,
-                      schedules.InverseSqrtDecay,
-                      DNI, LayerwiseSynthesizer, NeuronwiseSynthesizer,
+                      schedules.CosineRestarts, schedules.InverseSqrtDecay,
                       schedules.AlternatingRestarts):
   gin.external_configurable(_configurable, module='tfcredit')
-gin.external_configurable(FPTT, module='tfcredit')
-gin.external_configurable(SequentialImageTask, module='tfcredit')
-gin.external_configurable(TargetProp, module='tfcredit')
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,
                    keras.optimizers.Adagrad, keras.optimizers.RMSprop,

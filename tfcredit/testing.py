@@ -5,6 +5,7 @@ imported by the library itself, so the helpers may depend on pytest lazily.
 """
 
 import contextlib
+import functools
 import os
 import re
 import subprocess
@@ -56,24 +57,17 @@ def tiny_model(task: task_base.Task, seed: Optional[int] = 0,
 
 
 def small_methods(rows: int) -> dict:
-  """``{name: (model, task, optimizer) -> method}``: every method with small
-  windows, for tests that train each one on a stream of ``rows`` columns."""
+  """``{name: (model, task, optimizer) -> method}``: every registered method
+  (``tfcredit.methods.METHODS``) with its ``EXAMPLE_ARGUMENTS`` (small windows),
+  for tests that train each one on a stream of ``rows`` columns."""
   from tfcredit import methods  # pylint: disable=g-import-not-at-top
-  return {
-      'truncated_bptt': lambda m, t, o: methods.TruncatedBPTT(
-          model=m, task=t, optimizer=o, window=5, windows_per_call=2),
-      'artbp': lambda m, t, o: methods.ARTBP(
-          model=m, task=t, optimizer=o, mean_length=4, windows_per_call=3,
-          seed=3),
-      'dni': lambda m, t, o: methods.DNI(
-          model=m, task=t, optimizer=o, window=5, windows_per_call=2,
-          batch_size=rows),
-      'fptt': lambda m, t, o: methods.FPTT(
-          model=m, task=t, optimizer=o, windows=2, window_length=5, alpha=0.1),
-      'target_prop': lambda m, t, o: methods.TargetProp(
-          model=m, task=t, optimizer=o, block_size=2, blocks_per_update=3,
-          batch_size=rows),
-  }
+  from tfcredit.training import trainer  # pylint: disable=g-import-not-at-top
+
+  def factory(cls):
+    return lambda model, task, optimizer: trainer.build_method(
+        functools.partial(cls, **cls.EXAMPLE_ARGUMENTS), model, task, optimizer,
+        rows)
+  return {name: factory(cls) for name, cls in methods.METHODS.items()}
 
 
 def built_optimizer(model: keras.Model, cls=keras.optimizers.SGD,

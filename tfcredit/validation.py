@@ -58,6 +58,11 @@ def finite_number(name: str, value: Any, low: float = -math.inf,
   return float(value)
 
 
+def non_negative(name: str, value: Any, hint: str = '') -> float:
+  """A finite real number >= 0."""
+  return finite_number(name, value, 0.0, low_inclusive=True, hint=hint)
+
+
 def boolean(name: str, value: Any) -> bool:
   """``True`` or ``False`` (not 0, 1 or a string)."""
   if not isinstance(value, bool):

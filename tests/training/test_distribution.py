@@ -1,8 +1,10 @@
 """One replica and two replicas give the same update, for every method.
 
-Two logical CPU devices (tests/conftest.py) stand in for two GPUs. Adding a method
-to ``METHODS`` covers it.
+Two logical CPU devices (tests/conftest.py) stand in for two GPUs. Every
+registered method is covered (``tfcredit.METHODS``).
 """
+
+import functools
 
 import keras
 import numpy as np
@@ -11,9 +13,29 @@ import tensorflow as tf
 
 import tfcredit
 from tfcredit import testing
+from tfcredit.training import trainer
 
-# name -> (task factory, method factory)
+BATCH = 4
+
+
+def _stream_task():
+  return tfcredit.MarkovLanguageTask(train_length=400, eval_length=100)
+
+
+def _registered(cls):
+  """The method with its example arguments, built as the trainer builds it."""
+  example = functools.partial(cls, **cls.EXAMPLE_ARGUMENTS)
+  return lambda model, task, optimizer: trainer.build_method(
+      example, model, task, optimizer, BATCH)
+
+
+# name -> (task factory, method factory): every registered method that supports
+# replicas on a stream with its example arguments (TargetProp refuses several
+# replicas: tests/methods/test_target_prop.py), and the episodic cases.
 METHODS = {
+    f'{name}/stream': (_stream_task, _registered(cls))
+    for name, cls in tfcredit.METHODS.items() if cls.supports_replicas}
+METHODS.update({
     'truncated_bptt/copy': (
         lambda: tfcredit.CopyTask(sequence_length=6),
         lambda **kw: tfcredit.TruncatedBPTT(window=5, clip_norm=0.5, **kw)),
@@ -26,26 +48,19 @@ METHODS = {
     'artbp/copy': (
         lambda: tfcredit.CopyTask(sequence_length=6),
         lambda **kw: tfcredit.ARTBP(mean_length=4, seed=3, **kw)),
-    'artbp/stream': (
-        lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
-        lambda **kw: tfcredit.ARTBP(mean_length=4, seed=3, windows_per_call=3, **kw)),
-    'truncated_bptt/stream': (
-        lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
-        lambda **kw: tfcredit.TruncatedBPTT(window=4, windows_per_call=3, **kw)),
-    'fptt/stream': (
-        lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
+    'fptt/stream_inner_steps': (
+        _stream_task,
         lambda **kw: tfcredit.FPTT(windows=3, window_length=4, alpha=0.5,
                                    inner_steps=2, **kw)),
     'dni_neuronwise/stream': (
-        lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=100),
+        _stream_task,
         lambda **kw: tfcredit.DNI(
             window=4, windows_per_call=3, sg_scale=1.0, batch_size=BATCH,
             synthesizer=tfcredit.NeuronwiseSynthesizer(hidden_units=4),
             use_synthetic=tfcredit.schedules.AlternatingRestarts(
                 start_phase='synthetic'), **kw)),
-}
+})
 
-BATCH = 4
 
 
 def _segment(task):

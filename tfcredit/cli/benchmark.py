@@ -67,12 +67,15 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcredit import validation
+from tfcredit import config
+from tfcredit import fidelity
 from tfcredit import precision as precision_lib
+from tfcredit import validation
 from tfcredit.cli import common
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods.artbp import ARTBP
@@ -83,6 +86,7 @@ from tfcredit.tasks import base as task_base
 from tfcredit.tasks import language_modeling
 from tfcredit.tasks import synthetic
 from tfcredit.training import distribution
+from tfcredit.training import trainer
 
 SQUARE_MATMUL = (1024, 1024, 1024)  # The roofline: large enough to saturate the BLAS.
 ROOFLINE_PRODUCTS = 40  # Chained SQUARE_MATMUL products per timing (~86 GFLOP).
@@ -141,6 +145,11 @@ def define_flags() -> None:
          'and the adding task under train.precision mixed_bfloat16 and '
          'mixed_float16 beside float32 (their ratios are against float32 in the '
          'same run), and the bfloat16 1024^3 matmul.')
+  define(flags.DEFINE_multi_string, 'method', [], "Extra rows on the PTB "
+         "shape, one per 'NAME: gin bindings' as tools/compare.py takes them "
+         "(the bindings name the class), built as the trainer builds it, e.g. "
+         "--method='ARTBP L0=20: train.method = @ARTBP; ARTBP.mean_length = 20; "
+         "ARTBP.clip_norm = 5.0'.")
   define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
@@ -548,6 +557,32 @@ def artbp_runner(workload: Workload, mean_length: int, alpha: float,
       flops_window=mean_length)
 
 
+def configured_runner(workload: Workload, text: str) -> Runner:
+  """A ``--method='NAME: bindings'`` row: the method ``train.method`` binds,
+  configured by the other bindings (the workload's optimizer and data).
+
+  Raises:
+    ConfigurationError: the text or its bindings are malformed, or bind no
+      ``train.method``.
+  """
+  variant = fidelity.Variant.parse(text)
+  gin.clear_config()
+  try:
+    config.parse([], variant.bindings)
+    try:
+      method = gin.query_parameter('train.method').scoped_configurable_fn
+    except (ValueError, AttributeError):
+      raise ConfigurationError(
+          f"--method={text!r} binds no method: add e.g. 'train.method = "
+          "@TruncatedBPTT'") from None
+    return method_runner(
+        workload, f'tfcredit {variant.name}',
+        lambda model, task, optimizer: trainer.build_method(
+            method, model, task, optimizer, workload.batch_size))
+  finally:
+    gin.clear_config()
+
+
 class _EpochTimer(keras.callbacks.Callback):
   """Times the last epoch, excluding ``fit``'s data-adapter set-up."""
 
@@ -769,6 +804,8 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
     add(keras_fit_runner, language_model, 20, steps_per_execution=largest)
   for count in windows_per_call:
     add(tfcredit_runner, language_model, 20, count)
+  for text in FLAGS.method:
+    add(configured_runner, language_model, text)
   if FLAGS.keras_unroll_rows:
     add(tfcredit_runner, language_model, 20, largest,
         unroll_implementation='keras')

@@ -1,9 +1,19 @@
-"""How credit is assigned: one module per method, one shared base."""
+"""How credit is assigned: one module per method, one shared base.
 
-from tfcredit.methods.artbp import ARTBP
+Every module of this package is imported here; the classes they register
+(``tfcredit.methods.registry``) are ``METHODS``, by short name, and this package's
+public names. Shared modules (the base and its helpers) register nothing.
+"""
+
+import importlib
+import pkgutil
+
+from tfcredit.methods import registry
 from tfcredit.methods.base import Method
-from tfcredit.methods.fptt import FPTT
-from tfcredit.methods.target_prop import TargetProp
-from tfcredit.methods.dni import DNI
-from tfcredit.methods.truncated_bptt import BPTT
-from tfcredit.methods.truncated_bptt import TruncatedBPTT
+
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f'{__name__}.{_module.name}')
+
+METHODS = dict(sorted(registry.REGISTRY.items()))
+globals().update({cls.__name__: cls for cls in METHODS.values()})
+__all__ = ['METHODS', 'Method'] + sorted(cls.__name__ for cls in METHODS.values())

@@ -48,6 +48,7 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods import registry
 from tfcredit.methods.replicas import densify
 from tfcredit.metrics import CONCAT, MAX
 from tfcredit.tasks import base as task_base
@@ -190,6 +191,7 @@ def compensation_scales(sampler: TruncationSampler, lengths: tf.Tensor,
   return tf.cast(tf.where(last, tf.zeros_like(factors), factors), tf.float32)
 
 
+@registry.register
 class ARTBP(base.Method):
   """ARTBP with window lengths of mean ``mean_length`` (see the module docstring).
 
@@ -203,6 +205,7 @@ class ARTBP(base.Method):
   ``method/window_lengths``.
   """
 
+  EXAMPLE_ARGUMENTS = {'mean_length': 4, 'windows_per_call': 3, 'seed': 3}
   metric_reductions = {'max_compensation': MAX, 'window_lengths': CONCAT}
 
   def summaries(self, totals):

@@ -1,14 +1,12 @@
 """The method contract and the one path every method trains through.
 
-docs/design.md, "Method" and "Loss convention". A method binds a model, a task and
-an optimizer and offers ``train_segment(segment, state) -> (state, metrics)`` and
-``estimate_gradients(segment, state) -> (gradients, state)``, each compiled once.
-This module owns what all methods share: the window loop (``for_each_window``),
-one window's per-replica pass, replica sum, clip and apply (``run_window``,
-``window_update``, ``apply_gradients``), the loss convention (``objective``,
-``normalize``) and the base metrics (``base_metrics``). A subclass implements
-``_train_segment`` and ``_estimate_gradients`` and keeps its own state as
-attributes, so ``tf.train.Checkpoint(method=...)`` saves it.
+docs/design.md, "Method" and "Loss convention". A method offers ``train_segment``
+and ``estimate_gradients``, each compiled once. This module owns what all methods
+share: the window loop (``for_each_window``), one window's per-replica pass,
+replica sum, clip and apply (``run_window``, ``window_update``,
+``apply_gradients``), the loss convention (``objective``, ``normalize``) and the
+base metrics. A subclass implements ``_train_segment`` and ``_estimate_gradients``
+and keeps its own state as attributes, so checkpoints of the method save it.
 """
 
 import collections
@@ -31,6 +29,10 @@ Metrics = Dict[str, tf.Tensor]
 
 class Method(tf.Module):
   """Base class of the credit-assignment methods (see the module docstring)."""
+
+  # Constructor arguments of a small stream run (tfcredit.methods.registry).
+  EXAMPLE_ARGUMENTS: Mapping[str, Any] = {}
+  supports_replicas = True  # Trains under MirroredStrategy.
 
   def __init__(self, *, model: keras.Model, task: task_base.Task,
                optimizer: keras.optimizers.Optimizer,
@@ -115,8 +117,7 @@ class Method(tf.Module):
     override to derive other ratios."""
     return metrics_lib.per_update_summaries(totals, self.metric_reductions)
 
-  # ------------------------------------------------------------ subclasses
-  def _train_segment(self, segment, state):
+  def _train_segment(self, segment, state):  # Subclasses implement both.
     raise NotImplementedError
 
   def _estimate_gradients(self, segment, state):
@@ -247,25 +248,21 @@ class Method(tf.Module):
       self.optimizer.apply(gradients, self.model_variables)
       if also_apply is not None:
         also_apply()
-      return tf.constant(0.0)
+      return tf.constant(0.0)  # Refused: 1.
 
-    def refuse():
-      return tf.constant(1.0)
-
-    self._guard.record(tf.cond(finite, apply, refuse), overflow)
+    self._guard.record(tf.cond(finite, apply, lambda: tf.constant(1.0)), overflow)
     # An overflowed window's norm is the scale's, not the model's: left out.
     return tf.where(overflow > 0, 0.0, norm)
 
   def forward(self, inputs, state):
     """Runs a window forward only (no gradient): for windows with no loss."""
-    _, new_state = self.model.unroll(inputs, state, training=True)
-    return tf.nest.map_structure(tf.stop_gradient, new_state)
+    return tf.nest.map_structure(
+        tf.stop_gradient, self.model.unroll(inputs, state, training=True)[1])
 
   @staticmethod
   def fixed_window_ends(length, window) -> tf.Tensor:
     """Ends of consecutive windows of ``window`` steps covering ``[0, length)``."""
-    ends = tf.range(window, length + window, window)
-    return tf.minimum(ends, length)
+    return tf.minimum(tf.range(window, length + window, window), length)
 
   # ------------------------------------------------------------ windows
   def for_each_window(self, segment, carried, window_ends, body, accumulators,
@@ -384,11 +381,13 @@ class Method(tf.Module):
     return (state, *totals)
 
   def estimate_windows(self, segment, state, window_ends, first_window=0,
-                       weight=None):
-    """The sum over windows of ``window_estimate`` (each times ``weight(index)``
-    when given); returns ``(gradients, state)``."""
+                       weight=None, state_grad_scale=None):
+    """``(gradients, state)``: the sum over windows of ``window_estimate`` (each
+    times ``weight(index)`` when given; ``state_grad_scale`` as in training)."""
     def body(index, segment, state, start, end, totals):
-      state, gradients = self.window_estimate(segment, state, start, end)
+      scale = None if state_grad_scale is None else state_grad_scale[start:end]
+      state, gradients = self.window_estimate(segment, state, start, end,
+                                              state_grad_scale=scale)
       if weight is not None:
         gradients = [weight(index) * g for g in gradients]
       return state, [t + g for t, g in zip(totals, gradients)]

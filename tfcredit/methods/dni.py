@@ -18,6 +18,7 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods import registry
 from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.metrics import LAST
 from tfcredit.models import synthesizers as synthesizers_lib
@@ -29,6 +30,7 @@ def flatten_state(state) -> tf.Tensor:
   return tf.concat(tf.nest.flatten(state), axis=-1)
 
 
+@registry.register
 class DNI(base.Method):
   """Truncated BPTT plus synthetic gradients (see the module docstring).
 
@@ -38,6 +40,7 @@ class DNI(base.Method):
   targets) and ``synthetic_phase``; docs/methods/dni.md, "TensorBoard".
   """
 
+  EXAMPLE_ARGUMENTS = {'window': 5, 'windows_per_call': 2}
   metric_reductions = {'synthetic_phase': LAST}
 
   def summaries(self, totals):
@@ -91,9 +94,8 @@ class DNI(base.Method):
     self.window = validation.positive_int('DNI.window', window)
     self.windows_per_call = validation.positive_int('DNI.windows_per_call',
                                                          windows_per_call)
-    self.sg_scale = validation.finite_number(
-        'DNI.sg_scale', sg_scale, 0.0, low_inclusive=True,
-        hint=': the DNI paper uses 0.1')
+    self.sg_scale = validation.non_negative('DNI.sg_scale', sg_scale,
+                                            hint=': the DNI paper uses 0.1')
     self.phase_schedule = schedules.AlternatingRestarts.from_setting(
         'DNI.use_synthetic', use_synthetic)
     synthesizer = synthesizers_lib.resolve('DNI.synthesizer', synthesizer)

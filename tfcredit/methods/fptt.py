@@ -48,11 +48,13 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods import registry
 from tfcredit.methods.replicas import densify
 from tfcredit.metrics import LAST
 from tfcredit.tasks import base as task_base
 
 
+@registry.register
 class FPTT(base.Method):
   """FPTT with ``windows`` windows per sequence or segment (module docstring).
 
@@ -71,6 +73,7 @@ class FPTT(base.Method):
   ``p``; for terminal tasks the readout of window ``p``'s last state).
   """
 
+  EXAMPLE_ARGUMENTS = {'windows': 2, 'window_length': 5, 'alpha': 0.1}
   metric_reductions = {'distance_to_average': LAST}
 
   def __init__(self, *, model, task, optimizer, windows: int, alpha: float,

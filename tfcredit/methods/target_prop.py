@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods import registry
 from tfcredit.methods import blocks as blocks_lib
 from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.tasks import base as task_base
@@ -33,11 +34,7 @@ _METRICS = ('loss_sum', 'grad_norm_sum', 'updates', 'loss_before_h_steps_sum',
             'dual_sq_sum', 'constraints')
 
 
-def _non_negative(name, value) -> float:
-  return validation.finite_number(f'TargetProp.{name}', value, low=0.0,
-                                  low_inclusive=True)
-
-
+@registry.register
 class TargetProp(base.Method):
   """Blocked target propagation with ADMM, the penalty method or ALM.
 
@@ -46,6 +43,9 @@ class TargetProp(base.Method):
   method's metrics (``_METRICS``) are measured at each update's last evaluation;
   docs/methods/target_prop.md, "TensorBoard".
   """
+
+  EXAMPLE_ARGUMENTS = {'block_size': 2, 'blocks_per_update': 3}
+  supports_replicas = False  # The constructor says why.
 
   def __init__(self, *, model, task, optimizer, block_size: int = 10,
                blocks_per_update: int = 32, h_steps: int = 1,
@@ -108,9 +108,9 @@ class TargetProp(base.Method):
                                                 blocks_per_update, 1)
     self.h_steps = validation.integer('TargetProp.h_steps', h_steps, 0)
     self.theta_steps = validation.integer('TargetProp.theta_steps', theta_steps, 1)
-    self.penalty = _non_negative('penalty', penalty)
-    self.dual_lr = _non_negative('dual_lr', dual_lr)
-    self.h_learning_rate = _non_negative('h_learning_rate', h_learning_rate)
+    self.penalty = validation.non_negative('TargetProp.penalty', penalty)
+    self.dual_lr = validation.non_negative('TargetProp.dual_lr', dual_lr)
+    self.h_learning_rate = validation.non_negative('TargetProp.h_learning_rate', h_learning_rate)
     self.solver = validation.one_of('TargetProp.solver', solver, SOLVERS)
     self.h_optimizer = validation.one_of('TargetProp.h_optimizer', h_optimizer,
                                          H_OPTIMIZERS)

@@ -18,11 +18,15 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods import registry
 from tfcredit.tasks import base as task_base
 
 
+@registry.register
 class TruncatedBPTT(base.Method):
   """Truncated BPTT with windows of ``window`` steps."""
+
+  EXAMPLE_ARGUMENTS = {'window': 5, 'windows_per_call': 2}
 
   def __init__(self, *, model, task, optimizer, window: int = 35,
                windows_per_call: int = 10, clip_norm: Optional[float] = None,
@@ -71,6 +75,7 @@ class TruncatedBPTT(base.Method):
                                  first_window=self.first_loss_window(window_ends))
 
 
+@registry.register
 class BPTT(TruncatedBPTT):
   """Full BPTT: one window over the whole segment.
 
@@ -78,6 +83,8 @@ class BPTT(TruncatedBPTT):
   ``sequence_length`` steps (so full BPTT of a stream is truncated BPTT with that
   window; the name says the gradient is exact within each training sequence).
   """
+
+  EXAMPLE_ARGUMENTS = {'sequence_length': 5}
 
   def __init__(self, *, model, task, optimizer, sequence_length: Optional[int] = None,
                clip_norm: Optional[float] = None, use_tf_function: bool = True,
