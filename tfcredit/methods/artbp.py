@@ -1,42 +1,13 @@
 """ARTBP: Anticipated Reweighted Truncated BackPropagation (Tallec & Ollivier 2017).
 
-Truncated BPTT with random truncation points and compensation factors inside the
-backward recursion (Eq. 10-14). On average over the
-truncations the gradient equals full BPTT's (Prop. 1).
-
-Indexing, from Eq. 10-11 and the proof in Section 8. Steps of a sequence are
-``t = 1..T``; ``X_t = 1`` truncates between ``t`` and ``t + 1``. With the last
-truncation at ``s`` (``s = 0`` at the start of a sequence or segment),
-``δt = t − s``: the first step of a window has ``δt = 1``, so
-``c_1 = (α − 1) / ((α − 2) L0 + 1)`` (Eq. 14), or ``c = 1/L0`` for the constant
-ablation. ``c_t = c(δt)`` depends on the past only through ``δt``, so window lengths
-are i.i.d.: ``P(L > l) = Π_{δ=1..l} (1 − c(δ))``, whose mean is exactly ``L0`` for
-Eq. 14 (``α > 2``; the variance is finite for ``α > 3``). Eq. 11 multiplies the
-gradient flowing from ``s_{t+1}`` back into ``s_t`` by ``1 / (1 − c_t)``, the
-inverse probability of the event ``X_t = 0`` that let it flow, so each backward
-path ``t' → t`` carries ``Π_{u=t..t'−1} 1[X_u = 0] / (1 − c_u)``, of expectation 1.
-In a window of length ``L`` (0-based offsets ``j``), ``state_grad_scale[j] =
-1 / (1 − c(j + 1))`` for ``j < L − 1`` and ``0`` at ``j = L − 1`` (``X_t = 1``, or
-``t = T``: the end of the sequence). The factors are applied by the model's
-``state_grad_scale`` hook, never by reweighting window losses (which is biased).
-
-Streams (Section 5): one update per window, the state carried with its gradient
-stopped; a call takes ``windows_per_call`` windows. Since window lengths are i.i.d.,
-the truncation process is its sequence of draws, and its state is a position in it:
-block ``k`` of ``windows_per_call`` lengths comes from a stateless generator keyed by
-``(seed, k)``, and ``k`` is a variable. So checkpoints carry the process (restore →
-the same next windows), ``segment_length`` reads the next block without consuming it
-(the trainer asks it for the next call's length), and the draws happen once per
-call, in the cross-replica context, never per replica. A window running past the
-segment's end (the stream's end) is cut there (``t = T``); the next call, or epoch,
-starts a new window. Episodic tasks: windows are drawn inside each batch of whole
-sequences, the last one ending at ``T``; with a terminal loss only that one
-backpropagates (the earlier ones only run forward). Each window's loss is divided by
-``batch × L0`` (the nominal length), never by its sampled length.
-
-``estimate_gradients`` draws from a separate counter (estimates never move the
-training process) and runs one backward pass over the whole segment, a truncation
-being a factor 0: the sum over its windows of their compensated gradients.
+Truncated BPTT with random truncation points (Eq. 14: after a step ``δt`` steps
+into a window, truncate with probability ``c(δt) = (α − 1) / ((α − 2)·L0 + δt)``)
+and the compensation factor ``1 / (1 − c)`` of Eq. 11 on every state gradient that
+was not truncated, applied through the model's ``state_grad_scale`` hook; on
+average the gradient equals full BPTT's (Prop. 1). This module owns the sampler,
+the factors and the truncation process (stateless draws keyed by a checkpointed
+block counter, so a resume draws the same windows); the indexing and the stream
+and episodic cases are in docs/methods/artbp.md.
 """
 
 import math

@@ -1,44 +1,12 @@
 """FPTT: Forward Propagation Through Time (Kag & Saligrama 2021).
 
-Each sequence (episodic) or segment (stream) is cut into ``K = windows`` windows;
-the state is carried from window to window with its gradient stopped, and every
-window makes its own parameter update. Per trainable tensor ``W`` the method keeps a
-running average ``W̄`` (initialised to ``W``) and a gradient state ``λ``
-(initialised to 0). Window ``t`` minimises, by ``inner_steps`` optimizer steps,
-
-    ℓ_t(W) − ⟨λ_t, W⟩ + quadratic_scale · (α/2) ‖W − W̄_t‖²,
-
-whose gradient is ``∇ℓ_t(W) − λ_t + quadratic_scale · α (W − W̄_t)``; then
-
-    λ_{t+1} = λ_t − α (W_{t+1} − W̄_t),
-    W̄_{t+1} = (1 − β) W̄_t + β W_{t+1} − (β/α) λ_{t+1}.
-
-With the inner problem solved exactly (and ``quadratic_scale = 1``) the first
-order condition is the appendix's Eq. 7, ``W_{t+1} = W̄_t + (1/α)(λ_t −
-∇ℓ_t(W_{t+1}))``, where ``λ_t`` plays ``∇ℓ_{t−1}(W_t)``. At the end of every epoch
-the weights become ``W̄`` (the evaluated, checkpointed and exported model is ``W̄``)
-and ``λ`` is zeroed, unless ``reset_gradient_state_each_epoch=False`` (the authors'
-language-model runs keep it).
-
-Terminal-loss tasks: the last state of every window ``p = 0..K−1`` also predicts the
-sequence's target through the model's readout, with weight ``(p + 1)/K``; every
-window, the last included, is trained. (The authors' add-task code writes ``p +
-0.1`` through an operator-precedence slip and skips the last window; not copied.)
-Per-step tasks: window ``p``'s loss is its steps' losses, divided by ``batch ×
-T/K`` (episodic) or ``batch × window_length`` (stream), the nominal window length.
-
-Window boundaries: episodic sequences of ``T`` steps end window ``p`` at
-``⌊(p + 1)·T/K⌋`` (lengths differ by at most one step); a stream segment is
-``windows × window_length`` steps (the trainer may hand a shorter one at the
-stream's end, whose windows are then fewer).
-
-With ``inner_steps > 1`` each inner step runs the window forward and backward again
-from the same carried state; the state handed to the next window is the one of the
-first pass (computed with the weights the window started from, as with one step).
-
-``estimate_gradients`` returns ``Σ_p w_p ∇ℓ_p`` at the current weights (``w_p =
-(p+1)/K`` for terminal losses, 1 otherwise; state stopped between windows): the
-window-loss part of FPTT's updates, without the regularizer, and nothing applied.
+Each sequence or segment is cut into ``K = windows`` windows, each making its own
+update on ``ℓ_t(W) − ⟨λ_t, W⟩ + quadratic_scale·(α/2)‖W − W̄_t‖²``, followed by
+``λ_{t+1} = λ_t − α(W_{t+1} − W̄_t)`` and ``W̄_{t+1} = (1 − β)W̄_t + βW_{t+1} −
+(β/α)λ_{t+1}`` (the appendix's Eq. 7 at the optimum); at every epoch end the
+weights become ``W̄``. This module owns ``W̄``, ``λ`` and the window weights of
+terminal losses (``(p + 1)/K``; the authors' ``p + 0.1`` slip is not copied);
+docs/methods/fptt.md has the rest.
 """
 
 from typing import Optional
