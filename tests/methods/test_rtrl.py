@@ -1,0 +1,169 @@
+"""RTRL (Williams & Zipser 1989) against the gradients it claims to compute.
+
+Its claim: the influence carried forward gives the exact gradient over the whole
+stream, with no truncation. So its estimate equals full BPTT's, and with the
+weights held still its windowed updates follow full backpropagation from the
+stream's start, across windows and calls, where truncated BPTT's do not.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcredit.errors import ConfigurationError
+from tfcredit.methods import RTRL, BPTT, TruncatedBPTT
+from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
+from tfcredit.tasks.language_modeling import MarkovLanguageTask
+from tfcredit.tasks.synthetic import AddingTask, CopyTask
+from tfcredit.testing import built_optimizer, tiny_model
+
+ROWS = 3
+STREAM = MarkovLanguageTask(vocabulary_size=5, branching=2, train_length=80,
+                            eval_length=10, seed=2)
+
+
+def _stream(start, length, rows=ROWS):
+  data = STREAM.stream('train', rows)
+  return (tf.constant(data[:, start:start + length]),
+          tf.constant(data[:, start + 1:start + length + 1]))
+
+
+def _dense(gradients):
+  return [tf.convert_to_tensor(g).numpy() for g in gradients]
+
+
+def _close(a, b, atol=2e-6):
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=atol)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru', 'simple_rnn'])
+@pytest.mark.parametrize('task', [AddingTask(sequence_length=9, seed=1),
+                                  CopyTask(sequence_length=3, seed=1), STREAM],
+                         ids=['adding', 'copy', 'stream'])
+def test_the_estimate_is_full_bptts_gradient(task, cell):
+  model = tiny_model(task, seed=0, units=5, cell=cell)
+  optimizer = built_optimizer(model)
+  rtrl = RTRL(model=model, task=task, optimizer=optimizer, window=4,
+              batch_size=ROWS)
+  if task.regime == 'stream':
+    segment = _stream(0, 11)
+    full = BPTT(model=model, task=task, optimizer=optimizer, sequence_length=11)
+  else:
+    inputs, targets = task.batch('train', 0, 0, ROWS)
+    segment = (tf.constant(inputs), tf.constant(targets))
+    full = BPTT(model=model, task=task, optimizer=optimizer)
+  state = model.initial_state(ROWS)
+  expected, _ = full.estimate_gradients(segment, state)
+  actual, final_state = rtrl.estimate_gradients(segment, state)
+  _close(_dense(actual), _dense(expected))
+  assert max(np.abs(g).max() for g in _dense(expected)) > 1e-3
+  _close(tf.nest.flatten(final_state), tf.nest.flatten(
+      full.estimate_gradients(segment, state)[1]))
+
+
+def test_the_estimate_is_exact_on_the_influence_balancing_system():
+  task = InfluenceBalancingTask(train_length=200, eval_length=20)
+  model = tiny_model(task, seed=0)
+  optimizer = built_optimizer(model)
+  rtrl = RTRL(model=model, task=task, optimizer=optimizer, window=7, batch_size=1)
+  full = BPTT(model=model, task=task, optimizer=optimizer, sequence_length=60)
+  data = task.stream('train', 1)
+  segment = (tf.constant(data[:, :60]), tf.constant(data[:, 1:61]))
+  state = model.initial_state(1)
+  _close(_dense(rtrl.estimate_gradients(segment, state)[0]),
+         _dense(full.estimate_gradients(segment, state)[0]), atol=1e-5)
+
+
+def _full_window_norms(model, segment_calls, window):
+  """Reference: each window's loss (÷ rows × window) backpropagated through
+  every earlier step of the stream, at fixed weights; its gradient's norm."""
+  inputs = tf.concat([s[0] for s in segment_calls], axis=1)
+  targets = tf.concat([s[1] for s in segment_calls], axis=1)
+  norms = []
+  for end in range(window, inputs.shape[1] + 1, window):
+    with tf.GradientTape() as tape:
+      outputs, _ = model.unroll(inputs[:, :end], model.initial_state(ROWS),
+                                training=True)
+      losses = STREAM.losses(outputs[:, end - window:end],
+                             targets[:, end - window:end])
+      objective = tf.reduce_sum(losses) / (ROWS * window)
+    norms.append(tf.linalg.global_norm(
+        _dense(tape.gradient(objective, model.trainable_variables))).numpy())
+  return np.array(norms)
+
+
+def test_updates_carry_credit_across_windows_and_calls_where_truncation_does_not():
+  window, calls = 3, [_stream(0, 6), _stream(6, 6)]
+  norms = {}
+  for cls in (RTRL, TruncatedBPTT):
+    model = tiny_model(STREAM, seed=0, units=5)
+    optimizer = built_optimizer(model, learning_rate=0.0)  # Weights held still.
+    kwargs = {'batch_size': ROWS} if cls is RTRL else {}
+    method = cls(model=model, task=STREAM, optimizer=optimizer, window=window,
+                 windows_per_call=2, **kwargs)
+    if cls is RTRL:
+      method.on_epoch_start(0)
+    state, per_call = model.initial_state(ROWS), []
+    for segment in calls:
+      state, metrics = method.train_segment(segment, state)
+      per_call.append(float(metrics['grad_norm_sum']))
+    norms[cls.__name__] = per_call
+  reference = _full_window_norms(model, calls, window)
+  np.testing.assert_allclose(norms['RTRL'], reference.reshape(2, 2).sum(1),
+                             rtol=1e-4)
+  # Truncated BPTT's windows stop at their start: different gradients.
+  assert abs(norms['TruncatedBPTT'][1] - norms['RTRL'][1]) > 1e-3
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
+  def build():
+    model = tiny_model(STREAM, seed=0, units=5)
+    optimizer = built_optimizer(model, keras.optimizers.Adam, learning_rate=0.05)
+    method = RTRL(model=model, task=STREAM, optimizer=optimizer, window=3,
+                  windows_per_call=2, batch_size=ROWS)
+    return model, optimizer, method
+
+  def calls(method, state, starts):
+    for start in starts:
+      state, _ = method.train_segment(_stream(start, 6), state)
+    return state
+
+  model, optimizer, method = build()
+  method.on_epoch_start(0)
+  state = calls(method, model.initial_state(ROWS), (0, 6))
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, method=method)
+  path = checkpoint.save(str(tmp_path / 'ckpt'))
+  carried = [s.numpy() for s in tf.nest.flatten(state)]
+  final = calls(method, state, (12, 18))
+
+  model2, optimizer2, method2 = build()
+  tf.train.Checkpoint(model=model2, optimizer=optimizer2, method=method2).restore(
+      path).assert_existing_objects_matched()
+  saved_influence = method2.influence.numpy()
+  assert np.any(saved_influence)
+  method2.on_epoch_start(0)  # A resumed epoch keeps the influence.
+  np.testing.assert_array_equal(method2.influence.numpy(), saved_influence)
+  state2 = tf.nest.pack_sequence_as(model2.initial_state(ROWS),
+                                    [tf.constant(c) for c in carried])
+  final2 = calls(method2, state2, (12, 18))
+  _close([v.numpy() for v in model2.trainable_variables],
+         [v.numpy() for v in model.trainable_variables], atol=1e-6)
+  _close(tf.nest.flatten(final2), tf.nest.flatten(final))
+  np.testing.assert_allclose(method2.influence.numpy(), method.influence.numpy(),
+                             atol=1e-5)
+  method2.on_epoch_start(1)  # A new epoch starts from zero influence.
+  assert not np.any(method2.influence.numpy())
+
+
+def test_bad_settings_are_refused_with_the_parameter_named():
+  model = tiny_model(STREAM, seed=0, units=5)
+  optimizer = built_optimizer(model)
+  with pytest.raises(ConfigurationError, match='RTRL.batch_size'):
+    RTRL(model=model, task=STREAM, optimizer=optimizer)
+  with pytest.raises(ConfigurationError, match='RTRL.max_influence_floats'):
+    RTRL(model=model, task=STREAM, optimizer=optimizer, batch_size=ROWS,
+         max_influence_floats=1000)
+  with pytest.raises(ConfigurationError, match='RTRL.window'):
+    RTRL(model=model, task=STREAM, optimizer=optimizer, batch_size=ROWS, window=0)

@@ -1,0 +1,211 @@
+"""RTRL: real-time recurrent learning (Williams & Zipser 1989).
+
+The influence ``M_t = ∂s_t/∂θ`` of the flattened state (every tensor of the state
+nest: an LSTM's h and c) on every weight is carried forward in time,
+``M_t = J_t M_{t−1} + ∂s_t/∂θ|direct`` with ``J_t = ∂s_t/∂s_{t−1}``, and the
+gradient of the loss at step ``t`` is ``∂ℓ_t/∂θ|direct + (∂ℓ_t/∂s_{t−1}) M_{t−1}``:
+the exact gradient over the whole stream, online, with no truncation. The
+influence costs ``rows × |s| × |θ|`` floats, so RTRL suits small models. This
+module owns the influence (a variable on streams, carried across calls and
+checkpointed); the method updates every ``window`` steps. docs/methods/rtrl.md.
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+
+from tfcredit import validation
+from tfcredit.errors import ConfigurationError
+from tfcredit.methods import base
+from tfcredit.methods import registry
+from tfcredit.methods.replicas import densify, zeros_like_variables
+from tfcredit.metrics import LAST
+from tfcredit.tasks import base as task_base
+
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+@registry.register
+class RTRL(base.Method):
+  """Real-time recurrent learning, one update every ``window`` steps (once per
+  sequence for a terminal loss).
+
+  Metrics beyond the base ones: ``influence_norm`` (``‖M‖`` over the rows after
+  the call, Frobenius; the last of an interval).
+  """
+
+  EXAMPLE_ARGUMENTS = {'window': 5, 'windows_per_call': 2}
+  metric_reductions = {'influence_norm': LAST}
+
+  def __init__(self, *, model, task, optimizer, window: int = 10,
+               windows_per_call: int = 10, batch_size: Optional[int] = None,
+               max_influence_floats: int = 2**26,
+               clip_norm: Optional[float] = None, use_tf_function: bool = True,
+               name: Optional[str] = None):
+    """Args:
+      window: steps per parameter update (the influence is never truncated).
+      windows_per_call: stream tasks: windows per ``train_segment`` call.
+      batch_size: the training rows (passed by the trainer); required on stream
+        tasks, whose influence is a variable carried across calls.
+      max_influence_floats: refuse a model whose influence (rows × state ×
+        weights floats) is larger: RTRL is for small models.
+      model, task, optimizer, clip_norm, use_tf_function, name: as in ``Method``.
+
+    Raises:
+      ConfigurationError: an argument is invalid, or the influence too large.
+    """
+    self.window = validation.positive_int('RTRL.window', window)
+    self.windows_per_call = validation.positive_int('RTRL.windows_per_call',
+                                                    windows_per_call)
+    limit = validation.positive_int('RTRL.max_influence_floats',
+                                    max_influence_floats)
+    stream = task.regime == task_base.STREAM
+    if batch_size is not None:
+      batch_size = validation.positive_int('RTRL.batch_size', batch_size)
+    elif stream:
+      raise ConfigurationError(
+          'RTRL.batch_size is required on a stream task (the influence of every '
+          'row is carried across calls): the trainer passes train.batch_size; '
+          'elsewhere pass RTRL(batch_size=...)')
+    self.sizes = [int(s.shape[-1]) for s in tf.nest.flatten(model.state_spec())]
+    self.width = sum(self.sizes)
+    self.num_parameters = sum(int(v.shape.num_elements())
+                              for v in model.trainable_variables)
+    floats = (batch_size or 1) * self.width * self.num_parameters
+    if floats > limit:
+      raise ConfigurationError(
+          f'RTRL carries an influence of rows × state × weights = '
+          f'{batch_size or 1} × {self.width} × {self.num_parameters} = '
+          f'{floats:,} floats, more than RTRL.max_influence_floats = {limit:,}: '
+          'use a smaller model or batch, or raise the limit')
+    super().__init__(model=model, task=task, optimizer=optimizer,
+                     clip_norm=clip_norm, use_tf_function=use_tf_function,
+                     name=name or 'RTRL')
+    variable = lambda value, name, dtype=tf.float32: tf.Variable(
+        value, dtype=dtype, trainable=False, name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self.epoch = variable(-1, 'epoch', tf.int64)
+    self.influence = None
+    if stream:
+      self.influence = variable(
+          tf.zeros([batch_size, self.width, self.num_parameters]), 'influence')
+
+  # ------------------------------------------------------------- public API
+  def segment_length(self) -> Optional[int]:
+    return self.window * self.windows_per_call
+
+  def on_epoch_start(self, epoch: int) -> None:
+    """A new epoch starts from the zero state, so from zero influence; a resumed
+    epoch keeps the checkpointed influence."""
+    if self.influence is not None and int(self.epoch.numpy()) != epoch:
+      self.epoch.assign(epoch)
+      self.influence.assign(tf.zeros_like(self.influence))
+
+  # ------------------------------------------------------------ the method
+  def _flat(self, state) -> tf.Tensor:
+    return tf.concat(tf.nest.flatten(state), axis=-1)
+
+  def _nest(self, flat):
+    return tf.nest.pack_sequence_as(self.model.state_spec(),
+                                    tf.split(flat, self.sizes, axis=-1))
+
+  def _step(self, inputs, targets, flat, influence, normalizer, has_loss):
+    """One step from the flat state ``s_{t−1}`` with its influence ``M_{t−1}``:
+    ``(s_t, M_t, gradients of the step's objective, loss sum)``."""
+    variables = self.model_variables
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(flat)
+      outputs, state = self.model.unroll(inputs, self._nest(flat), training=True)
+      new_flat = self._flat(state)
+      objective, loss_sum = self.objective(outputs, targets, normalizer)
+      objective, loss_sum = objective * has_loss, loss_sum * has_loss
+    direct = densify(self.gradient(tape, objective, variables), variables)
+    through_state = tf.einsum(
+        'bn,bnp->p', tape.gradient(objective, flat, unconnected_gradients=_ZERO),
+        influence)
+    pieces = tf.split(through_state, [int(v.shape.num_elements())
+                                      for v in variables])
+    gradients = [d + tf.reshape(p, v.shape)
+                 for d, p, v in zip(direct, pieces, variables)]
+    rows = tf.shape(flat)[0]
+    # (tape.jacobian's unconnected_gradients=ZERO fails in TF 2.21: zeros here.)
+    immediate = tf.concat(
+        [tf.zeros(tf.stack([rows, self.width, v.shape.num_elements()]))
+         if j is None else
+         tf.reshape(j, tf.stack([rows, self.width, v.shape.num_elements()]))
+         for j, v in zip(tape.jacobian(new_flat, variables), variables)], axis=-1)
+    influence = tf.einsum('bij,bjp->bip', tape.batch_jacobian(new_flat, flat),
+                          influence) + immediate
+    del tape
+    return new_flat, influence, gradients, loss_sum
+
+  def _window(self, segment, carried, start, end, normalizer):
+    """Steps ``[start, end)`` per replica: ``((state, influence), (summed
+    gradients, loss sum))``."""
+    inputs, targets = segment
+    length = tf.shape(inputs)[1]
+    terminal = self.task.readout == task_base.TERMINAL
+    state, influence = carried
+
+    def step(t, flat, influence, gradients, loss_total):
+      has_loss = tf.cast(tf.equal(t, length - 1), tf.float32) if terminal else 1.0
+      flat, influence, step_gradients, loss_sum = self._step(
+          inputs[:, t:t + 1], self.window_targets(targets, t, t + 1), flat,
+          influence, normalizer, has_loss)
+      return (t + 1, flat, influence,
+              [g + s for g, s in zip(gradients, step_gradients)],
+              loss_total + loss_sum)
+
+    _, flat, influence, gradients, loss_sum = tf.while_loop(
+        lambda t, *_: t < end, step,
+        (start, self._flat(state), influence,
+         zeros_like_variables(self.model_variables), tf.constant(0.0)))
+    return (self._nest(flat), influence), (gradients, loss_sum)
+
+  def _initial_influence(self, rows, train):
+    if train and self.influence is not None:
+      return tf.identity(self.influence)
+    return tf.zeros(tf.stack([rows, self.width, self.num_parameters]))
+
+  def _windows(self, segment, state, train):
+    """Every window of the segment; ``(state, totals)``: train applies each
+    window's update (``loss_sum, grad_norm_sum, updates``), estimates sum the
+    gradients."""
+    length = tf.shape(segment[0])[1]
+    window_ends = self.fixed_window_ends(length, tf.constant(self.window))
+    if self.task.readout == task_base.TERMINAL:  # One update, at the loss.
+      window_ends = length[None]
+    normalizer = self.window if train else 1
+
+    def body(index, segment, carried, start, end, totals):
+      del index
+      carried, (gradients, loss_sum) = self.run_window(
+          lambda segment, carried: self._window(segment, carried, start, end,
+                                                normalizer), segment, carried)
+      if not train:
+        return carried, [t + g for t, g in zip(totals, gradients)]
+      norm = self.apply_gradients(gradients, loss=loss_sum)
+      loss_total, norm_total, updates = totals
+      return carried, (loss_total + loss_sum, norm_total + norm, updates + 1.0)
+
+    zero = tf.constant(0.0)
+    totals = ((zero, zero, zero) if train
+              else zeros_like_variables(self.model_variables))
+    carried = (state, self._initial_influence(tf.shape(segment[0])[0], train))
+    (state, influence), totals = self.for_each_window(
+        segment, carried, window_ends, body, totals)
+    if train and self.influence is not None:
+      self.influence.assign(influence)
+    return state, influence, totals
+
+  def _train_segment(self, segment, state):
+    state, influence, (loss_sum, norm_sum, updates) = self._windows(
+        segment, state, train=True)
+    return state, self.base_metrics(segment, loss_sum, norm_sum, updates,
+                                    influence_norm=tf.norm(influence))
+
+  def _estimate_gradients(self, segment, state):
+    """The exact gradient of the segment's loss from ``state`` (zero influence
+    at the segment's start, as full BPTT over the segment)."""
+    state, _, gradients = self._windows(segment, state, train=False)
+    return gradients, state
