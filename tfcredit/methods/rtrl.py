@@ -54,41 +54,42 @@ class RTRL(base.Method):
     Raises:
       ConfigurationError: an argument is invalid, or the influence too large.
     """
-    self.window = validation.positive_int('RTRL.window', window)
-    self.windows_per_call = validation.positive_int('RTRL.windows_per_call',
+    owner = type(self).__name__
+    self.window = validation.positive_int(f'{owner}.window', window)
+    self.windows_per_call = validation.positive_int(f'{owner}.windows_per_call',
                                                     windows_per_call)
-    limit = validation.positive_int('RTRL.max_influence_floats',
+    limit = validation.positive_int(f'{owner}.max_influence_floats',
                                     max_influence_floats)
     stream = task.regime == task_base.STREAM
     if batch_size is not None:
-      batch_size = validation.positive_int('RTRL.batch_size', batch_size)
+      batch_size = validation.positive_int(f'{owner}.batch_size', batch_size)
     elif stream:
       raise ConfigurationError(
-          'RTRL.batch_size is required on a stream task (the influence of every '
-          'row is carried across calls): the trainer passes train.batch_size; '
-          'elsewhere pass RTRL(batch_size=...)')
+          f'{owner}.batch_size is required on a stream task (the influence of '
+          'every row is carried across calls): the trainer passes '
+          f'train.batch_size; elsewhere pass {owner}(batch_size=...)')
     self.sizes = [int(s.shape[-1]) for s in tf.nest.flatten(model.state_spec())]
     self.width = sum(self.sizes)
     self.num_parameters = sum(int(v.shape.num_elements())
                               for v in model.trainable_variables)
-    floats = (batch_size or 1) * self.width * self.num_parameters
+    floats, formula = self._influence_size(batch_size or 1)
     if floats > limit:
       raise ConfigurationError(
-          f'RTRL carries an influence of rows × state × weights = '
-          f'{batch_size or 1} × {self.width} × {self.num_parameters} = '
-          f'{floats:,} floats, more than RTRL.max_influence_floats = {limit:,}: '
-          'use a smaller model or batch, or raise the limit')
+          f'{owner} carries an influence of {formula} = {floats:,} floats, more '
+          f'than {owner}.max_influence_floats = {limit:,}: use a smaller model '
+          'or batch, or raise the limit')
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
-                     name=name or 'RTRL')
+                     name=name or owner)
     variable = lambda value, name, dtype=tf.float32: tf.Variable(
         value, dtype=dtype, trainable=False, name=name,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self.epoch = variable(-1, 'epoch', tf.int64)
     self.influence = None
     if stream:
-      self.influence = variable(
-          tf.zeros([batch_size, self.width, self.num_parameters]), 'influence')
+      self.influence = tf.nest.map_structure(
+          lambda zeros: variable(zeros, 'influence'),
+          self._zero_influence(batch_size))
 
   # ------------------------------------------------------------- public API
   def segment_length(self) -> Optional[int]:
@@ -99,7 +100,8 @@ class RTRL(base.Method):
     epoch keeps the checkpointed influence."""
     if self.influence is not None and int(self.epoch.numpy()) != epoch:
       self.epoch.assign(epoch)
-      self.influence.assign(tf.zeros_like(self.influence))
+      for variable in tf.nest.flatten(self.influence):
+        variable.assign(tf.zeros_like(variable))
 
   # ------------------------------------------------------------ the method
   def _flat(self, state) -> tf.Tensor:
@@ -109,7 +111,52 @@ class RTRL(base.Method):
     return tf.nest.pack_sequence_as(self.model.state_spec(),
                                     tf.split(flat, self.sizes, axis=-1))
 
-  def _step(self, inputs, targets, flat, influence, normalizer, has_loss):
+  # The influence and how it is used and carried: RTRL's is exact; UORO
+  # (uoro.py) overrides these with a rank-one estimate.
+  def _influence_size(self, rows):
+    """``(floats, formula)`` of the influence of ``rows`` rows."""
+    return (rows * self.width * self.num_parameters,
+            f'rows × state × weights = {rows} × {self.width} × '
+            f'{self.num_parameters}')
+
+  def _zero_influence(self, rows):
+    """``M`` for ``rows`` rows at the zero state: ``[rows, |s|, |θ|]`` zeros."""
+    return tf.zeros(tf.stack([rows, self.width, self.num_parameters]))
+
+  def _noise(self, rows, length, train):
+    """Per-step random draws the influence update needs, ``[rows, length, k]``
+    (none for RTRL)."""
+    del train
+    return tf.zeros(tf.stack([rows, length, 0]))
+
+  def _through_state(self, state_gradient, influence):
+    """``Σ_rows (∂ℓ/∂s_{t−1}) M_{t−1}``, ``[|θ|]``."""
+    return tf.einsum('bn,bnp->p', state_gradient, influence)
+
+  def _probe(self, new_flat, noise):
+    """What ``_advance`` differentiates in the weights, recorded on the step's
+    tape: RTRL the whole new state."""
+    del noise
+    return new_flat
+
+  def _advance(self, tape, flat, new_flat, probe, influence, noise):
+    """``M_t = J_t M_{t−1} + ∂s_t/∂θ|direct``."""
+    del noise
+    return tf.einsum('bij,bjp->bip', tape.batch_jacobian(new_flat, flat),
+                     influence) + self._immediate(tape, probe, flat)
+
+  def _immediate(self, tape, target, flat):
+    """The per-row Jacobian of ``target`` (``[rows, k]``) in the weights, with
+    the state before the step held fixed: ``[rows, k, |θ|]``."""
+    variables = self.model_variables
+    rows, size = tf.shape(flat)[0], target.shape[-1]
+    # (tape.jacobian's unconnected_gradients=ZERO fails in TF 2.21: zeros here.)
+    return tf.concat(
+        [tf.zeros(tf.stack([rows, size, v.shape.num_elements()])) if j is None
+         else tf.reshape(j, tf.stack([rows, size, v.shape.num_elements()]))
+         for j, v in zip(tape.jacobian(target, variables), variables)], axis=-1)
+
+  def _step(self, inputs, targets, flat, influence, noise, normalizer, has_loss):
     """One step from the flat state ``s_{t−1}`` with its influence ``M_{t−1}``:
     ``(s_t, M_t, gradients of the step's objective, loss sum)``."""
     variables = self.model_variables
@@ -117,25 +164,17 @@ class RTRL(base.Method):
       tape.watch(flat)
       outputs, state = self.model.unroll(inputs, self._nest(flat), training=True)
       new_flat = self._flat(state)
+      probe = self._probe(new_flat, noise)
       objective, loss_sum = self.objective(outputs, targets, normalizer)
       objective, loss_sum = objective * has_loss, loss_sum * has_loss
     direct = densify(self.gradient(tape, objective, variables), variables)
-    through_state = tf.einsum(
-        'bn,bnp->p', tape.gradient(objective, flat, unconnected_gradients=_ZERO),
-        influence)
+    through_state = self._through_state(
+        tape.gradient(objective, flat, unconnected_gradients=_ZERO), influence)
     pieces = tf.split(through_state, [int(v.shape.num_elements())
                                       for v in variables])
     gradients = [d + tf.reshape(p, v.shape)
                  for d, p, v in zip(direct, pieces, variables)]
-    rows = tf.shape(flat)[0]
-    # (tape.jacobian's unconnected_gradients=ZERO fails in TF 2.21: zeros here.)
-    immediate = tf.concat(
-        [tf.zeros(tf.stack([rows, self.width, v.shape.num_elements()]))
-         if j is None else
-         tf.reshape(j, tf.stack([rows, self.width, v.shape.num_elements()]))
-         for j, v in zip(tape.jacobian(new_flat, variables), variables)], axis=-1)
-    influence = tf.einsum('bij,bjp->bip', tape.batch_jacobian(new_flat, flat),
-                          influence) + immediate
+    influence = self._advance(tape, flat, new_flat, probe, influence, noise)
     del tape
     return new_flat, influence, gradients, loss_sum
 
@@ -145,13 +184,13 @@ class RTRL(base.Method):
     inputs, targets = segment
     length = tf.shape(inputs)[1]
     terminal = self.task.readout == task_base.TERMINAL
-    state, influence = carried
+    state, influence, noise = carried
 
     def step(t, flat, influence, gradients, loss_total):
       has_loss = tf.cast(tf.equal(t, length - 1), tf.float32) if terminal else 1.0
       flat, influence, step_gradients, loss_sum = self._step(
           inputs[:, t:t + 1], self.window_targets(targets, t, t + 1), flat,
-          influence, normalizer, has_loss)
+          influence, noise[:, t], normalizer, has_loss)
       return (t + 1, flat, influence,
               [g + s for g, s in zip(gradients, step_gradients)],
               loss_total + loss_sum)
@@ -160,12 +199,12 @@ class RTRL(base.Method):
         lambda t, *_: t < end, step,
         (start, self._flat(state), influence,
          zeros_like_variables(self.model_variables), tf.constant(0.0)))
-    return (self._nest(flat), influence), (gradients, loss_sum)
+    return (self._nest(flat), influence, noise), (gradients, loss_sum)
 
   def _initial_influence(self, rows, train):
     if train and self.influence is not None:
-      return tf.identity(self.influence)
-    return tf.zeros(tf.stack([rows, self.width, self.num_parameters]))
+      return tf.nest.map_structure(tf.identity, self.influence)
+    return self._zero_influence(rows)
 
   def _windows(self, segment, state, train):
     """Every window of the segment; ``(state, totals)``: train applies each
@@ -191,18 +230,21 @@ class RTRL(base.Method):
     zero = tf.constant(0.0)
     totals = ((zero, zero, zero) if train
               else zeros_like_variables(self.model_variables))
-    carried = (state, self._initial_influence(tf.shape(segment[0])[0], train))
-    (state, influence), totals = self.for_each_window(
+    rows = tf.shape(segment[0])[0]
+    carried = (state, self._initial_influence(rows, train),
+               self._noise(rows, length, train))
+    (state, influence, _), totals = self.for_each_window(
         segment, carried, window_ends, body, totals)
     if train and self.influence is not None:
-      self.influence.assign(influence)
+      tf.nest.map_structure(lambda v, x: v.assign(x), self.influence, influence)
     return state, influence, totals
 
   def _train_segment(self, segment, state):
     state, influence, (loss_sum, norm_sum, updates) = self._windows(
         segment, state, train=True)
-    return state, self.base_metrics(segment, loss_sum, norm_sum, updates,
-                                    influence_norm=tf.norm(influence))
+    return state, self.base_metrics(
+        segment, loss_sum, norm_sum, updates,
+        influence_norm=tf.linalg.global_norm(tf.nest.flatten(influence)))
 
   def _estimate_gradients(self, segment, state):
     """The exact gradient of the segment's loss from ``state`` (zero influence

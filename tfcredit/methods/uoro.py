@@ -1,0 +1,97 @@
+"""UORO: unbiased online recurrent optimization (Tallec & Ollivier 2018).
+
+RTRL (``rtrl.py``) with the influence ``M_t = ∂s_t/∂θ`` replaced by a rank-one
+estimate ``s̃_t θ̃_tᵀ`` per row, unbiased (``E[s̃ θ̃ᵀ] = M``) and of memory
+``|s| + |θ|``. Per step, with a Rademacher vector ``ν`` (Algorithm 1):
+``s̃ ← ρ₀·J s̃ + ρ₁·ν`` and ``θ̃ ← θ̃/ρ₀ + (νᵀ ∂s/∂θ|direct)/ρ₁``, with the
+variance-minimising ``ρ₀ = √(‖θ̃‖/‖J s̃‖)`` and ``ρ₁ = √(‖νᵀ ∂s/∂θ‖/‖ν‖)``. A
+loss at ``s_t`` gets ``⟨∂ℓ/∂s_{t−1}, s̃_{t−1}⟩ θ̃_{t−1}``: the pair of the state
+the step started from. This module owns the pair and the draws (stateless, keyed
+by checkpointed counters, as ARTBP's). docs/methods/uoro.md.
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+
+from tfcredit import validation
+from tfcredit.methods import registry
+from tfcredit.methods import rtrl
+
+# Keeps ρ₀ and ρ₁ finite at the zero state (the paper's ε).
+EPSILON = 1e-7
+
+
+@registry.register
+class UORO(rtrl.RTRL):
+  """UORO, one update every ``window`` steps (``RTRL``'s loop and contract).
+
+  The influence is the pair ``(s̃ [rows, |s|], θ̃ [rows, |θ|])``; on streams two
+  variables, carried across calls and checkpointed.
+  """
+
+  EXAMPLE_ARGUMENTS = {'window': 5, 'windows_per_call': 2, 'seed': 1}
+
+  def __init__(self, *, model, task, optimizer, window: int = 10,
+               windows_per_call: int = 10, batch_size: Optional[int] = None,
+               seed: int = 0, max_influence_floats: int = 2**26,
+               clip_norm: Optional[float] = None, use_tf_function: bool = True,
+               name: Optional[str] = None):
+    """Args:
+      seed: seeds the Rademacher draws (their counters are checkpointed).
+      window, windows_per_call, batch_size, max_influence_floats: as in ``RTRL``
+        (the influence here is ``rows × (|s| + |θ|)`` floats).
+      model, task, optimizer, clip_norm, use_tf_function, name: as in ``Method``.
+    """
+    seed = validation.integer('UORO.seed', seed, 0)
+    super().__init__(model=model, task=task, optimizer=optimizer, window=window,
+                     windows_per_call=windows_per_call, batch_size=batch_size,
+                     max_influence_floats=max_influence_floats,
+                     clip_norm=clip_norm, use_tf_function=use_tf_function,
+                     name=name)
+    variable = lambda value, name: tf.Variable(
+        value, dtype=tf.int64, trainable=False, name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self.noise_seed = variable(seed, 'noise_seed')
+    self.training_draws = variable(0, 'training_draws')
+    self.estimate_draws = variable(0, 'estimate_draws')
+
+  def _influence_size(self, rows):
+    return (rows * (self.width + self.num_parameters),
+            f'rows × (state + weights) = {rows} × ({self.width} + '
+            f'{self.num_parameters})')
+
+  def _zero_influence(self, rows):
+    return (tf.zeros(tf.stack([rows, self.width])),
+            tf.zeros(tf.stack([rows, self.num_parameters])))
+
+  def _noise(self, rows, length, train):
+    """Rademacher ``ν`` for every row and step, drawn in the cross-replica
+    context from ``(seed, counter)``; estimates draw from their own counter."""
+    counter = self.training_draws if train else self.estimate_draws
+    seed = tf.stack([self.noise_seed, counter.read_value()])
+    counter.assign_add(1)
+    uniform = tf.random.stateless_uniform(tf.stack([rows, length, self.width]),
+                                          seed=seed)
+    return tf.where(uniform < 0.5, -1.0, 1.0)
+
+  def _through_state(self, state_gradient, influence):
+    state_tilde, theta_tilde = influence
+    return tf.einsum('b,bp->p', tf.reduce_sum(state_gradient * state_tilde, -1),
+                     theta_tilde)
+
+  def _probe(self, new_flat, noise):
+    """``⟨ν, s_t⟩`` per row, ``[rows, 1]``: its Jacobian in the weights is
+    ``νᵀ ∂s_t/∂θ|direct`` (one backward pass per row)."""
+    return tf.reduce_sum(noise * new_flat, axis=-1, keepdims=True)
+
+  def _advance(self, tape, flat, new_flat, probe, influence, noise):
+    state_tilde, theta_tilde = influence
+    forward = tf.einsum('bij,bj->bi', tape.batch_jacobian(new_flat, flat),
+                        state_tilde)
+    projected = self._immediate(tape, probe, flat)[:, 0]
+    norm = lambda x: tf.norm(x, axis=-1, keepdims=True)
+    rho0 = tf.sqrt((norm(theta_tilde) + EPSILON) / (norm(forward) + EPSILON))
+    rho1 = tf.sqrt((norm(projected) + EPSILON) / (norm(noise) + EPSILON))
+    return (rho0 * forward + rho1 * noise,
+            theta_tilde / rho0 + projected / rho1)
