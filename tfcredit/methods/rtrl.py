@@ -125,9 +125,10 @@ class RTRL(base.Method):
 
   def _noise(self, rows, length, train):
     """Per-step random draws the influence update needs, ``[rows, length, k]``
-    (none for RTRL)."""
+    (RTRL needs none: a placeholder of ones, as zero-size tensors crash
+    TensorFlow's cross-replica gather)."""
     del train
-    return tf.zeros(tf.stack([rows, length, 0]))
+    return tf.ones(tf.stack([rows, length, 1]))
 
   def _through_state(self, state_gradient, influence):
     """``Σ_rows (∂ℓ/∂s_{t−1}) M_{t−1}``, ``[|θ|]``."""
