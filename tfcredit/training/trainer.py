@@ -27,9 +27,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcredit import validation
 from tfcredit import export as export_lib
 from tfcredit import precision as precision_lib
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError, TrainingError
 from tfcredit.models.contract import check_model
 from tfcredit.models.recurrent import RecurrentModel
