@@ -144,7 +144,6 @@ def run(argv: List[str]) -> int:
   if code is not None:
     return code
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfcredit.tasks import base as task_base  # pylint: disable=g-import-not-at-top
   calls = validation.positive_int('--calls', FLAGS.calls)
   runner = build(FLAGS.workload, FLAGS.unroll_implementation)
   trace_dir = os.path.join(FLAGS.output_dir, 'trace')

@@ -19,7 +19,7 @@ averages terminal losses over the batch.
 
 import abc
 import math
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf

@@ -27,7 +27,7 @@ import datetime
 import os
 import shutil
 import sys
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import gin
 from gin import config_parser

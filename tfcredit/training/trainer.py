@@ -17,20 +17,17 @@ of a split and divides by their number.
 import dataclasses
 import inspect
 import json
-import math
 import os
-import time
 from typing import Any, Callable, Dict, Optional
 
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfcredit import export as export_lib
 from tfcredit import precision as precision_lib
 from tfcredit import validation
-from tfcredit.errors import ConfigurationError, TrainingError
+from tfcredit.errors import ConfigurationError
 from tfcredit.models.contract import check_model
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
