@@ -16,8 +16,10 @@ REGISTRY: Dict[str, type] = {}
 
 
 def key(cls: type) -> str:
-  """A method's short snake-case name: ``TruncatedBPTT`` → ``truncated_bptt``."""
-  return re.sub(r'(?<=[a-z0-9])(?=[A-Z])', '_', cls.__name__).lower()
+  """A method's short name: its ``KEY``, else the class name in snake case
+  (``TruncatedBPTT`` → ``truncated_bptt``)."""
+  return vars(cls).get('KEY') or re.sub(r'(?<=[a-z0-9])(?=[A-Z])', '_',
+                                        cls.__name__).lower()
 
 
 def register(cls: type) -> type:

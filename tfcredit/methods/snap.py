@@ -25,6 +25,7 @@ PROBE_ROWS = 64
 class SnAp1(rtrl.RTRL):
   """SnAp-1 (``RTRL``'s loop, contract and arguments; the module docstring)."""
 
+  KEY = 'snap1'  # (Not 'sn_ap1'.)
   EXAMPLE_ARGUMENTS = {'window': 5, 'windows_per_call': 2}
 
   def __init__(self, *, model, task, optimizer, window: int = 10,
