@@ -39,8 +39,10 @@ class SnAp1(rtrl.RTRL):
                      max_influence_floats=max_influence_floats,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      name=name)
-    self.pattern = tf.Variable(self._find_pattern(), trainable=False,
-                               name='pattern')
+    strategy = self.replicas.strategy
+    pattern = strategy.experimental_local_results(
+        strategy.run(tf.function(self._find_pattern)))[0]  # One replica's.
+    self.pattern = tf.Variable(pattern, trainable=False, name='pattern')
 
   def _find_pattern(self) -> tf.Tensor:
     """``[|s|, |θ|]`` 0/1: which weights write which state units directly."""
