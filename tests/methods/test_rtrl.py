@@ -158,6 +158,21 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, cls):
   assert not any(np.any(v) for v in influence(method2))
 
 
+@pytest.mark.parametrize('cls', [RTRL, UORO])
+def test_a_stream_of_one_row_trains(cls):
+  # One row: the influence variable's static batch of 1 must survive the loop
+  # (it broadcast to an unknown batch and failed in the influence-balancing config).
+  task = InfluenceBalancingTask(train_length=60, eval_length=20)
+  model = tiny_model(task, seed=0)
+  method = cls(model=model, task=task, optimizer=built_optimizer(model),
+               window=4, windows_per_call=2, batch_size=1)
+  method.on_epoch_start(0)
+  data = task.stream('train', 1)
+  state, metrics = method.train_segment(
+      (tf.constant(data[:, :8]), tf.constant(data[:, 1:9])), model.initial_state(1))
+  assert float(metrics['updates']) == 2 and np.isfinite(float(metrics['loss_sum']))
+
+
 def test_bad_settings_are_refused_with_the_parameter_named():
   model = tiny_model(STREAM, seed=0, units=5)
   optimizer = built_optimizer(model)

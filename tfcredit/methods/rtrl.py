@@ -189,9 +189,14 @@ class RTRL(base.Method):
 
     def step(t, flat, influence, gradients, loss_total):
       has_loss = tf.cast(tf.equal(t, length - 1), tf.float32) if terminal else 1.0
-      flat, influence, step_gradients, loss_sum = self._step(
+      new_flat, new_influence, step_gradients, loss_sum = self._step(
           inputs[:, t:t + 1], self.window_targets(targets, t, t + 1), flat,
           influence, noise[:, t], normalizer, has_loss)
+      # Keep the loop's static shapes (a batch of 1 would broadcast to None).
+      flat = tf.ensure_shape(new_flat, flat.shape)
+      influence = tf.nest.map_structure(
+          lambda new, old: tf.ensure_shape(new, old.shape), new_influence,
+          influence)
       return (t + 1, flat, influence,
               [g + s for g, s in zip(gradients, step_gradients)],
               loss_total + loss_sum)
