@@ -76,6 +76,35 @@ def test_the_estimate_is_exact_on_the_influence_balancing_system():
          _dense(full.estimate_gradients(segment, state)[0]), atol=1e-5)
 
 
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'estimate'])
+def test_a_64_unit_lstm_runs_several_windows_per_call(train):
+  """From 64 units Grappler rewrote the step loop's additions into temporary
+  variables, and a second call failed with ALREADY_EXISTS."""
+  rows, window = 4, 10
+  task = MarkovLanguageTask(vocabulary_size=32, branching=2, train_length=200,
+                            eval_length=10, seed=2)
+  model = tiny_model(task, seed=0, units=64, embedding_dim=64)
+  optimizer = built_optimizer(model, keras.optimizers.Adam,
+                              learning_rate=1e-3 if train else 0.0)
+  rtrl = RTRL(model=model, task=task, optimizer=optimizer, window=window,
+              windows_per_call=2, batch_size=rows, clip_norm=1.0)
+  full = BPTT(model=model, task=task, optimizer=optimizer,
+              sequence_length=2 * window)
+  data = task.stream('train', rows)
+  state = model.initial_state(rows)
+  rtrl.on_epoch_start(0)
+  for start in (0, 2 * window):  # Two calls of two windows each.
+    segment = (tf.constant(data[:, start:start + 2 * window]),
+               tf.constant(data[:, start + 1:start + 2 * window + 1]))
+    if train:
+      state, metrics = rtrl.train_segment(segment, state)
+      assert float(metrics['updates']) == 2.0
+      assert np.isfinite(float(metrics['grad_norm_sum']))
+    else:
+      _close(_dense(rtrl.estimate_gradients(segment, state)[0]),
+             _dense(full.estimate_gradients(segment, state)[0]), atol=1e-5)
+
+
 def _full_window_norms(model, segment_calls, window):
   """Reference: each window's loss (÷ rows × window) backpropagated through
   every earlier step of the stream, at fixed weights; its gradient's norm."""

@@ -97,6 +97,11 @@ ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile',
 BF16_FLAGS = ('amx_bf16', 'amx_tile', 'avx512_bf16')  # Reported in the summary.
 BF16_MATMUL_FLAGS = ('amx_bf16', 'avx512_bf16')  # Any of them: time a bf16 row.
 QUICK_WINDOWS_PER_CALL = [1, 2]  # --quick without --windows_per_call.
+# The forward-mode rows (--forward_mode_units): RTRL, UORO and SnAp-1 against
+# truncated BPTT with the same window on a small symbol stream; a round is
+# FORWARD_MODE_WINDOWS windows of FORWARD_MODE_WINDOW steps (one call).
+FORWARD_MODE_VOCABULARY, FORWARD_MODE_BATCH = 32, 4
+FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS = 10, 2
 REPLICAS = 2  # Logical CPU devices, and replicas of the replicas row.
 REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration.
 ARTBP_MEAN_LENGTH, ARTBP_ALPHA = 20, 4.0  # The ARTBP row: L0 = the PTB window.
@@ -150,6 +155,12 @@ def define_flags() -> None:
          "(the bindings name the class), built as the trainer builds it, e.g. "
          "--method='ARTBP L0=20: train.method = @ARTBP; ARTBP.mean_length = 20; "
          "ARTBP.clip_norm = 5.0'.")
+  define(flags.DEFINE_multi_integer, 'forward_mode_units', [], 'Also time RTRL, '
+         'UORO and SnAp-1 against truncated BPTT (window '
+         f'{FORWARD_MODE_WINDOW}) on a 1-layer LSTM of each of these widths, '
+         f'{FORWARD_MODE_BATCH} columns of {FORWARD_MODE_VOCABULARY} random '
+         'symbols; each row names the floats its influence carries. RTRL costs '
+         'O(state^2 x weights) per step: at 128 units a round takes minutes.')
   define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
@@ -288,9 +299,12 @@ class Workload:
   stream: Optional[np.ndarray] = None
 
 
-def ptb_small(steps: int, seed: int) -> Workload:
-  """Zaremba et al. (2014) small: 2x LSTM 200, window 20, batch 20, SGD 1, clip 5."""
-  vocabulary, units, layers, batch = 10000, 200, 2, 20
+def token_stream(name: str, *, vocabulary: int, units: int, layers: int,
+                 batch: int, steps: int, seed: int,
+                 make_optimizer: Callable[[], keras.optimizers.Optimizer],
+                 clip_norm: Optional[float]) -> Workload:
+  """A language model (embedding of ``units``, ``layers`` LSTMs of ``units``, a
+  dense head) on ``batch`` columns of ``steps`` random token ids."""
   task = RandomTokenStream(vocabulary_size=vocabulary, length=batch * (steps + 1),
                            seed=seed)
   stream = task.stream('train', batch)
@@ -318,13 +332,30 @@ def ptb_small(steps: int, seed: int) -> Workload:
   core = layers * lstm_step_flops(units, units)
   head = dense_flops(units, vocabulary)
   return Workload(
-      name='PTB small (random ids)', unit='tokens', task=task,
+      name=name, unit='tokens', task=task,
       model_kwargs=dict(units=units, num_layers=layers, embedding_dim=units),
-      make_optimizer=lambda: keras.optimizers.SGD(1.0), clip_norm=5.0,
+      make_optimizer=make_optimizer, clip_norm=clip_norm,
       batch_size=batch, segments=segments, keras_layers=keras_layers,
       keras_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       keras_data=keras_data, stream=stream,
       flops_per_unit=lambda _: training_flops(core, head, 1, 1, 1))
+
+
+def ptb_small(steps: int, seed: int) -> Workload:
+  """Zaremba et al. (2014) small: 2x LSTM 200, window 20, batch 20, SGD 1, clip 5."""
+  return token_stream('PTB small (random ids)', vocabulary=10000, units=200,
+                      layers=2, batch=20, steps=steps, seed=seed,
+                      make_optimizer=lambda: keras.optimizers.SGD(1.0),
+                      clip_norm=5.0)
+
+
+def forward_mode_stream(units: int, steps: int, seed: int) -> Workload:
+  """The forward-mode rows' model: LSTM ``units`` on ``FORWARD_MODE_VOCABULARY``
+  random symbols, ``FORWARD_MODE_BATCH`` columns, Adam 1e-3, clip 1."""
+  return token_stream(
+      f'symbols (random ids), LSTM {units}', vocabulary=FORWARD_MODE_VOCABULARY,
+      units=units, layers=1, batch=FORWARD_MODE_BATCH, steps=steps, seed=seed,
+      make_optimizer=lambda: keras.optimizers.Adam(1e-3), clip_norm=1.0)
 
 
 def adding(length: int, batches: int, seed: int) -> Workload:
@@ -555,6 +586,29 @@ def artbp_runner(workload: Workload, mean_length: int, alpha: float,
           alpha=alpha, windows_per_call=windows_per_call,
           clip_norm=workload.clip_norm),
       flops_window=mean_length)
+
+
+def forward_mode_runner(workload: Workload, method_class: type, window: int,
+                        windows_per_call: int) -> Runner:
+  """``RTRL`` or a subclass (``UORO``, ``SnAp1``) on a stream workload, with no
+  influence limit; the row label gives the floats its influence carries, the
+  memory it needs beyond truncated BPTT's."""
+  built = []
+
+  def make_method(model, task, optimizer):
+    built.append(method_class(
+        model=model, task=task, optimizer=optimizer, window=window,
+        windows_per_call=windows_per_call, batch_size=workload.batch_size,
+        max_influence_floats=2**62, clip_norm=workload.clip_norm))
+    return built[-1]
+
+  runner = method_runner(
+      workload, f'tfcredit {method_class.__name__} window={window}, '
+      f'windows_per_call={windows_per_call}', make_method,
+      segment_length=window * windows_per_call, flops_window=window)
+  floats, formula = built[-1]._influence_size(workload.batch_size)  # pylint: disable=protected-access
+  runner.config += f', influence {formula} = {floats:,} floats'
+  return runner
 
 
 def configured_runner(workload: Workload, text: str) -> Runner:
@@ -917,6 +971,19 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
               blocks_per_update=tp_blocks, h_steps=1, theta_steps=1,
               updates_per_call=tp_updates, clip_norm=workload.clip_norm),
           segment_length=tp_block * tp_blocks * tp_updates, flops_window=tp_block)
+  for units in FLAGS.forward_mode_units:
+    # RTRL (exact), UORO (rank one) and SnAp-1 (sparse) carry an influence
+    # forward; truncated BPTT with the same window is the reference.
+    from tfcredit.methods.rtrl import RTRL  # pylint: disable=g-import-not-at-top
+    from tfcredit.methods.snap import SnAp1  # pylint: disable=g-import-not-at-top
+    from tfcredit.methods.uoro import UORO  # pylint: disable=g-import-not-at-top
+    forward = forward_mode_stream(
+        units, steps=FORWARD_MODE_WINDOW * FORWARD_MODE_WINDOWS, seed=seed)
+    references[forward.name] = add(tfcredit_runner, forward, FORWARD_MODE_WINDOW,
+                                   FORWARD_MODE_WINDOWS)
+    for method_class in (RTRL, UORO, SnAp1):
+      add(forward_mode_runner, forward, method_class, FORWARD_MODE_WINDOW,
+          FORWARD_MODE_WINDOWS)
   return runners, rooflines, references
 
 
@@ -931,6 +998,8 @@ def run(argv: List[str]) -> int:
   try:
     windows_per_call = [validation.positive_int('--windows_per_call', count)
                         for count in windows_per_call]
+    for units in FLAGS.forward_mode_units:
+      validation.positive_int('--forward_mode_units', units)
     rounds = validation.positive_int(
         '--rounds', FLAGS.rounds if FLAGS.rounds is not None else
         (1 if FLAGS.quick else 3))
@@ -992,8 +1061,12 @@ def run(argv: List[str]) -> int:
               else '')
   summary += (', or for the ARTBP rows truncated BPTT with window L0'
               if FLAGS.artbp_row else '')
-  summary += (', or for the precision rows the same configuration in float32.'
-              if FLAGS.precision_rows else '.')
+  summary += (', or for the precision rows the same configuration in float32'
+              if FLAGS.precision_rows else '')
+  summary += (', or for the forward-mode rows (RTRL, UORO, SnAp-1) truncated BPTT '
+              'with the same window; their FLOP counts are truncated BPTT\'s (the '
+              'influence arithmetic is not counted).' if FLAGS.forward_mode_units
+              else '.')
   report = f'{markdown_table(rows)}\n\n{summary}\n'
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, 'benchmark.json'), 'w') as f:

@@ -159,7 +159,9 @@ class RTRL(base.Method):
 
   def _step(self, inputs, targets, flat, influence, noise, normalizer, has_loss):
     """One step from the flat state ``s_{t−1}`` with its influence ``M_{t−1}``:
-    ``(s_t, M_t, gradients of the step's objective, loss sum)``."""
+    ``(s_t, M_t, direct gradients, flat gradient through the state, loss
+    sum)``; the step's gradient is the direct one plus the other, reshaped
+    (``_combine``)."""
     variables = self.model_variables
     with tf.GradientTape(persistent=True) as tape:
       tape.watch(flat)
@@ -171,13 +173,18 @@ class RTRL(base.Method):
     direct = densify(self.gradient(tape, objective, variables), variables)
     through_state = self._through_state(
         tape.gradient(objective, flat, unconnected_gradients=_ZERO), influence)
-    pieces = tf.split(through_state, [int(v.shape.num_elements())
-                                      for v in variables])
-    gradients = [d + tf.reshape(p, v.shape)
-                 for d, p, v in zip(direct, pieces, variables)]
     influence = self._advance(tape, flat, new_flat, probe, influence, noise)
     del tape
-    return new_flat, influence, gradients, loss_sum
+    return new_flat, influence, direct, through_state, loss_sum
+
+  def _combine(self, direct, through_state):
+    """The gradients per variable: ``direct`` plus the flat ``[|θ|]``
+    ``through_state`` split into the variables' shapes."""
+    variables = self.model_variables
+    pieces = tf.split(through_state, [int(v.shape.num_elements())
+                                      for v in variables])
+    return [d + tf.reshape(p, v.shape)
+            for d, p, v in zip(direct, pieces, variables)]
 
   def _window(self, segment, carried, start, end, normalizer):
     """Steps ``[start, end)`` per replica: ``((state, influence), (summed
@@ -187,24 +194,33 @@ class RTRL(base.Method):
     terminal = self.task.readout == task_base.TERMINAL
     state, influence, noise = carried
 
-    def step(t, flat, influence, gradients, loss_total):
+    def step(t, flat, influence, direct_total, through_total, loss_total):
       has_loss = tf.cast(tf.equal(t, length - 1), tf.float32) if terminal else 1.0
-      new_flat, new_influence, step_gradients, loss_sum = self._step(
-          inputs[:, t:t + 1], self.window_targets(targets, t, t + 1), flat,
+      # A static length of 1: the model's unroll is then straight-line code,
+      # not a loop nested in this one.
+      step_inputs = tf.expand_dims(tf.gather(inputs, t, axis=1), 1)
+      new_flat, new_influence, direct, through_state, loss_sum = self._step(
+          step_inputs, self.window_targets(targets, t, t + 1), flat,
           influence, noise[:, t], normalizer, has_loss)
       # Keep the loop's static shapes (a batch of 1 would broadcast to None).
       flat = tf.ensure_shape(new_flat, flat.shape)
       influence = tf.nest.map_structure(
           lambda new, old: tf.ensure_shape(new, old.shape), new_influence,
           influence)
+      # The two parts are summed separately, one addition each per step. Their
+      # tree of additions was rewritten by Grappler into an accumulation through
+      # temporary variables (AddOpsRewrite_add_*/tmp_var), which failed with
+      # ALREADY_EXISTS on the second call (LSTM 64, embedding 64, 4 rows).
       return (t + 1, flat, influence,
-              [g + s for g, s in zip(gradients, step_gradients)],
-              loss_total + loss_sum)
+              [total + d for total, d in zip(direct_total, direct)],
+              through_total + through_state, loss_total + loss_sum)
 
-    _, flat, influence, gradients, loss_sum = tf.while_loop(
+    _, flat, influence, direct, through_state, loss_sum = tf.while_loop(
         lambda t, *_: t < end, step,
         (start, self._flat(state), influence,
-         zeros_like_variables(self.model_variables), tf.constant(0.0)))
+         zeros_like_variables(self.model_variables),
+         tf.zeros([self.num_parameters]), tf.constant(0.0)))
+    gradients = self._combine(direct, through_state)
     return (self._nest(flat), influence, noise), (gradients, loss_sum)
 
   def _initial_influence(self, rows, train):
