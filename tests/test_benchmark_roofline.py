@@ -125,3 +125,20 @@ def test_a_method_row_applies_its_bindings_and_names_what_is_wrong(short_ptb):
     benchmark.configured_runner(short_ptb, 'no class: ARTBP.mean_length = 5')
   with pytest.raises(ConfigurationError, match='NAME: BINDINGS'):
     benchmark.configured_runner(short_ptb, 'train.method = @ARTBP')
+
+
+# --------------------------------------------------- --forward_mode_units rows
+@pytest.mark.parametrize('name', ['RTRL', 'UORO'])
+def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
+  from tfcredit import methods  # pylint: disable=g-import-not-at-top
+  units, steps = 8, 20
+  workload = benchmark.forward_mode_stream(units, steps=steps, seed=0)
+  runner = benchmark.forward_mode_runner(workload, getattr(methods, name), 10, 2)
+  rows, state = benchmark.FORWARD_MODE_BATCH, 2 * units  # An LSTM's h and c.
+  vocabulary = benchmark.FORWARD_MODE_VOCABULARY
+  weights = (vocabulary * units + 4 * units * (2 * units + 1)
+             + units * vocabulary + vocabulary)  # Embedding, LSTM, head.
+  floats = rows * state * weights if name == 'RTRL' else rows * (state + weights)
+  assert runner.config.endswith(f' = {floats:,} floats')
+  assert runner.run()[0] == rows * steps  # One round: the whole stream.
+  assert runner.traces() == 1
