@@ -196,8 +196,8 @@ class RTRL(base.Method):
 
     def step(t, flat, influence, direct_total, through_total, loss_total):
       has_loss = tf.cast(tf.equal(t, length - 1), tf.float32) if terminal else 1.0
-      # A static length of 1: the model's unroll is then straight-line code,
-      # not a loop nested in this one.
+      # A static length of 1: the fused unroll (tfcredit.models.fused) is then
+      # straight-line code, not a loop nested in this one.
       step_inputs = tf.expand_dims(tf.gather(inputs, t, axis=1), 1)
       new_flat, new_influence, direct, through_state, loss_sum = self._step(
           step_inputs, self.window_targets(targets, t, t + 1), flat,
