@@ -795,7 +795,9 @@ def summarize(runners: Sequence[Runner], roofline: Runner,
 def markdown_table(rows: Sequence[Dict]) -> str:
   """The rows as a GitHub markdown table."""
   def ratio(value):
-    return '—' if value is None else f'{value:.2f}'
+    if value is None:
+      return '—'
+    return f'{value:.2f}' if value >= 0.01 else f'{value:.2g}'  # RTRL: 1e-4.
 
   lines = ['| workload | method / config | throughput | ratio vs reference | '
            '(CPU time) | achieved GFLOP/s | fraction of roofline | (CPU time) |',
