@@ -137,3 +137,14 @@ def test_which_processes_are_entry_points(argv, orig_argv, expected):
 ])
 def test_verbose_on_the_command_line(args, expected):
   assert _startup.verbose_requested(['tfcredit-train', *args]) is expected
+
+
+@pytest.mark.parametrize('flag', ['--forward_mode_units=0', '--rounds=0'])
+def test_benchmark_refuses_a_non_positive_count_naming_the_flag(flag, tmp_path):
+  done = run_tool('benchmark.py', flag, '--replicas_row=false',
+                  f'--output_dir={tmp_path}')
+  assert done.returncode == 2, done.stderr
+  name = flag.split('=')[0]
+  assert f'error: {name}' in done.stderr and '0' in done.stderr, done.stderr
+  assert 'Traceback' not in done.stderr
+  assert not os.listdir(tmp_path)  # Refused before measuring anything.
