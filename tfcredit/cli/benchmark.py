@@ -611,7 +611,7 @@ def forward_mode_runner(workload: Workload, method_class: type, window: int,
       workload, f'tfcredit {method_class.__name__} window={window}, '
       f'windows_per_call={windows_per_call}', make_method,
       segment_length=window * windows_per_call, flops_window=window)
-  floats, formula = built[-1]._influence_size(workload.batch_size)  # pylint: disable=protected-access
+  floats, formula = built[-1].influence_size(workload.batch_size)
   runner.config += f', influence {formula} = {floats:,} floats'
   return runner
 

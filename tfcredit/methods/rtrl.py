@@ -10,7 +10,7 @@ module owns the influence (a variable on streams, carried across calls and
 checkpointed); the method updates every ``window`` steps. docs/methods/rtrl.md.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
@@ -72,15 +72,16 @@ class RTRL(base.Method):
     self.width = sum(self.sizes)
     self.num_parameters = sum(int(v.shape.num_elements())
                               for v in model.trainable_variables)
-    floats, formula = self._influence_size(batch_size or 1)
+    super().__init__(model=model, task=task, optimizer=optimizer,
+                     clip_norm=clip_norm, use_tf_function=use_tf_function,
+                     name=name or owner)
+    self._prepare_influence()
+    floats, formula = self.influence_size(batch_size or 1)
     if floats > limit:
       raise ConfigurationError(
           f'{owner} carries an influence of {formula} = {floats:,} floats, more '
           f'than {owner}.max_influence_floats = {limit:,}: use a smaller model '
           'or batch, or raise the limit')
-    super().__init__(model=model, task=task, optimizer=optimizer,
-                     clip_norm=clip_norm, use_tf_function=use_tf_function,
-                     name=name or owner)
     variable = lambda value, name, dtype=tf.float32: tf.Variable(
         value, dtype=dtype, trainable=False, name=name,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -92,6 +93,12 @@ class RTRL(base.Method):
           self._zero_influence(batch_size))
 
   # ------------------------------------------------------------- public API
+  def influence_size(self, rows: int) -> Tuple[int, str]:
+    """``(floats, formula)``: the floats the influence of ``rows`` rows carries
+    (the memory the method needs beyond truncated BPTT's) and how they are
+    counted, e.g. ``'rows × state × weights = 4 × 128 × 37152'``."""
+    return self._influence_size(rows)
+
   def segment_length(self) -> Optional[int]:
     return self.window * self.windows_per_call
 
@@ -112,7 +119,12 @@ class RTRL(base.Method):
                                     tf.split(flat, self.sizes, axis=-1))
 
   # The influence and how it is used and carried: RTRL's is exact; UORO
-  # (uoro.py) overrides these with a rank-one estimate.
+  # (uoro.py) overrides these with a rank-one estimate, SnAp-1 (snap.py) with a
+  # sparse one.
+  def _prepare_influence(self):
+    """Called once by the constructor before the influence is sized and
+    created (SnAp-1 finds its pattern here); RTRL needs nothing."""
+
   def _influence_size(self, rows):
     """``(floats, formula)`` of the influence of ``rows`` rows."""
     return (rows * self.width * self.num_parameters,
@@ -146,10 +158,11 @@ class RTRL(base.Method):
     return tf.einsum('bij,bjp->bip', tape.batch_jacobian(new_flat, flat),
                      influence) + self._immediate(tape, probe, flat)
 
-  def _immediate(self, tape, target, flat):
-    """The per-row Jacobian of ``target`` (``[rows, k]``) in the weights, with
-    the state before the step held fixed: ``[rows, k, |θ|]``."""
-    variables = self.model_variables
+  def _immediate(self, tape, target, flat, variables=None):
+    """The per-row Jacobian of ``target`` (``[rows, k]``) in the weights (or in
+    ``variables``, a list of some of them), with the state before the step held
+    fixed: ``[rows, k, |θ|]`` (their weights, flattened and concatenated)."""
+    variables = self.model_variables if variables is None else variables
     rows, size = tf.shape(flat)[0], target.shape[-1]
     # (tape.jacobian's unconnected_gradients=ZERO fails in TF 2.21: zeros here.)
     return tf.concat(
