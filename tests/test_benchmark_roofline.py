@@ -128,7 +128,7 @@ def test_a_method_row_applies_its_bindings_and_names_what_is_wrong(short_ptb):
 
 
 # --------------------------------------------------- --forward_mode_units rows
-@pytest.mark.parametrize('name', ['RTRL', 'UORO'])
+@pytest.mark.parametrize('name', ['RTRL', 'UORO', 'SnAp1'])
 def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
   from tfcredit import methods  # pylint: disable=g-import-not-at-top
   units, steps = 8, 20
@@ -139,6 +139,11 @@ def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
   weights = (vocabulary * units + 4 * units * (2 * units + 1)
              + units * vocabulary + vocabulary)  # Embedding, LSTM, head.
   floats = rows * state * weights if name == 'RTRL' else rows * (state + weights)
+  if name == 'SnAp1':  # The LSTM's weights write 2 units, the embedding's all.
+    cell, embedding = 4 * units * (2 * units + 1), vocabulary * units
+    floats = rows * (cell * 2 + embedding * state)
+    assert (f'rows × weights × k = {rows} × ({cell} × 2 + {embedding} × '
+            f'{state}) = ') in runner.config
   assert runner.config.endswith(f' = {floats:,} floats')
   assert runner.run()[0] == rows * steps  # One round: the whole stream.
   assert runner.traces() == 1

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
-from tfcredit.methods import BPTT, RTRL, UORO, TruncatedBPTT
+from tfcredit.methods import BPTT, RTRL, UORO, SnAp1, TruncatedBPTT
 from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
@@ -146,7 +146,7 @@ def test_updates_carry_credit_across_windows_and_calls_where_truncation_does_not
   assert abs(norms['TruncatedBPTT'][1] - norms['RTRL'][1]) > 1e-3
 
 
-@pytest.mark.parametrize('cls', [RTRL, UORO])
+@pytest.mark.parametrize('cls', [RTRL, UORO, SnAp1])
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path, cls):
   def build():
     model = tiny_model(STREAM, seed=0, units=5)
@@ -187,7 +187,7 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, cls):
   assert not any(np.any(v) for v in influence(method2))
 
 
-@pytest.mark.parametrize('cls', [RTRL, UORO])
+@pytest.mark.parametrize('cls', [RTRL, UORO, SnAp1])
 def test_a_stream_of_one_row_trains(cls):
   # One row: the influence variable's static batch of 1 must survive the loop
   # (it broadcast to an unknown batch and failed in the influence-balancing config).

@@ -2,19 +2,26 @@
 
 SnAp-1 keeps the influence only where a weight writes a state unit directly. So it
 is exact when the recurrence is diagonal (then RTRL's influence never leaves that
-pattern) and biased when it is not.
+pattern) and biased when it is not. Its compact storage (the paper's saving)
+holds only those entries, ``rows × weights × k`` floats, and computes what the
+dense influence masked by the pattern computes.
 """
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfcredit import RecurrentModel
+from tfcredit.errors import ConfigurationError
 from tfcredit.methods import BPTT, SnAp1
-from tfcredit.tasks.synthetic import AddingTask
+from tfcredit.tasks.language_modeling import MarkovLanguageTask
+from tfcredit.tasks.synthetic import AddingTask, CopyTask
 from tfcredit.testing import built_optimizer, tiny_model
 
 ROWS, UNITS = 3, 4
+STREAM = MarkovLanguageTask(vocabulary_size=5, branching=2, train_length=80,
+                            eval_length=10, seed=2)
 
 
 class DiagonalCell(keras.layers.Layer):
@@ -45,30 +52,37 @@ def _flat(gradients):
                          for g in gradients])
 
 
-def _estimates(model, task):
+def _estimates(model, task, storage='compact'):
   optimizer = built_optimizer(model)
   inputs, targets = task.batch('train', 0, 0, ROWS)
   segment = (tf.constant(inputs), tf.constant(targets))
   state = model.initial_state(ROWS)
-  snap = SnAp1(model=model, task=task, optimizer=optimizer, window=4)
+  snap = SnAp1(model=model, task=task, optimizer=optimizer, window=4,
+               storage=storage)
   full = BPTT(model=model, task=task, optimizer=optimizer)
   return (snap, _flat(snap.estimate_gradients(segment, state)[0]),
           _flat(full.estimate_gradients(segment, state)[0]))
 
 
-def test_exact_for_a_diagonal_recurrence():
+@pytest.mark.parametrize('storage', ['compact', 'dense'])
+def test_exact_for_a_diagonal_recurrence(storage):
   task = AddingTask(sequence_length=8, seed=2)
   keras.utils.set_random_seed(0)
   model = RecurrentModel(cell=DiagonalCell(), **task.model_spec())
   model.build_for(tf.zeros([1, 1, 2]))
-  snap, estimate, exact = _estimates(model, task)
+  snap, estimate, exact = _estimates(model, task, storage)
   np.testing.assert_allclose(estimate, exact, rtol=1e-5, atol=1e-6)
   assert np.abs(exact).max() > 1e-3
   # The pattern: every weight of the cell writes exactly one unit (W's columns,
   # u, b); the readout writes none.
   cell_weights = 2 * UNITS + UNITS + UNITS
-  np.testing.assert_array_equal(snap.pattern.numpy().sum(0)[:cell_weights], 1.0)
-  assert snap.pattern.numpy()[:, cell_weights:].sum() == 0
+  np.testing.assert_array_equal(snap.fan_out[:cell_weights], 1)
+  assert snap.fan_out[cell_weights:].sum() == 0
+  if storage == 'dense':
+    np.testing.assert_array_equal(snap.pattern.numpy().sum(0), snap.fan_out)
+  else:  # One group of k = 1, one colour: one backward pass per step.
+    assert [(g.size, g.k, g.colours.shape[1]) for g in snap.groups] == [
+        (cell_weights, 1, 1)]
 
 
 def test_biased_for_a_full_recurrence():
@@ -78,3 +92,110 @@ def test_biased_for_a_full_recurrence():
   error = np.linalg.norm(estimate - exact) / np.linalg.norm(exact)
   assert error > 1e-3
   assert estimate @ exact > 0  # Still a descent direction here.
+
+
+def _calls(task, calls, length):
+  """``calls`` segments: consecutive stream slices, or episodic batches."""
+  if task.regime == 'stream':
+    data = task.stream('train', ROWS)
+    return [(tf.constant(data[:, i * length:(i + 1) * length]),
+             tf.constant(data[:, i * length + 1:(i + 1) * length + 1]))
+            for i in range(calls)]
+  return [tuple(tf.constant(x) for x in task.batch('train', 0, i, ROWS))
+          for i in range(calls)]
+
+
+def _run(storage, task, cell, num_layers):
+  """Estimates and trained weights, metrics and influence over three calls of
+  two windows (on streams, the influence variable carried across them)."""
+  model = tiny_model(task, seed=0, units=UNITS, cell=cell,
+                     num_layers=num_layers)
+  optimizer = built_optimizer(model, keras.optimizers.Adam, learning_rate=0.05)
+  snap = SnAp1(model=model, task=task, optimizer=optimizer, window=4,
+               windows_per_call=2, batch_size=ROWS, storage=storage)
+  snap.on_epoch_start(0)
+  state, results = model.initial_state(ROWS), []
+  for segment in _calls(task, 3, 8):
+    if task.regime == 'episodic':
+      state = model.initial_state(ROWS)
+    gradients, _ = snap.estimate_gradients(segment, state)
+    state, metrics = snap.train_segment(segment, state)
+    results.append((_flat(gradients), _flat(model.trainable_variables),
+                    {k: float(v) for k, v in metrics.items()}))
+    assert metrics['updates'] == 2
+  assert snap.trace_counts['train_segment'] == 1
+  assert snap.trace_counts['estimate_gradients'] == 1
+  return snap, results
+
+
+@pytest.mark.parametrize('num_layers', [1, 2])
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+@pytest.mark.parametrize('task', [STREAM, CopyTask(sequence_length=4, seed=1,
+                                                    memory_length=2)],
+                         ids=['stream', 'copy'])
+def test_compact_storage_computes_what_the_masked_dense_influence_does(
+    task, cell, num_layers):
+  dense, expected = _run('dense', task, cell, num_layers)
+  compact, actual = _run('compact', task, cell, num_layers)
+  for (estimate, weights, metrics), (estimate0, weights0, metrics0) in zip(
+      actual, expected):
+    np.testing.assert_allclose(estimate, estimate0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights, weights0, rtol=1e-5, atol=1e-6)
+    for key in metrics0:
+      np.testing.assert_allclose(metrics[key], metrics0[key], rtol=1e-5,
+                                 err_msg=key)
+  assert np.abs(expected[0][0]).max() > 1e-3
+  assert not np.allclose(expected[-1][1], expected[0][1])  # Trained.
+  if task.regime == 'episodic':
+    return
+  # The stream's influence: each stored entry is the dense one's at its unit
+  # and weight, and the dense one has no other (their norms agree).
+  influence = dense.influence.numpy()
+  assert np.any(influence)
+  for group, stored in zip(compact.groups, compact.influence):
+    gathered = influence[:, group.rows, group.weights[:, None]]
+    if group.mask is not None:
+      gathered *= group.mask
+    np.testing.assert_allclose(stored.numpy(), gathered, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+      np.sqrt(sum(np.sum(v.numpy()**2) for v in compact.influence)),
+      np.linalg.norm(influence), rtol=1e-5)
+
+
+@pytest.mark.parametrize('cell, k', [('gru', 1), ('lstm', 2)])
+def test_the_compact_influence_is_rows_by_weights_by_k(cell, k):
+  """On real inputs (no embedding) a GRU's cell weights each write one unit,
+  an LSTM's two (``c_u`` and ``h_u``; the output gate's only ``h_u``, padded);
+  the readout writes none and is not stored. Colours: ``k``."""
+  task = AddingTask(sequence_length=5, seed=1)
+  model = tiny_model(task, seed=0, units=UNITS, cell=cell)
+  head = sum(int(np.prod(v.shape)) for v in model.trainable_variables
+             if v.path.startswith('head/'))
+  cell_weights = sum(int(np.prod(v.shape))
+                     for v in model.trainable_variables) - head
+  rows = 7
+  snap = SnAp1(model=model, task=task, optimizer=built_optimizer(model),
+               batch_size=rows)
+  floats, formula = snap.influence_size(rows)
+  assert floats == rows * cell_weights * k
+  assert formula == f'rows × weights × k = {rows} × {cell_weights} × {k}'
+  assert [g.colours.shape[1] for g in snap.groups] == [k]
+  assert snap.unstored == head > 0
+  dense = SnAp1(model=model, task=task, optimizer=built_optimizer(model),
+                batch_size=rows, storage='dense')
+  width = {'gru': UNITS, 'lstm': 2 * UNITS}[cell]
+  assert dense.influence_size(rows)[0] == rows * width * (cell_weights + head)
+  # The limit counts the compact floats: the dense influence is refused.
+  with pytest.raises(ConfigurationError, match='SnAp1.max_influence_floats'):
+    SnAp1(model=model, task=task, optimizer=built_optimizer(model),
+          batch_size=rows, storage='dense', max_influence_floats=floats)
+  SnAp1(model=model, task=task, optimizer=built_optimizer(model),
+        batch_size=rows, max_influence_floats=floats)
+
+
+def test_an_unknown_storage_is_refused_with_the_parameter_named():
+  model = tiny_model(STREAM, seed=0, units=UNITS)
+  with pytest.raises(ConfigurationError, match=(
+      r"SnAp1.storage must be one of .*'sparse'.*'compact'")):
+    SnAp1(model=model, task=STREAM, optimizer=built_optimizer(model),
+          batch_size=ROWS, storage='sparse')
