@@ -74,10 +74,11 @@ class Group:
       colour[u] = min(set(range(len(taken) + 1)) - taken)
     self.colours = (colour[:, None] == np.arange(colour.max() + 1)).astype(
         np.float32)
+    # Each weight's index among the group's variables, flattened together.
     sizes = np.diff(offsets)[variables]
-    start = dict(zip(variables, np.cumsum(sizes) - sizes))
-    local = weights - offsets[owner[weights]] + np.array(
-        [start[v] for v in owner[weights]], dtype=np.int64)
+    start = np.zeros(len(offsets) - 1, np.int64)
+    start[variables] = np.cumsum(sizes) - sizes
+    local = weights - offsets[owner[weights]] + start[owner[weights]]
     self.slots = (colour[self.rows] * sizes.sum() + local[:, None]).astype(
         np.int32)
 
