@@ -42,3 +42,13 @@ def test_only_op_events_are_summed():
                     'ExecutorState::Process', 'ThreadpoolListener::StartRegion'):
     assert not profile_ops._OP_NAME.match(enclosing)  # pylint: disable=protected-access
   assert profile_ops._OP_NAME.match('while/lstm_0/MatMul:MatMul')  # pylint: disable=protected-access
+
+
+def test_xla_kernels_are_summed_as_their_own_category():
+  # pylint: disable=protected-access
+  for name in ('multiply_subtract_fusion.2', 'subtract_add_fusion',
+               'ynn_fusion', 'wrapped_reduce-window'):
+    assert profile_ops._XLA_KERNEL.match(name)
+  for enclosing in ('ThunkExecutor::Execute', 'ParallelFor', 'BlockUntilReady',
+                    'CpuExecutable::ExecuteAsyncOnStream'):
+    assert not profile_ops._XLA_KERNEL.match(enclosing)

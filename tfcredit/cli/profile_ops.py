@@ -2,10 +2,14 @@
 
 Runs the benchmark's workloads (``tfcredit-benchmark``: the PTB-small language
 model on random token ids, or the adding task with T = 200) under
-``TruncatedBPTT``, warms up, then records ``--calls`` training calls with the
-TensorFlow profiler and sums the time of every TensorFlow op by what it belongs to
-(the head, the softmax cross-entropy, each recurrent layer forward and backward,
-the embedding, gradient clipping, the optimizer). Op times are summed over
+``TruncatedBPTT`` (or, with ``--method='NAME: gin bindings'``, any method on
+the PTB shape, built as ``tfcredit-benchmark --method`` builds it), warms up,
+then records ``--calls`` training calls with the TensorFlow profiler and sums
+the time of every TensorFlow op by what it belongs to (the head, the softmax
+cross-entropy, each recurrent layer forward and backward, the embedding,
+gradient clipping, the optimizer, and the methods' own work: FPTT's running
+average and regularizer, DNI's synthesizer, TargetProp's forward
+initialisation). Op times are summed over
 threads, so they are CPU time; the call's wall time is printed beside them. The
 difference between the executor's time and the ops' is the executor's own
 overhead (scheduling, the step loop's control flow).
@@ -15,6 +19,7 @@ Writes ``profile.json`` and ``profile.md`` into ``--output_dir`` and the raw tra
 """
 
 import collections
+import dataclasses
 import glob
 import json
 import os
@@ -27,6 +32,7 @@ from absl import flags
 
 from tfcredit import validation
 from tfcredit.cli import common
+from tfcredit.errors import ConfigurationError
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +40,14 @@ WORKLOADS = ('ptb_small', 'adding')
 # (category, pattern on the op's full name, searched in this order). The
 # backward ops of a layer are under ``gradient_tape/`` (autodiff) or inside a
 # custom gradient's backward loop (``IdentityN`` grads of the fused unroll).
+# The methods' own work is under name scopes of theirs (``fptt_averages``,
+# ``fptt_regularizer``, ``target_prop_forward``) or a layer's name (the
+# synthesizer), matched first.
 CATEGORIES: Tuple[Tuple[str, str], ...] = (
+    ('DNI synthesizer (forward and backward)', r'synthesizer'),
+    ('FPTT running average and gradient state (W̄, λ)', r'fptt_averages'),
+    ('FPTT regularizer (value and gradient)', r'fptt_regularizer'),
+    ('TargetProp forward initialisation', r'target_prop_forward'),
     ('softmax cross-entropy (forward and backward)', r'SparseSoftmaxCrossEntropy'),
     ('head, backward', r'gradient_tape/.*head'),
     ('head, forward', r'head'),
@@ -51,6 +64,11 @@ EXECUTOR = 'ExecutorState::Process'
 # TensorFlow ops are named 'scope/op:Type'; host events such as
 # 'KernelAndDeviceFunc::Run' or 'EagerLocalExecute: ...' enclose them.
 _OP_NAME = re.compile(r'^[^\s:]+:[A-Za-z0-9_]+$')
+# XLA-compiled code (a ``jit_compile`` function: FPTT's fused passes) runs as
+# kernels named after their fusion ('multiply_subtract_fusion.2'), on the
+# executor's and the Eigen pool's threads, without the op's scope.
+_XLA_KERNEL = re.compile(r'^([a-z0-9_-]*fusion|wrapped_[a-z0-9_-]+)(\.\d+)?$')
+XLA_CATEGORY = 'XLA-compiled kernels (FPTT\'s fused W̄, λ and regularizer passes)'
 
 
 def define_flags() -> None:
@@ -60,6 +78,11 @@ def define_flags() -> None:
          'task (T = 200, full BPTT).')
   define(flags.DEFINE_enum, 'unroll_implementation', 'auto',
          ['auto', 'fused', 'keras'], 'RecurrentModel.unroll_implementation.')
+  define(flags.DEFINE_string, 'method', '', "Profile this method on the PTB "
+         "shape instead of TruncatedBPTT: 'NAME: gin bindings' as "
+         "tfcredit-benchmark --method takes them, e.g. --method='FPTT: "
+         "train.method = @FPTT; FPTT.windows = 10; FPTT.window_length = 20; "
+         "FPTT.alpha = 0.01; FPTT.clip_norm = 5.0'.")
   define(flags.DEFINE_integer, 'calls', 5, 'Training calls recorded.')
   define(flags.DEFINE_string, 'output_dir', 'runs/profile', 'Where profile.json, '
          'profile.md and the trace are written.')
@@ -101,12 +124,25 @@ def op_times(xplane_path: str) -> Tuple[Dict[str, float], float, Dict[str, float
         elif _OP_NAME.match(name):
           by_category[categorize(name)] += seconds
           by_op[name] += seconds
+        elif _XLA_KERNEL.match(name):
+          by_category[XLA_CATEGORY] += seconds
+          by_op[name] += seconds
   return dict(by_category), executor, dict(by_op)
 
 
-def build(workload: str, unroll_implementation: str):
-  """The benchmark's runner for ``workload`` (warmed up: traced and run once)."""
+def build(workload: str, unroll_implementation: str, method: str = ''):
+  """The benchmark's runner for ``workload`` (warmed up: traced and run once);
+  ``method`` (``'NAME: bindings'``, PTB shape only) replaces TruncatedBPTT."""
   from tfcredit.cli import benchmark  # pylint: disable=g-import-not-at-top
+  if method:
+    if workload != 'ptb_small':
+      raise ConfigurationError('--method profiles the PTB shape only: drop '
+                               f'--workload={workload}')
+    data = benchmark.ptb_small(steps=20 * 10 * 5, seed=0)
+    if unroll_implementation != 'auto':
+      data = dataclasses.replace(data, model_kwargs=dict(
+          data.model_kwargs, unroll_implementation=unroll_implementation))
+    return benchmark.configured_runner(data, method)
   if workload == 'ptb_small':
     data = benchmark.ptb_small(steps=20 * 10 * 5, seed=0)
     window, windows_per_call = 20, 10
@@ -145,7 +181,7 @@ def run(argv: List[str]) -> int:
     return code
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   calls = validation.positive_int('--calls', FLAGS.calls)
-  runner = build(FLAGS.workload, FLAGS.unroll_implementation)
+  runner = build(FLAGS.workload, FLAGS.unroll_implementation, FLAGS.method)
   trace_dir = os.path.join(FLAGS.output_dir, 'trace')
   shutil.rmtree(trace_dir, ignore_errors=True)
   runner.run()  # One more round outside the trace: caches and allocator warm.
@@ -164,14 +200,16 @@ def run(argv: List[str]) -> int:
   by_category, executor, by_op = op_times(sorted(paths)[-1])
   top = sorted(by_op.items(), key=lambda kv: -kv[1])[:12]
   report = markdown(by_category, executor, wall, units, runner.unit, top)
-  header = (f'{FLAGS.workload}, TruncatedBPTT, unroll_implementation='
-            f'{FLAGS.unroll_implementation}: {calls} round(s) of '
-            f'{units / calls:,.0f} {runner.unit} ({runner.config})\n\n')
+  header = (f'{FLAGS.workload}, {FLAGS.method or "TruncatedBPTT"}, '
+            f'unroll_implementation={FLAGS.unroll_implementation}: {calls} '
+            f'round(s) of {units / calls:,.0f} {runner.unit} ({runner.config})'
+            '\n\n')
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, 'profile.md'), 'w') as f:
     f.write(header + report)
   with open(os.path.join(FLAGS.output_dir, 'profile.json'), 'w') as f:
-    json.dump({'workload': FLAGS.workload, 'config': runner.config,
+    json.dump({'workload': FLAGS.workload, 'method': FLAGS.method,
+               'config': runner.config,
                'unroll_implementation': FLAGS.unroll_implementation,
                'units': units, 'unit': runner.unit, 'wall_seconds': wall,
                'executor_seconds': executor, 'op_seconds': by_category,

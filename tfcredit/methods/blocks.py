@@ -81,9 +81,10 @@ def forward_states(model, inputs, carried, blocks, block_length):
                                    arrays, state)
     return index + 1, state, arrays
 
-  _, _, arrays = tf.while_loop(lambda index, *_: index < blocks, step,
-                               (tf.constant(0), carried, arrays))
-  return tf.nest.map_structure(lambda a: a.stack(), arrays)
+  with tf.name_scope('target_prop_forward'):  # (tfcredit-profile's category)
+    _, _, arrays = tf.while_loop(lambda index, *_: index < blocks, step,
+                                 (tf.constant(0), carried, arrays))
+    return tf.nest.map_structure(lambda a: a.stack(), arrays)
 
 
 class Layout(NamedTuple):
