@@ -253,6 +253,91 @@ def test_estimate_is_the_weighted_sum_of_window_gradients():
   np.testing.assert_allclose(gradients[1].numpy(), expected_b, rtol=1e-5)
 
 
+def _dense_reference_window(model, task, inputs, targets, state, averages,
+                            states, alpha, beta, quadratic_scale,
+                            learning_rate, clip_norm, window_length):
+  """One FPTT window written out densely (the equations, not the method's
+  code): every gradient made dense, ``W``, ``W̄`` and ``λ`` updated as whole
+  arrays. Returns ``(state, regularizer at the window's start, sparse)``."""
+  weights = model.trainable_variables
+  regularizer = sum(
+      float(-np.sum(lam * w.numpy()) + quadratic_scale * alpha / 2 *
+            np.sum((w.numpy() - bar) ** 2))
+      for w, bar, lam in zip(weights, averages, states))
+  with tf.GradientTape() as tape:
+    outputs, state = model.unroll(inputs, state, training=True)
+    objective = tf.reduce_sum(task.losses(outputs, targets)) / (
+        inputs.shape[0] * window_length)
+  raw = tape.gradient(objective, weights)
+  sparse = any(isinstance(g, tf.IndexedSlices) for g in raw)
+  gradients = [tf.convert_to_tensor(g).numpy().astype(np.float64) - lam +
+               quadratic_scale * alpha * (w.numpy() - bar)
+               for g, w, bar, lam in zip(raw, weights, averages, states)]
+  norm = np.sqrt(sum(np.sum(g ** 2) for g in gradients))
+  if clip_norm is not None:
+    gradients = [g * clip_norm / max(norm, clip_norm) for g in gradients]
+  for w, g in zip(weights, gradients):
+    w.assign(w.numpy() - learning_rate * g)
+  for i, w in enumerate(weights):
+    states[i] = states[i] - alpha * (w.numpy() - averages[i])
+    averages[i] = ((1 - beta) * averages[i] + beta * w.numpy() -
+                   (beta / alpha) * states[i])
+  return state, regularizer, sparse
+
+
+@pytest.mark.parametrize('clip_norm', [None, 0.3])
+def test_embedding_rows_follow_the_dense_equations(clip_norm):
+  # A token model: the embedding's loss gradient is IndexedSlices (repeated
+  # tokens included), but W̄, λ and the regularizer's gradient move every row,
+  # touched or not. The method's fused path must equal the dense equations
+  # over several windows and calls (with clipping of the full gradient).
+  task = MarkovLanguageTask(vocabulary_size=12, branching=2, train_length=200,
+                            eval_length=50)
+  settings = dict(alpha=0.4, beta=0.3, quadratic_scale=2.0)
+  windows, window_length, learning_rate, rows = 3, 4, 0.5, 3
+  model = tiny_model(task, seed=1)
+  reference = tiny_model(task, seed=1)
+  method = FPTT(model=model, task=task,
+                optimizer=built_optimizer(model, learning_rate=learning_rate),
+                windows=windows, window_length=window_length,
+                clip_norm=clip_norm, **settings)
+  averages = _numpy(reference.trainable_variables)
+  states = [np.zeros_like(a) for a in averages]
+  data = task.stream('train', rows)
+  state = reference_state = model.initial_state(rows)
+  length = windows * window_length
+  for call in range(3):
+    before = states[0].copy()  # The embedding's λ.
+    inputs = tf.constant(data[:, call * length:(call + 1) * length])
+    targets = tf.constant(data[:, call * length + 1:(call + 1) * length + 1])
+    state, metrics = method.train_segment((inputs, targets), state)
+    regularizer_sum = 0.0
+    for start in range(0, length, window_length):
+      window = slice(start, start + window_length)
+      reference_state, regularizer, sparse = _dense_reference_window(
+          reference, task, inputs[:, window], targets[:, window],
+          reference_state, averages, states, learning_rate=learning_rate,
+          clip_norm=clip_norm, window_length=window_length, **settings)
+      regularizer_sum += regularizer
+      assert sparse
+    for actual, expected in ((model.trainable_variables,
+                              _numpy(reference.trainable_variables)),
+                             (method.running_average, averages),
+                             (method.gradient_state, states)):
+      for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a.numpy(), e, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(metrics['regularizer_sum']),
+                               regularizer_sum, rtol=1e-4, atol=1e-6)
+  # Embedding rows the last call never read, touched before, moved in it too
+  # (the case the dense equations decide), and λ is far from 0: not vacuous.
+  untouched = np.setdiff1d(np.arange(12), inputs.numpy())
+  untouched = untouched[np.abs(before[untouched]).max(axis=1) > 1e-4]
+  assert states[0].shape[0] == 12 and untouched.size
+  moved = np.abs(states[0][untouched] - before[untouched]).max(axis=1)
+  assert moved.min() > 1e-6
+  assert max(np.abs(s).max() for s in states) > 1e-2
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(windows=0, alpha=0.5), 'FPTT.windows'),
     (dict(windows=2, alpha=0.0), 'FPTT.alpha'),

@@ -17,9 +17,18 @@ from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.methods import registry
-from tfcredit.methods.replicas import densify
 from tfcredit.metrics import LAST
 from tfcredit.tasks import base as task_base
+
+
+def _sum(values) -> tf.Tensor:
+  """The sum of ``values``, reduced along the first axis first (XLA on a CPU
+  sums a tensor's rows as vectors; a reduction over all elements at once is
+  serial and several times slower)."""
+  if values.shape.rank == 0:
+    return values
+  return tf.reduce_sum(tf.reduce_sum(
+      tf.reshape(values, [values.shape[0], -1]), axis=0))
 
 
 @registry.register
@@ -120,6 +129,9 @@ class FPTT(base.Method):
                     name=f'gradient_state_{i}')
         for i, v in enumerate(variables)]
     self._swap_fn = self.compile('epoch_end', self._swap_in_average, [])
+    # Each traced once: the weights' shapes are fixed.
+    self._regularized = tf.function(self._regularized_parts, jit_compile=True)
+    self._averages = tf.function(self._averages_parts, jit_compile=True)
 
   # ------------------------------------------------------------- public API
   def segment_length(self) -> Optional[int]:
@@ -169,44 +181,72 @@ class FPTT(base.Method):
       return tf.constant(1.0)
     return tf.cast(index + 1, tf.float32) / tf.cast(num_windows, tf.float32)
 
-  def _regularizer(self):
-    """``−⟨λ, W⟩ + quadratic_scale·(α/2)‖W − W̄‖²`` at the current weights."""
-    total = tf.constant(0.0)
-    for v, average, state in zip(self.model_variables, self.running_average,
-                                 self.gradient_state):
-      v = tf.convert_to_tensor(v)
-      total += (-tf.reduce_sum(state * v) + self.quadratic_scale * 0.5 * self.alpha *
-                tf.reduce_sum(tf.square(v - average)))
-    return total
+  def _reads(self):
+    """The current ``W``, ``W̄`` and ``λ`` as tensors (the fused passes'
+    inputs)."""
+    read = lambda variables: [tf.convert_to_tensor(v) for v in variables]
+    return (read(self.model_variables), read(self.running_average),
+            read(self.gradient_state))
 
   def _distance_to_average(self):
     return tf.sqrt(tf.add_n([
         tf.reduce_sum(tf.square(tf.convert_to_tensor(v) - average))
         for v, average in zip(self.model_variables, self.running_average)]))
 
-  def _inner_step(self, segment, state, start, end, normalizer, weight):
-    """One optimizer step on the window objective; returns (state, loss, norm)."""
+  def _regularized_parts(self, weight, gradients, weights, averages, states):
+    """XLA-fused: ``(regularizer value, [weight·g − λ + quadratic_scale·α·(W −
+    W̄)])``, ``g`` dense or None (0). One pass over each weight: as separate
+    kernels this dense arithmetic was most of FPTT's own cost
+    (docs/benchmark.md, "Method overheads")."""
     scale = self.quadratic_scale * self.alpha
+    value, regularized = tf.constant(0.0), []
+    for g, w, average, state in zip(gradients, weights, averages, states):
+      difference = w - average
+      value += _sum(0.5 * scale * tf.square(difference) - state * w)
+      term = scale * difference - state
+      regularized.append(term if g is None else weight * g + term)
+    return value, regularized
+
+  def _averages_parts(self, weights, averages, states):
+    """XLA-fused ``λ ← λ − α(W − W̄)``, ``W̄ ← (1−β)W̄ + βW − (β/α)λ`` (new
+    ``λ``): ``(new averages, new states)``."""
+    new_averages, new_states = [], []
+    for w, average, state in zip(weights, averages, states):
+      new_state = state - self.alpha * (w - average)
+      new_averages.append((1.0 - self.beta) * average + self.beta * w -
+                          (self.beta / self.alpha) * new_state)
+      new_states.append(new_state)
+    return new_averages, new_states
+
+  def _inner_step(self, segment, state, start, end, normalizer, weight,
+                  regularizer=None):
+    """One optimizer step on the window objective; returns (state, loss, norm).
+    ``regularizer``: a list that receives the regularizer's value at the
+    step's weights."""
 
     def with_regularizer(gradients):
-      gradients = densify(gradients, self.model_variables)
-      return [weight * g - lam + scale * (tf.convert_to_tensor(v) - average)
-              for g, v, average, lam in zip(gradients, self.model_variables,
-                                            self.running_average,
-                                            self.gradient_state)]
+      with tf.name_scope('fptt_regularizer'):
+        # IndexedSlices (the embedding's) are added after the fused pass.
+        dense = [None if g is None or isinstance(g, tf.IndexedSlices) else g
+                 for g in gradients]
+        value, regularized = self._regularized(weight, dense, *self._reads())
+        if regularizer is not None:
+          regularizer.append(value)
+        return [tf.tensor_scatter_nd_add(r, g.indices[:, None],
+                                         weight * g.values)
+                if isinstance(g, tf.IndexedSlices) else r
+                for g, r in zip(gradients, regularized)]
     return self.window_update(segment, state, start, end, normalizer,
                               transform=with_regularizer)
 
   def _update_averages(self):
     """``λ ← λ − α(W − W̄)``, then ``W̄ ← (1−β)W̄ + βW − (β/α)λ`` (new ``λ``)."""
-    for v, average, state in zip(self.model_variables, self.running_average,
-                                 self.gradient_state):
-      v = tf.convert_to_tensor(v)
-      new_state = state - self.alpha * (v - average)
-      new_average = ((1.0 - self.beta) * average + self.beta * v -
-                     (self.beta / self.alpha) * new_state)
-      state.assign(new_state)
-      average.assign(new_average)
+    with tf.name_scope('fptt_averages'):  # (tfcredit-profile's category)
+      new_averages, new_states = self._averages(*self._reads())
+      for average, value in zip(self.running_average, new_averages):
+        average.assign(value)
+      for state, value in zip(self.gradient_state, new_states):
+        state.assign(value)
 
   def _train_segment(self, segment, state):
     length = tf.shape(segment[0])[1]
@@ -218,9 +258,11 @@ class FPTT(base.Method):
 
     def body(index, segment, state, start, end, totals):
       weight = self.window_weight(index, num_windows)
-      regularizer = self._regularizer()
+      regularizer = []  # At the window's start: the first step's weights.
       new_state, loss_sum, norm = self._inner_step(segment, state, start, end,
-                                                   normalizer, weight)
+                                                   normalizer, weight,
+                                                   regularizer)
+      regularizer = regularizer[0]
       if self.inner_steps > 1:
         def repeat(step, norm_total):
           _, _, step_norm = self._inner_step(segment, state, start, end, normalizer,
