@@ -196,8 +196,8 @@ class FPTT(base.Method):
   def _regularized_parts(self, weight, gradients, weights, averages, states):
     """XLA-fused: ``(regularizer value, [weight·g − λ + quadratic_scale·α·(W −
     W̄)])``, ``g`` dense or None (0). One pass over each weight: as separate
-    kernels this dense arithmetic was most of FPTT's own cost
-    (docs/benchmark.md, "Method overheads")."""
+    kernels the same arithmetic took twice the CPU time (docs/benchmark.md,
+    "Method overheads")."""
     scale = self.quadratic_scale * self.alpha
     value, regularized = tf.constant(0.0), []
     for g, w, average, state in zip(gradients, weights, averages, states):
