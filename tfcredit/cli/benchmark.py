@@ -550,6 +550,12 @@ def method_runner(workload: Workload, config: str, make_method: MethodFactory,
                 traces=lambda: method.trace_counts['train_segment'])
 
 
+def with_unroll(workload: Workload, unroll_implementation: str) -> Workload:
+  """``workload`` with ``RecurrentModel.unroll_implementation`` set."""
+  return dataclasses.replace(workload, model_kwargs=dict(
+      workload.model_kwargs, unroll_implementation=unroll_implementation))
+
+
 def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
                     strategy: Optional[tf.distribute.Strategy] = None,
                     unroll_implementation: Optional[str] = None,
@@ -563,8 +569,7 @@ def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
   if stream:
     config += f', windows_per_call={windows_per_call}'
   if unroll_implementation is not None:
-    workload = dataclasses.replace(workload, model_kwargs=dict(
-        workload.model_kwargs, unroll_implementation=unroll_implementation))
+    workload = with_unroll(workload, unroll_implementation)
     config += f', unroll_implementation={unroll_implementation}'
   if jit_compile:
     config += ', jit_compile=True'

@@ -19,7 +19,6 @@ Writes ``profile.json`` and ``profile.md`` into ``--output_dir`` and the raw tra
 """
 
 import collections
-import dataclasses
 import glob
 import json
 import os
@@ -138,10 +137,8 @@ def build(workload: str, unroll_implementation: str, method: str = ''):
     if workload != 'ptb_small':
       raise ConfigurationError('--method profiles the PTB shape only: drop '
                                f'--workload={workload}')
-    data = benchmark.ptb_small(steps=20 * 10 * 5, seed=0)
-    if unroll_implementation != 'auto':
-      data = dataclasses.replace(data, model_kwargs=dict(
-          data.model_kwargs, unroll_implementation=unroll_implementation))
+    data = benchmark.with_unroll(benchmark.ptb_small(steps=20 * 10 * 5, seed=0),
+                                 unroll_implementation)
     return benchmark.configured_runner(data, method)
   if workload == 'ptb_small':
     data = benchmark.ptb_small(steps=20 * 10 * 5, seed=0)
