@@ -63,6 +63,30 @@ def test_the_estimate_is_full_bptts_gradient(task, cell):
       full.estimate_gradients(segment, state)[1]))
 
 
+@pytest.mark.parametrize('cls', [RTRL, SnAp1])
+def test_the_whole_batch_jacobian_gives_the_same_estimate(cls):
+  """Without ``per_row`` (a model with dropout, whose masks a second pass
+  would not repeat) the weights' Jacobian comes from the step's own tape:
+  the same estimate (SnAp-1: its compact storage's colours too)."""
+  task = AddingTask(sequence_length=9, seed=1)
+  inputs, targets = task.batch('train', 0, 0, ROWS)
+  segment = (tf.constant(inputs), tf.constant(targets))
+  estimates = []
+  for per_row in (True, False):
+    model = tiny_model(task, seed=0, units=5, cell='gru')
+    method = cls(model=model, task=task, optimizer=built_optimizer(model),
+                 window=4, batch_size=ROWS)
+    assert method.per_row
+    method.per_row = per_row
+    estimates.append(_dense(method.estimate_gradients(
+        segment, model.initial_state(ROWS))[0]))
+  _close(estimates[1], estimates[0])
+  assert max(np.abs(g).max() for g in estimates[0]) > 1e-3
+  dropout = tiny_model(task, seed=0, units=5, dropout=0.1)
+  assert not RTRL(model=dropout, task=task, optimizer=built_optimizer(dropout),
+                  window=4, batch_size=ROWS).per_row
+
+
 def test_the_estimate_is_exact_on_the_influence_balancing_system():
   task = InfluenceBalancingTask(train_length=200, eval_length=20)
   model = tiny_model(task, seed=0)

@@ -405,6 +405,40 @@ def test_unroll_without_readout_returns_the_same_state_and_no_outputs():
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.parametrize('cell,unroll', [
+    ('lstm', 'keras'), ('lstm', 'fused'), ('gru', 'keras'), ('gru', 'fused'),
+    ('simple_rnn', 'auto'), ('cells', 'auto')])
+def test_state_step_is_unrolls_final_state_and_gradient_over_one_step(cell, unroll):
+  """``state_step`` (the forward-mode methods' per-row step) is ``unroll``'s
+  step, values and gradients in the weights and the state, on two layers."""
+  if cell == 'cells':
+    cell = [keras.layers.GRUCell(UNITS), keras.layers.LSTMCell(UNITS)]
+  model = RecurrentModel(output_dim=7, input_vocab_size=7, units=UNITS,
+                         num_layers=2, cell=cell, unroll_implementation=unroll)
+  inputs = tf.constant([[1], [4], [6]])
+  model.build_for(inputs)
+  rng = np.random.RandomState(0)
+  state = tf.nest.map_structure(
+      lambda spec: tf.constant(rng.normal(size=(BATCH, spec.shape[-1])),
+                               tf.float32), model.state_spec())
+  probe = tf.nest.map_structure(
+      lambda s: tf.constant(rng.normal(size=s.shape), tf.float32), state)
+  core = [v for v in model.trainable_variables if not v.path.startswith('head')]
+  results = []
+  for step in (lambda s: model.unroll(inputs, s, readout=False)[1],
+               lambda s: model.state_step(inputs, s)):
+    with tf.GradientTape() as tape:
+      tape.watch(state)
+      new_state = step(state)
+      value = sum(tf.reduce_sum(a * b) for a, b in zip(
+          tf.nest.flatten(new_state), tf.nest.flatten(probe)))
+    results.append((new_state, tape.gradient(value, (core, state))))
+  assert_nests_close(results[1][0], results[0][0], atol=1e-6)
+  assert_nests_close(results[1][1], results[0][1], atol=1e-6)
+  with pytest.raises(ValueError, match='one step'):
+    model.state_step(tf.constant([[1, 2]] * 3), state)
+
+
 def test_a_checkpoint_of_the_model_alone_holds_every_weight(tmp_path):
   task_model = dict(output_dim=7, input_vocab_size=7, units=5, num_layers=2)
   model = RecurrentModel(**task_model)

@@ -75,6 +75,11 @@ class RTRL(base.Method):
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      name=name or owner)
+    # Each row's Jacobian in the weights from that row alone (``_immediate``):
+    # the model must step without a loop, and without random draws, which a
+    # second pass would not repeat.
+    self.per_row = (callable(getattr(model, 'state_step', None))
+                    and not model.rng_variables())
     self._prepare_influence()
     floats, formula = self.influence_size(batch_size or 1)
     if floats > limit:
@@ -146,29 +151,63 @@ class RTRL(base.Method):
     """``Σ_rows (∂ℓ/∂s_{t−1}) M_{t−1}``, ``[|θ|]``."""
     return tf.einsum('bn,bnp->p', state_gradient, influence)
 
-  def _probe(self, new_flat, noise):
-    """What ``_advance`` differentiates in the weights, recorded on the step's
-    tape: RTRL the whole new state."""
+  def _probes(self, new_flat, noise):
+    """What the influence update differentiates in the weights: a list of
+    ``[rows, k]`` functions of the new state, each with its variables in
+    ``_probe_variables()``. RTRL: the whole new state, in every weight."""
     del noise
-    return new_flat
+    return [new_flat]
 
-  def _advance(self, tape, flat, new_flat, probe, influence, noise):
-    """``M_t = J_t M_{t−1} + ∂s_t/∂θ|direct``."""
+  def _probe_variables(self):
+    """The variables each of ``_probes``'s entries is differentiated in."""
+    return [self.model_variables]
+
+  def _advance(self, jacobian, immediate, influence, noise):
+    """``M_t = J_t M_{t−1} + ∂s_t/∂θ|direct``; ``jacobian`` is ``J_t``
+    (``[rows, |s|, |s|]``), ``immediate`` ``_immediate``'s list."""
     del noise
-    return tf.einsum('bij,bjp->bip', tape.batch_jacobian(new_flat, flat),
-                     influence) + self._immediate(tape, probe, flat)
+    return tf.einsum('bij,bjp->bip', jacobian, influence) + immediate[0]
 
-  def _immediate(self, tape, target, flat, variables=None):
-    """The per-row Jacobian of ``target`` (``[rows, k]``) in the weights (or in
-    ``variables``, a list of some of them), with the state before the step held
-    fixed: ``[rows, k, |θ|]`` (their weights, flattened and concatenated)."""
-    variables = self.model_variables if variables is None else variables
-    rows, size = tf.shape(flat)[0], target.shape[-1]
-    # (tape.jacobian's unconnected_gradients=ZERO fails in TF 2.21: zeros here.)
-    return tf.concat(
-        [tf.zeros(tf.stack([rows, size, v.shape.num_elements()])) if j is None
-         else tf.reshape(j, tf.stack([rows, size, v.shape.num_elements()]))
-         for j, v in zip(tape.jacobian(target, variables), variables)], axis=-1)
+  def _immediate(self, tape, probes, inputs, flat, noise):
+    """Per row, the Jacobian of each of ``_probes`` in its variables with the
+    state before the step held fixed: a list of ``[rows, k, |θ_i|]`` (the
+    variables' weights flattened and concatenated).
+
+    With ``per_row``, ``rows × k`` backward passes through one row each: one
+    vector–Jacobian product per row and probe entry, each from that row's own
+    step (``model.state_step``), mapped by ``tf.vectorized_map``.
+    (``tape.jacobian`` inside ``tf.vectorized_map`` returns None in TF 2.21;
+    ``tape.gradient`` works.) Otherwise ``tape``'s Jacobian of ``probes``
+    (recorded with the step): ``rows × k`` passes through the whole batch,
+    ``rows`` times the work.
+    """
+    parts = self._probe_variables()
+    rows = tf.shape(flat)[0]
+    if not self.per_row:
+      return [flat_jacobian(tape.jacobian(probe, variables), variables,
+                            tf.stack([rows, probe.shape[-1]]))
+              for probe, variables in zip(probes, parts)]
+    sizes = [p.shape[-1] for p in self._probes(flat[:1], noise[:1])]
+    immediate = []
+    for part, (size, variables) in enumerate(zip(sizes, parts)):
+
+      def entry(arguments, part=part, variables=variables):
+        row_inputs, row_flat, row_noise, cotangent = arguments
+        with tf.GradientTape() as row_tape:
+          state = self.model.state_step(
+              row_inputs[None], self._nest(row_flat[None]), training=True)
+          probe = self._probes(self._flat(state), row_noise[None])[part]
+        return flat_jacobian(row_tape.gradient(probe, variables,
+                                               output_gradients=cotangent[None]),
+                             variables, [])
+
+      repeat = lambda x, size=size: tf.repeat(x, size, axis=0)
+      products = tf.vectorized_map(entry, (
+          repeat(inputs), repeat(flat), repeat(noise),
+          tf.tile(tf.eye(size), tf.stack([rows, 1]))))
+      width = sum(int(v.shape.num_elements()) for v in variables)
+      immediate.append(tf.reshape(products, tf.stack([rows, size, width])))
+    return immediate
 
   def _step(self, inputs, targets, flat, influence, noise, normalizer, has_loss):
     """One step from the flat state ``s_{t−1}`` with its influence ``M_{t−1}``:
@@ -180,14 +219,16 @@ class RTRL(base.Method):
       tape.watch(flat)
       outputs, state = self.model.unroll(inputs, self._nest(flat), training=True)
       new_flat = self._flat(state)
-      probe = self._probe(new_flat, noise)
+      probes = None if self.per_row else self._probes(new_flat, noise)
       objective, loss_sum = self.objective(outputs, targets, normalizer)
       objective, loss_sum = objective * has_loss, loss_sum * has_loss
     direct = densify(self.gradient(tape, objective, variables), variables)
     through_state = self._through_state(
         tape.gradient(objective, flat, unconnected_gradients=_ZERO), influence)
-    influence = self._advance(tape, flat, new_flat, probe, influence, noise)
+    jacobian = tape.batch_jacobian(new_flat, flat)
+    immediate = self._immediate(tape, probes, inputs, flat, noise)
     del tape
+    influence = self._advance(jacobian, immediate, influence, noise)
     return new_flat, influence, direct, through_state, loss_sum
 
   def _combine(self, direct, through_state):
@@ -286,3 +327,14 @@ class RTRL(base.Method):
     at the segment's start, as full BPTT over the segment)."""
     state, _, gradients = self._windows(segment, state, train=False)
     return gradients, state
+
+
+def flat_jacobian(jacobians, variables, leading):
+  """``tape.jacobian``'s list (one ``leading + variable shape`` per variable,
+  ``None`` where unconnected) as one ``leading + [Σ|θ_i|]`` tensor, zeros for
+  the unconnected. (``unconnected_gradients=ZERO`` in ``tape.jacobian`` fails
+  in TF 2.21.)"""
+  leading = tf.convert_to_tensor(leading, tf.int32)
+  shape = lambda v: tf.concat([leading, [v.shape.num_elements()]], 0)
+  return tf.concat([tf.zeros(shape(v)) if j is None else tf.reshape(j, shape(v))
+                    for j, v in zip(jacobians, variables)], axis=-1)

@@ -178,12 +178,8 @@ class SnAp1(rtrl.RTRL):
       _, state = self.model.unroll(inputs, self._nest(flat), training=False,
                                    readout=False)
       summed = tf.reduce_sum(self._flat(state), axis=0)
-    shape = lambda v: [self.width, v.shape.num_elements()]
-    # (tape.jacobian's unconnected_gradients=ZERO fails in TF 2.21.)
-    return tf.concat(
-        [tf.zeros(shape(v), tf.bool) if j is None
-         else tf.not_equal(tf.reshape(j, shape(v)), 0.0)
-         for j, v in zip(tape.jacobian(summed, variables), variables)], axis=1)
+    return tf.not_equal(rtrl.flat_jacobian(tape.jacobian(summed, variables),
+                                           variables, [self.width]), 0.0)
 
   # The compact influence: a tuple of [rows, n, k], one per group.
   def _influence_size(self, rows):
@@ -214,30 +210,32 @@ class SnAp1(rtrl.RTRL):
     parts.append(tf.zeros([self.unstored]))
     return tf.gather(tf.concat(parts, axis=0), self.positions)
 
-  def _probe(self, new_flat, noise):
+  def _probes(self, new_flat, noise):
     """Compact: per group, the sums of the new state over each colour,
-    ``[rows, C]``; dense: the new state."""
+    ``[rows, C]``, in the group's variables; dense: the new state."""
     if self.groups is None:
-      return new_flat
-    return tuple(tf.matmul(new_flat, g.colours) for g in self.groups)
+      return super()._probes(new_flat, noise)
+    return [tf.matmul(new_flat, g.colours) for g in self.groups]
 
-  def _advance(self, tape, flat, new_flat, probe, influence, noise):
+  def _probe_variables(self):
+    if self.groups is None:
+      return super()._probe_variables()
+    variables = self.model_variables
+    return [[variables[i] for i in g.variables] for g in self.groups]
+
+  def _advance(self, jacobian, immediate, influence, noise):
     del noise
-    jacobian = tape.batch_jacobian(new_flat, flat)
     if self.groups is None:
       return (self.pattern * tf.einsum('bij,bjp->bip', jacobian, influence)
-              + self._immediate(tape, probe, flat))
-    variables = self.model_variables
+              + immediate[0])
     advanced = []
-    for group, colour_sums, m in zip(self.groups, probe, influence):
+    for group, colours, m in zip(self.groups, immediate, influence):
       # One vector–Jacobian product per colour: for each weight, its entry for
       # the one unit of that colour it writes, placed in that unit's slot.
-      immediate = self._immediate(tape, colour_sums, flat,
-                                  [variables[i] for i in group.variables])
-      immediate = tf.gather(
-          tf.reshape(immediate, [-1, np.prod(immediate.shape[1:])]),
+      colours = tf.gather(
+          tf.reshape(colours, [-1, np.prod(colours.shape[1:])]),
           group.slots, axis=1)
-      m = self._carried(jacobian, group, m) + immediate
+      m = self._carried(jacobian, group, m) + colours
       advanced.append(m if group.mask is None else m * group.mask)
     return tuple(advanced)
 

@@ -80,16 +80,15 @@ class UORO(rtrl.RTRL):
     return tf.einsum('b,bp->p', tf.reduce_sum(state_gradient * state_tilde, -1),
                      theta_tilde)
 
-  def _probe(self, new_flat, noise):
+  def _probes(self, new_flat, noise):
     """``⟨ν, s_t⟩`` per row, ``[rows, 1]``: its Jacobian in the weights is
     ``νᵀ ∂s_t/∂θ|direct`` (one backward pass per row)."""
-    return tf.reduce_sum(noise * new_flat, axis=-1, keepdims=True)
+    return [tf.reduce_sum(noise * new_flat, axis=-1, keepdims=True)]
 
-  def _advance(self, tape, flat, new_flat, probe, influence, noise):
+  def _advance(self, jacobian, immediate, influence, noise):
     state_tilde, theta_tilde = influence
-    forward = tf.einsum('bij,bj->bi', tape.batch_jacobian(new_flat, flat),
-                        state_tilde)
-    projected = self._immediate(tape, probe, flat)[:, 0]
+    forward = tf.einsum('bij,bj->bi', jacobian, state_tilde)
+    projected = immediate[0][:, 0]
     norm = lambda x: tf.norm(x, axis=-1, keepdims=True)
     rho0 = tf.sqrt((norm(theta_tilde) + EPSILON) / (norm(forward) + EPSILON))
     rho1 = tf.sqrt((norm(projected) + EPSILON) / (norm(noise) + EPSILON))

@@ -27,6 +27,11 @@ the simplest way to train your own recurrent cell is to pass it as
 * the model is trackable (a ``keras.Model`` or ``tf.Module``), so
   ``tf.train.Checkpoint(model=...)`` and the SavedModel export hold its weights.
 
+Optional: ``state_step(inputs, state, training=False) -> state``, the state
+after a ``[B, 1, ...]`` window without a loop; the forward-mode methods (RTRL,
+UORO, SnAp-1) map it over the rows for each row's Jacobian in the weights, and
+without it take the slower whole-batch Jacobian.
+
 ``check_model`` refuses anything else with a ``ConfigurationError`` (exit code 2 in
 the tools) that names the missing members and the fix.
 """

@@ -345,11 +345,7 @@ class RecurrentModel(keras.Model):
       ``(outputs, final_state)``: outputs ``[B, T, output_dim]`` (per-step readout)
       or ``[B, output_dim]`` from the window's last step (terminal readout).
     """
-    if not self.token_inputs and inputs.shape.rank == 2:
-      inputs = tf.expand_dims(inputs, -1)  # One real feature per step.
-    features = inputs if self.encoder is None else self.encoder(inputs)
-    if not self.token_inputs and self.encoder is None:
-      features = tf.cast(features, self.compute_dtype)
+    features = self._features(inputs)
     # The state enters and leaves float32 under every precision policy.
     state = precision.cast_state(state)
     final_state = []
@@ -376,6 +372,40 @@ class RecurrentModel(keras.Model):
     if self.dropout is not None:
       features = self.dropout(features, training=training)
     return self._readout(features), tuple(final_state)
+
+  def state_step(self, inputs: tf.Tensor, state: State, training: bool = False
+                 ) -> State:
+    """The state after a window of one step, through the cells directly.
+
+    ``unroll``'s final state for the same ``[B, 1]`` / ``[B, 1, D]`` inputs (the
+    same cells' arithmetic; the fused unroll's to float tolerance), without the
+    head and without any loop: the Keras layers loop even over one step, and a
+    loop does not vectorize. The forward-mode methods map it over the rows with
+    ``tf.vectorized_map`` to get each row's Jacobian in the weights from that
+    row alone (``tfcredit.methods.rtrl``).
+    """
+    if inputs.shape.rank is not None and inputs.shape[1] != 1:
+      raise ValueError(f'state_step takes a window of one step, got {inputs.shape}')
+    features = self._features(inputs)[:, 0]
+    state = precision.cast_state(state)
+    new_state = []
+    for layer, layer_state in zip(self.core, state):
+      if self.dropout is not None:
+        features = self.dropout(features, training=training)
+      features, cell_state = _cell_step(layer.cell, features, layer_state,
+                                        training)
+      new_state.append(cell_state)
+    return tuple(new_state)
+
+  def _features(self, inputs: tf.Tensor) -> tf.Tensor:
+    """The core's input, ``[B, T, D]``: the embedded tokens, or the real
+    features in the compute dtype (``[B, T]`` is one feature per step)."""
+    if not self.token_inputs and inputs.shape.rank == 2:
+      inputs = tf.expand_dims(inputs, -1)  # One real feature per step.
+    features = inputs if self.encoder is None else self.encoder(inputs)
+    if not self.token_inputs and self.encoder is None:
+      features = tf.cast(features, self.compute_dtype)
+    return features
 
   def _fused_unroll(self, features, state_grad_scale) -> bool:
     """Whether a fusable layer fed ``features`` takes ``tfcredit.models.fused``.
@@ -435,17 +465,12 @@ class RecurrentModel(keras.Model):
     if scale.shape.rank == 2:  # [B, T]: per sequence, broadcast over the units.
       scale = tf.expand_dims(tf.transpose(scale), -1)
 
-    cell_kwargs = {'training': training} if _takes_training(cell) else {}
-
     def step(carry, elements):
       _, previous = carry
       features_t, scale_t = elements
-      output, new_state = cell(features_t, list(precision.cast_state(previous, dtype)),
-                               **cell_kwargs)
-      # The carried state stays float32; the cell casts it to its own dtype.
-      new_state = precision.cast_state(tf.nest.flatten(new_state))
+      output, new_state = _cell_step(cell, features_t, previous, training)
       carried = tuple(scale_gradient(s, scale_t) for s in new_state)
-      return tf.cast(output, dtype), carried
+      return output, carried
 
     batch = tf.shape(layer_state[0])[0]
     initial_output = tf.zeros(tf.stack([batch, output_size]), dtype)
@@ -483,6 +508,18 @@ def _takes(function, name: str) -> bool:
     return False
   return name in parameters or any(p.kind == p.VAR_KEYWORD
                                    for p in parameters.values())
+
+
+def _cell_step(cell, features, state, training):
+  """``cell`` on one step: ``(output in the cell's compute dtype, new state as
+  a float32 tuple)``; the carried state stays float32 and the cell casts it to
+  its own dtype."""
+  dtype = precision.compute_dtype(cell)
+  kwargs = {'training': training} if _takes_training(cell) else {}
+  output, new_state = cell(features, list(precision.cast_state(state, dtype)),
+                           **kwargs)
+  return (tf.cast(output, dtype),
+          tuple(precision.cast_state(tf.nest.flatten(new_state))))
 
 
 def _takes_training(cell) -> bool:
