@@ -63,11 +63,12 @@ def test_the_estimate_is_full_bptts_gradient(task, cell):
       full.estimate_gradients(segment, state)[1]))
 
 
-@pytest.mark.parametrize('cls', [RTRL, SnAp1])
+@pytest.mark.parametrize('cls', [RTRL, SnAp1, UORO])
 def test_the_whole_batch_jacobian_gives_the_same_estimate(cls):
   """Without ``per_row`` (a model with dropout, whose masks a second pass
-  would not repeat) the weights' Jacobian comes from the step's own tape:
-  the same estimate (SnAp-1: its compact storage's colours too)."""
+  would not repeat) the weights' Jacobian, and UORO's ``J s̃``, come from the
+  step's own tape: the same estimate (SnAp-1: its compact storage's colours
+  too; UORO: the same draws)."""
   task = AddingTask(sequence_length=9, seed=1)
   inputs, targets = task.batch('train', 0, 0, ROWS)
   segment = (tf.constant(inputs), tf.constant(targets))

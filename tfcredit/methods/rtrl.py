@@ -162,9 +162,16 @@ class RTRL(base.Method):
     """The variables each of ``_probes``'s entries is differentiated in."""
     return [self.model_variables]
 
+  def _state_jacobian(self, tape, inputs, flat, new_flat, influence):
+    """What ``_advance`` needs of ``J_t = ∂s_t/∂s_{t−1}``: RTRL (and SnAp-1)
+    the whole of it, ``[rows, |s|, |s|]``, from the step's tape (``|s|``
+    backward passes)."""
+    del inputs, influence
+    return tape.batch_jacobian(new_flat, flat)
+
   def _advance(self, jacobian, immediate, influence, noise):
-    """``M_t = J_t M_{t−1} + ∂s_t/∂θ|direct``; ``jacobian`` is ``J_t``
-    (``[rows, |s|, |s|]``), ``immediate`` ``_immediate``'s list."""
+    """``M_t = J_t M_{t−1} + ∂s_t/∂θ|direct``; ``jacobian`` is
+    ``_state_jacobian``'s, ``immediate`` ``_immediate``'s list."""
     del noise
     return tf.einsum('bij,bjp->bip', jacobian, influence) + immediate[0]
 
@@ -225,7 +232,7 @@ class RTRL(base.Method):
     direct = densify(self.gradient(tape, objective, variables), variables)
     through_state = self._through_state(
         tape.gradient(objective, flat, unconnected_gradients=_ZERO), influence)
-    jacobian = tape.batch_jacobian(new_flat, flat)
+    jacobian = self._state_jacobian(tape, inputs, flat, new_flat, influence)
     immediate = self._immediate(tape, probes, inputs, flat, noise)
     del tape
     influence = self._advance(jacobian, immediate, influence, noise)

@@ -85,9 +85,23 @@ class UORO(rtrl.RTRL):
     ``νᵀ ∂s_t/∂θ|direct`` (one backward pass per row)."""
     return [tf.reduce_sum(noise * new_flat, axis=-1, keepdims=True)]
 
+  def _state_jacobian(self, tape, inputs, flat, new_flat, influence):
+    """``J_t s̃`` only, ``[rows, |s|]``: with ``per_row`` one forward-mode
+    product through the step (``model.state_step`` under a
+    ``ForwardAccumulator``); otherwise from the tape's whole ``J_t``."""
+    state_tilde, _ = influence
+    if not self.per_row:
+      return tf.einsum('bij,bj->bi', tape.batch_jacobian(new_flat, flat),
+                       state_tilde)
+    with tf.autodiff.ForwardAccumulator(flat, state_tilde) as accumulator:
+      state = self.model.state_step(inputs, self._nest(flat), training=True)
+      stepped = self._flat(state)
+    return accumulator.jvp(stepped)
+
   def _advance(self, jacobian, immediate, influence, noise):
+    """``jacobian`` is ``J_t s̃`` (``_state_jacobian``)."""
     state_tilde, theta_tilde = influence
-    forward = tf.einsum('bij,bj->bi', jacobian, state_tilde)
+    forward = jacobian
     projected = immediate[0][:, 0]
     norm = lambda x: tf.norm(x, axis=-1, keepdims=True)
     rho0 = tf.sqrt((norm(theta_tilde) + EPSILON) / (norm(forward) + EPSILON))
