@@ -101,6 +101,30 @@ def test_gradient_fidelity_end_to_end(tmp_path):
     assert os.path.getsize(out / 'fidelity.png') > 1000
 
 
+def test_rtrl_is_the_same_reference_as_full_bptt():
+  """``reference='rtrl'``: the exact gradient computed forward (memory
+  independent of the length) measures every estimator as full BPTT does."""
+  variants = [fidelity.Variant.parse('full BPTT: train.method = @BPTT'),
+              fidelity.Variant.parse('truncated BPTT K={window}: train.method = '
+                                     '@TruncatedBPTT; TruncatedBPTT.window = {window}')]
+  rows = {reference: fidelity.measure([TINY], [], variants, windows=[4],
+                                      lengths=[12], draws=1, sequences=6,
+                                      reference=reference)
+          for reference in ('bptt', 'rtrl')}
+  for by_bptt, by_rtrl in zip(rows['bptt'], rows['rtrl']):
+    assert by_rtrl['reference'] == 'rtrl' and by_bptt['reference'] == 'bptt'
+    assert by_rtrl['reference_norm'] == pytest.approx(by_bptt['reference_norm'],
+                                                      rel=1e-5)
+    for key in ('relative_bias', 'cosine', 'norm_ratio'):
+      assert by_rtrl[key] == pytest.approx(by_bptt[key], rel=1e-4, abs=1e-5)
+  assert rows['rtrl'][0]['relative_bias'] < 1e-5  # Full BPTT against RTRL.
+  assert rows['rtrl'][1]['relative_bias'] > 0.05  # Truncation's bias.
+  assert 'RTRL' in fidelity.markdown_table(rows['rtrl']).splitlines()[2]
+  with pytest.raises(ConfigurationError, match='--reference'):
+    fidelity.measure([TINY], [], variants[:1], windows=[4], lengths=[12],
+                     draws=1, sequences=6, reference='uoro')
+
+
 def test_gradient_fidelity_rejects_a_malformed_method(tmp_path):
   done = run_tool('gradient_fidelity.py', f'--gin_file={TINY}',
                  f'--output_dir={tmp_path}', '--method=TruncatedBPTT.window = 4')

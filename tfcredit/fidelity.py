@@ -3,7 +3,8 @@
 Every method offers ``estimate_gradients(segment, state)``: its estimate of the
 gradient of the segment's total loss at the current weights, on the scale of full
 BPTT's (``tfcredit.methods.base``). So the same sequences, the same weights and one
-reference, the full-BPTT gradient ``g``, measure every estimator ``ĝ``:
+reference, the exact gradient ``g`` (by full BPTT, or by RTRL, whose memory does
+not grow with the length: ``reference``), measure every estimator ``ĝ``:
 
 * relative bias ``‖E[ĝ] − g‖ / ‖g‖``, with ``E[ĝ]`` the mean of ``draws`` estimates
   (stochastic methods: ARTBP's random truncations, noisy synthesizers) and its
@@ -34,11 +35,17 @@ import tensorflow as tf
 
 from tfcredit import config as config_lib
 from tfcredit.errors import ConfigurationError
+from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.tasks import base as task_base
 from tfcredit.training import trainer
 
 WINDOW = '{window}'
+# The reference gradient: full BPTT (memory growing with the length) or RTRL
+# (the same gradient, forward in time: memory rows × state × weights whatever the
+# length, for streams longer than full BPTT can hold).
+REFERENCES = ('bptt', 'rtrl')
+_REFERENCE_NAMES = {'bptt': 'full BPTT', 'rtrl': 'RTRL'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +153,8 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
             variants: Sequence[Variant], windows: Sequence[int],
             lengths: Sequence[Optional[int]], draws: int, sequences: int,
             data_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-            seed: int = 0, progress=None, restore_method_state: bool = False
-            ) -> List[Dict]:
+            seed: int = 0, progress=None, restore_method_state: bool = False,
+            reference: str = 'bptt') -> List[Dict]:
   """Measures every variant at every window and length against full BPTT.
 
   Args:
@@ -166,6 +173,9 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
       (a trained DNI synthesizer, FPTT's averages, ARTBP's draws) into the
       variants of the checkpointed run's method class; other variants start fresh.
     progress: optional ``print``-like callable for progress lines.
+    reference: ``'bptt'`` computes the exact gradient by full BPTT, ``'rtrl'``
+      by RTRL (the same gradient to float tolerance; its memory does not grow
+      with the length, its time grows with the model: small models only).
 
   Returns:
     One dict per (variant, window, length): the labels and
@@ -174,6 +184,10 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
   if draws < 1 or sequences < 1:
     raise ConfigurationError(
         f'--draws={draws} and --sequences={sequences} must be positive')
+  if reference not in REFERENCES:
+    raise ConfigurationError(
+        f'--reference={reference!r} must be one of {REFERENCES}: full BPTT, or '
+        'RTRL for sequences longer than full BPTT can hold')
   rows = []
   for length in lengths:
     def configure(extra):
@@ -193,12 +207,17 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
       _load_weights(parts.model, checkpoint)
     segment = _segment(parts.task, length or _own_length(parts.task), sequences)
     state = parts.model.initial_state(sequences)
-    reference_method = BPTT(
-        model=parts.model, task=parts.task, optimizer=parts.optimizer,
-        sequence_length=(int(segment[0].shape[1])
-                         if parts.task.regime == task_base.STREAM else None))
-    reference = _flat(reference_method.estimate_gradients(segment, state)[0])
     steps = int(segment[0].shape[1])
+    if reference == 'rtrl':
+      reference_method = RTRL(model=parts.model, task=parts.task,
+                              optimizer=parts.optimizer, window=steps,
+                              batch_size=sequences)
+    else:
+      reference_method = BPTT(
+          model=parts.model, task=parts.task, optimizer=parts.optimizer,
+          sequence_length=(steps if parts.task.regime == task_base.STREAM
+                           else None))
+    exact = _flat(reference_method.estimate_gradients(segment, state)[0])
     for variant in variants:
       for window in (windows if variant.sweeps_window else [None]):
         configure(length_bindings + variant.bound(window))
@@ -211,8 +230,9 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
                               for _ in range(draws)])
         row = {'method': variant.label(window), 'variant': variant.name,
                'window': window, 'length': steps, 'draws': draws,
-               'reference_norm': float(np.linalg.norm(reference))}
-        row.update(gradient_statistics(estimates, reference))
+               'reference': reference,
+               'reference_norm': float(np.linalg.norm(exact))}
+        row.update(gradient_statistics(estimates, exact))
         rows.append(row)
         if progress:
           progress(f"length {steps:5d}  {row['method']:28s} bias "
@@ -283,15 +303,16 @@ def _load_method_state(method, checkpoint: str) -> bool:
 def markdown_table(rows: Sequence[Dict]) -> str:
   """The rows as a markdown table."""
   lines = ['| method | sequence length | relative bias | (noise) | cosine of mean | '
-           'mean cosine of one draw | norm ratio | relative spread | draws |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+           'mean cosine of one draw | norm ratio | relative spread | draws | '
+           'exact gradient by |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
   for row in rows:
     lines.append(
         f"| {row['method']} | {row['length']} | {row['relative_bias']:.4f} | "
         f"{row['bias_noise']:.4f} | {row['cosine']:.4f} | "
         f"{row['mean_draw_cosine']:.4f} | {row['norm_ratio']:.4f} | "
         f"{row['relative_spread']:.4f} | "
-        f"{row['draws']} |")
+        f"{row['draws']} | {_REFERENCE_NAMES[row.get('reference', 'bptt')]} |")
   return '\n'.join(lines) + '\n'
 
 

@@ -55,6 +55,10 @@ def define_flags() -> None:
          'read data.')
   define(flags.DEFINE_integer, 'seed', 0, "Seeds fresh weights and the methods' "
          'draws.')
+  define(flags.DEFINE_enum, 'reference', 'bptt', ['bptt', 'rtrl'], 'The exact '
+         'gradient every estimate is measured against: full BPTT, or RTRL (the '
+         'same gradient, memory independent of the length: for sequences longer '
+         'than full BPTT can hold, on small models).')
   define(flags.DEFINE_string, 'output_dir', 'runs/gradient_fidelity',
          'Where to write.')
 
@@ -93,7 +97,7 @@ def run(argv: List[str]) -> int:
         draws=FLAGS.draws, sequences=FLAGS.sequences, data_dir=FLAGS.data_dir,
         checkpoint=FLAGS.checkpoint, seed=FLAGS.seed,
         restore_method_state=FLAGS.restore_method_state,
-        progress=lambda line: print(line, flush=True))
+        reference=FLAGS.reference, progress=lambda line: print(line, flush=True))
   except errors.TfcreditError as error:
     print(f'error: {error}', file=sys.stderr)
     return error.exit_code
