@@ -52,6 +52,41 @@ def test_neuronwise_permuting_neurons_permutes_synthetic_gradients(cell):
   assert not difference.any()
 
 
+@pytest.mark.parametrize('cell', ['gru', 'lstm'])
+def test_neuronwise_is_its_three_keras_layers_in_values_and_gradients(cell):
+  """The folded step (input layer composed into the cell's input product) is
+  ``output_layer(cell(input_layer(x)))`` with the Keras layers' own arithmetic,
+  for the prediction, the new memory and every weight's gradient."""
+  synthesizer = _built(NeuronwiseSynthesizer(hidden_units=6, cell=cell), 3, 10)
+  _randomise(synthesizer)
+  rng = np.random.default_rng(2)
+  state = tf.constant(rng.normal(size=(3, 10)), tf.float32)
+  memory = tf.constant(rng.normal(size=(3, 10, synthesizer.memory_size)),
+                       tf.float32)
+  noise = tf.constant(rng.normal(1.0, 0.5, size=(3, 10)), tf.float32)
+  probe = tf.constant(rng.normal(size=(3, 10, synthesizer.memory_size)),
+                      tf.float32)
+  variables = synthesizer.trainable_variables
+
+  def keras_layers():
+    neurons = tf.reshape(state * noise, [-1, 1])
+    flat = tf.reshape(memory, [-1, synthesizer.memory_size])
+    states = tf.split(flat, 2, axis=-1) if cell == 'lstm' else [flat]
+    output, new_state = synthesizer.cell(synthesizer.input_layer(neurons), states)
+    return (tf.reshape(synthesizer.output_layer(output), [3, 10]),
+            tf.reshape(tf.concat(tf.nest.flatten(new_state), -1), memory.shape))
+
+  results = []
+  for run in (lambda: synthesizer(state, memory, noise), keras_layers):
+    with tf.GradientTape() as tape:
+      delta, new_memory = run()
+      value = tf.reduce_sum(delta ** 2) + tf.reduce_sum(new_memory * probe)
+    results.append([delta, new_memory] + tape.gradient(value, variables))
+  assert all(g is not None for g in results[1][2:])
+  for ours, reference in zip(*results):
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+
+
 def test_neuronwise_parameter_count_is_independent_of_batch_and_width():
   m = 50
   # Linear(1→m): 2m; GRU (Keras reset_after): 3·(m·m + m·m) weights + 2·3m biases;
