@@ -202,7 +202,7 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
     configure(length_bindings)
     keras.utils.set_random_seed(seed)
     parts = trainer.build_components(**_component_arguments(data_dir),
-                                     batch_size=sequences)
+                                     batch_size=sequences, seed=seed)
     if checkpoint:
       _load_weights(parts.model, checkpoint)
     segment = _segment(parts.task, length or _own_length(parts.task), sequences)
@@ -223,7 +223,7 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
         configure(length_bindings + variant.bound(window))
         method_class = trainer.configured_arguments()['method']
         method = trainer.build_method(method_class, parts.model, parts.task,
-                                      parts.optimizer, sequences)
+                                      parts.optimizer, sequences, seed)
         if checkpoint and restore_method_state:
           _load_method_state(method, checkpoint)
         estimates = np.stack([_flat(method.estimate_gradients(segment, state)[0])

@@ -223,3 +223,24 @@ def test_a_resumed_run_continues_the_copy_curriculum(tmp_path):
   a, b = _weights(str(tmp_path / 'straight')), _weights(interrupted)
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize('method,variable', [
+    ('ARTBP', 'truncation_seed'), ('UORO', 'noise_seed'), ('DNI', 'noise_seed')])
+def test_train_seed_seeds_the_methods_draws_unless_gin_binds_one(method, variable):
+  """Runs with different ``train.seed`` differ in a method's own draws
+  (ARTBP's truncations, UORO's and DNI's noise), not only in the weights; an
+  explicit ``<Method>.seed`` binding wins."""
+  from tfcredit.training import trainer  # pylint: disable=g-import-not-at-top
+  seeds = []
+  for bindings in (['train.seed = 3'], ['train.seed = 4'],
+                   ['train.seed = 4', f'{method}.seed = 11']):
+    _configure(f'train.method = @{method}', 'ARTBP.mean_length = 5', *bindings)
+    arguments = trainer.configured_arguments()
+    parts = trainer.build_components(
+        task=arguments['task'], method=arguments['method'],
+        model=arguments['model'], optimizer=arguments['optimizer'],
+        learning_rate=arguments['learning_rate'], batch_size=4,
+        seed=arguments['seed'])
+    seeds.append(int(getattr(parts.method, variable).numpy()))
+  assert seeds == [3, 4, 11]

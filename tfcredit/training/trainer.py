@@ -164,7 +164,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   parts = build_components(task=task, method=method, model=model,
                            optimizer=optimizer, learning_rate=learning_rate,
                            batch_size=batch_size, data_dir=data_dir,
-                           strategy=strategy, precision=precision)
+                           strategy=strategy, precision=precision, seed=seed)
   task_obj, model_obj = parts.task, parts.model
   optimizer_obj, method_obj = parts.optimizer, parts.method
   _check_window_fits(method_obj, task_obj)
@@ -306,8 +306,8 @@ def build_components(*, task: Callable, method: Callable, model: Callable,
                      optimizer: Callable, learning_rate: float, batch_size: int,
                      data_dir: Optional[str] = None,
                      strategy: Optional[tf.distribute.Strategy] = None,
-                     precision: str = precision_lib.FLOAT32
-                     ) -> Components:
+                     precision: str = precision_lib.FLOAT32,
+                     seed: Optional[int] = None) -> Components:
   """Builds the task, then in ``strategy``'s scope the model, optimizer and method,
   exactly as ``train`` does (tools that inspect a configuration use it too).
 
@@ -317,6 +317,8 @@ def build_components(*, task: Callable, method: Callable, model: Callable,
     strategy: default: the current strategy.
     precision: the Keras dtype policy the model is built under (the
       optimizer and the method's own variables are float32 whatever it is).
+    seed: ``train.seed``, the seed of a method's own draws unless gin binds
+      one (``build_method``).
 
   Raises:
     ConfigurationError: a factory is not callable or builds the wrong thing (a
@@ -333,15 +335,39 @@ def build_components(*, task: Callable, method: Callable, model: Callable,
       model_obj.build_for(_example_inputs(task_obj, batch_size))
     optimizer_obj = _build(optimizer, 'optimizer', learning_rate=learning_rate)
     optimizer_obj.build(model_obj.trainable_variables)
-    method_obj = build_method(method, model_obj, task_obj, optimizer_obj, batch_size)
+    method_obj = build_method(method, model_obj, task_obj, optimizer_obj,
+                              batch_size, seed)
   return Components(task_obj, model_obj, optimizer_obj, method_obj)
 
 
 def build_method(method: Callable, model: keras.Model, task: task_base.Task,
-                 optimizer: keras.optimizers.Optimizer, batch_size: int):
-  """Builds a method class (in the current strategy scope) as ``train`` does."""
+                 optimizer: keras.optimizers.Optimizer, batch_size: int,
+                 seed: Optional[int] = None):
+  """Builds a method class (in the current strategy scope) as ``train`` does.
+
+  A method with random draws of its own (ARTBP's truncations, UORO's and DNI's
+  noise) takes ``seed`` (``train.seed``) as its ``seed`` unless gin binds one
+  (``ARTBP.seed = 3`` wins): runs with different seeds then differ in the
+  method's draws too, not only in the initial weights.
+  """
   return _build(method, 'method', model=model, task=task, optimizer=optimizer,
-                batch_size=batch_size)
+                batch_size=batch_size, **_unbound_seed(method, seed))
+
+
+def _unbound_seed(factory: Callable, seed: Optional[int]) -> Dict[str, int]:
+  """``{'seed': seed}`` if ``factory`` takes a ``seed`` that gin leaves unbound."""
+  target = factory.__init__ if isinstance(factory, type) else factory
+  try:
+    takes_seed = 'seed' in inspect.signature(target).parameters
+  except (TypeError, ValueError):
+    takes_seed = False
+  if seed is None or not takes_seed:
+    return {}
+  try:
+    gin.query_parameter(f'{getattr(factory, "__name__", "")}.seed')
+  except ValueError:
+    return {'seed': seed}
+  return {}
 
 
 def configured_arguments() -> Dict[str, Any]:
