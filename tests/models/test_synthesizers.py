@@ -24,15 +24,22 @@ def _randomise(synthesizer, seed=0):
     variable.assign(rng.normal(0.0, 0.5, variable.shape).astype(np.float32))
 
 
-@pytest.mark.parametrize('cell', ['gru', 'lstm'])
-def test_neuronwise_permuting_neurons_permutes_synthetic_gradients(cell):
+def _neuronwise_problem(cell, seed):
+  """A randomised neuron-wise synthesizer (6 units) and a random ``(state,
+  memory, noise)`` of 3 rows × 10 neurons; the generator too, for more draws."""
   synthesizer = _built(NeuronwiseSynthesizer(hidden_units=6, cell=cell), 3, 10)
   _randomise(synthesizer)
-  rng = np.random.default_rng(1)
+  rng = np.random.default_rng(seed)
   state = tf.constant(rng.normal(size=(3, 10)), tf.float32)
   memory = tf.constant(rng.normal(size=(3, 10, synthesizer.memory_size)),
                        tf.float32)
   noise = tf.constant(rng.normal(1.0, 0.5, size=(3, 10)), tf.float32)
+  return synthesizer, (state, memory, noise), rng
+
+
+@pytest.mark.parametrize('cell', ['gru', 'lstm'])
+def test_neuronwise_permuting_neurons_permutes_synthetic_gradients(cell):
+  synthesizer, (state, memory, noise), rng = _neuronwise_problem(cell, 1)
   permutation = rng.permutation(10)
   delta, new_memory = synthesizer(state, memory, noise)
   permuted_delta, permuted_memory = synthesizer(
@@ -57,13 +64,7 @@ def test_neuronwise_is_its_three_keras_layers_in_values_and_gradients(cell):
   """The folded step (input layer composed into the cell's input product) is
   ``output_layer(cell(input_layer(x)))`` with the Keras layers' own arithmetic,
   for the prediction, the new memory and every weight's gradient."""
-  synthesizer = _built(NeuronwiseSynthesizer(hidden_units=6, cell=cell), 3, 10)
-  _randomise(synthesizer)
-  rng = np.random.default_rng(2)
-  state = tf.constant(rng.normal(size=(3, 10)), tf.float32)
-  memory = tf.constant(rng.normal(size=(3, 10, synthesizer.memory_size)),
-                       tf.float32)
-  noise = tf.constant(rng.normal(1.0, 0.5, size=(3, 10)), tf.float32)
+  synthesizer, (state, memory, noise), rng = _neuronwise_problem(cell, 2)
   probe = tf.constant(rng.normal(size=(3, 10, synthesizer.memory_size)),
                       tf.float32)
   variables = synthesizer.trainable_variables
