@@ -42,6 +42,10 @@ METHODS.update({
     'truncated_bptt/adding': (
         lambda: tfcredit.AddingTask(sequence_length=12),
         lambda **kw: tfcredit.TruncatedBPTT(window=5, **kw)),
+    'truncated_bptt/stream_recompute_state': (
+        _stream_task,
+        lambda **kw: tfcredit.TruncatedBPTT(window=4, windows_per_call=3,
+                                            recompute_state=True, **kw)),
     'bptt/adding': (
         lambda: tfcredit.AddingTask(sequence_length=12),
         lambda **kw: tfcredit.BPTT(**kw)),
