@@ -118,3 +118,57 @@ def test_two_replicas_give_the_same_training_as_one(mirrored, name):
   task = METHODS[name][0]()
   initial = testing.tiny_model(task, seed=0).trainable_variables
   assert max(np.abs(a - v.numpy()).max() for a, v in zip(one[0], initial)) > 1e-3
+
+
+def test_summed_gradients_live_on_every_replicas_device(mirrored):
+  """Each window's gradients are summed onto the variables' devices, one copy
+  per replica (no reduction to one device and copy back), and each copy is the
+  global-batch gradient."""
+  task = _stream_task()
+  with mirrored.scope():
+    model = testing.tiny_model(task, seed=0)
+    optimizer = testing.built_optimizer(model, keras.optimizers.Adam,
+                                        learning_rate=0.01)
+    method = tfcredit.TruncatedBPTT(window=12, model=model, task=task,
+                                    optimizer=optimizer)
+  segment, state = _segment(task), model.initial_state(BATCH)
+
+  def per_replica(segment, state):
+    inputs, targets = segment
+    gradients, new_state, loss_sum = method.window_gradients(inputs, targets,
+                                                             state, 1)
+    return new_state, (gradients, loss_sum)
+
+  _, (gradients, _) = method.run_window(
+      per_replica, method.replicas.shard(segment), method.replicas.shard(state),
+      gradients_first=True)
+  expected, _ = method.estimate_gradients(segment, state)
+  for gradient, variable, value in zip(gradients, model.trainable_variables,
+                                       expected):
+    copies = mirrored.experimental_local_results(gradient)
+    homes = mirrored.experimental_local_results(variable.value)
+    assert len(copies) == 2
+    assert [c.device for c in copies] == [h.device for h in homes]
+    assert homes[0].device != homes[1].device
+    for copy in copies:
+      np.testing.assert_allclose(copy.numpy(), value.numpy(), atol=1e-6)
+
+
+def test_optimizer_clipping_falls_back_to_one_apply(mirrored):
+  """An optimizer whose ``apply`` does more than ``update_step`` per variable
+  (here its own clipping) is applied once, on host-summed gradients, and two
+  replicas still train as one."""
+  def train(strategy):
+    task = _stream_task()
+    with strategy.scope():
+      model = testing.tiny_model(task, seed=0)
+      optimizer = keras.optimizers.SGD(learning_rate=0.5, global_clipnorm=0.01)
+      optimizer.build(model.trainable_variables)
+      method = tfcredit.TruncatedBPTT(window=4, windows_per_call=3, model=model,
+                                      task=task, optimizer=optimizer)
+    assert method._places_gradients is False
+    method.train_segment(_segment(task), model.initial_state(BATCH))
+    return [v.numpy() for v in model.trainable_variables]
+  one, two = train(tf.distribute.get_strategy()), train(mirrored)
+  for a, b in zip(one, two):
+    np.testing.assert_allclose(a, b, atol=1e-5)

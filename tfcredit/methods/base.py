@@ -71,6 +71,9 @@ class Method(tf.Module):
       self.metric_reductions = {**type(self).metric_reductions,
                                 guard_lib.LOSS_SCALE_METRIC: metrics_lib.LAST}
     self._guard = guard_lib.UpdateGuard(self.loss_scale)
+    # Several replicas: each device applies its own copy of the summed gradients.
+    self._places_gradients = replicas_lib.applies_per_variable(
+        optimizer, model.trainable_variables)
     self.jit_compile = validation.boolean('jit_compile', jit_compile)
     self._compiled_window_gradients = (
         tf.function(self._window_gradients_parts, jit_compile=True)
@@ -194,7 +197,10 @@ class Method(tf.Module):
     # IndexedSlices leave the (compiled) function as their parts.
     gradients = [tf.IndexedSlices(*g) if isinstance(g, tuple) else g
                  for g in gradients]
-    if self.num_replicas > 1:  # Cross-replica sums of IndexedSlices: keep dense.
+    if self.num_replicas > 1:
+      # Summed across replicas dense: TensorFlow's collective gather of
+      # IndexedSlices inside the window loop fails (shape mismatch between the
+      # replicas' collective instances, TF 2.21).
       gradients = densify(gradients, self.model_variables)
     return gradients, new_state, loss_sum
 
@@ -233,19 +239,32 @@ class Method(tf.Module):
         synthesizer), applied or refused with the model's: the boolean it also
         needs, and a function called in the same branch.
     """
+    placed = self.num_replicas > 1 and isinstance(gradients[0],
+                                                  tf.distribute.DistributedValues)
     # An embedding gradient arrives as IndexedSlices with one row per token
     # occurrence; rows of a repeated token must be summed before taking the norm.
-    gradients = [coalesce(g) for g in gradients]
-    norm = tf.linalg.global_norm(gradients)
+    # Gradients from ``sum_onto`` have a copy per device: the norm is one copy's.
+    norm = tf.linalg.global_norm(
+        [coalesce(self.replicas.first(g)) if placed else coalesce(g)
+         for g in gradients])
     finite, overflow = self._guard.check(norm, loss, also_finite)
+    scale = None
     if self.clip_norm is not None:
       # With a finite norm, clip_by_global_norm scales by clip / max(norm, clip);
       # otherwise the values are not used.
-      gradients, _ = tf.clip_by_global_norm(
-          gradients, self.clip_norm, use_norm=tf.where(finite, norm, 1.0))
+      use_norm = tf.where(finite, norm, 1.0)
+      if placed:  # The factor clip_by_global_norm applies, on each device.
+        scale = self.clip_norm * tf.minimum(1.0 / use_norm, 1.0 / self.clip_norm)
+      else:
+        gradients, _ = tf.clip_by_global_norm(
+            [coalesce(g) for g in gradients], self.clip_norm, use_norm=use_norm)
 
     def apply():
-      self.optimizer.apply(gradients, self.model_variables)
+      if placed:
+        self.replicas.apply(self.optimizer, gradients, self.model_variables, scale)
+      else:
+        self.optimizer.apply([coalesce(g) for g in gradients],
+                             self.model_variables)
       if also_apply is not None:
         also_apply()
       return tf.constant(0.0)  # Refused: 1.
@@ -320,11 +339,24 @@ class Method(tf.Module):
       return tf.shape(window_ends)[0] - 1
     return 0
 
-  def run_window(self, per_replica, segment, carried):
+  def run_window(self, per_replica, segment, carried, gradients_first=False):
     """``per_replica(segment, carried) -> (carried, results)`` on every replica;
-    returns the per-replica ``carried`` and the ``results`` summed over replicas."""
+    returns the per-replica ``carried`` and the ``results`` summed over replicas.
+
+    With ``gradients_first``, ``results[0]`` are the model's (dense) gradients
+    for ``apply_gradients``: summed onto the variables' devices when the
+    optimizer allows it (``Replicas.sum_onto``), the rest to the host; else
+    summed on the host like the rest.
+    """
     carried, results = self.replicas.run(per_replica, segment, carried)
-    return carried, self.replicas.sum(results)
+    if self.num_replicas == 1 or not gradients_first:
+      return carried, self.replicas.sum(results)
+    gradients, rest = results[0], tuple(results[1:])
+    if self._places_gradients:
+      gradients = self.replicas.sum_onto(gradients, self.model_variables)
+    else:
+      gradients = self.replicas.sum(gradients)
+    return carried, (gradients, *self.replicas.sum(rest))
 
   def window_update(self, segment, state, start, end, normalizer,
                     state_grad_scale=None, transform=None):
@@ -343,7 +375,8 @@ class Method(tf.Module):
           normalizer, state_grad_scale=state_grad_scale)
       return new_state, (gradients, loss_sum)
 
-    state, (gradients, loss_sum) = self.run_window(per_replica, segment, state)
+    state, (gradients, loss_sum) = self.run_window(
+        per_replica, segment, state, gradients_first=transform is None)
     if transform is not None:
       gradients = transform(gradients)
     return state, loss_sum, self.apply_gradients(gradients, loss=loss_sum)

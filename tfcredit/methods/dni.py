@@ -335,7 +335,8 @@ class DNI(base.Method):
         return (final_state, memory_start, noise), per_window
 
       carried, (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
-                statistics) = self.run_window(per_replica, segment, carried)
+                statistics) = self.run_window(per_replica, segment, carried,
+                                              gradients_first=True)
       # The synthesizer's update is the window's too: both or neither.
       synthesizer_finite = tf.logical_and(
           tf.math.is_finite(tf.linalg.global_norm(synthesizer_gradients)),

@@ -303,7 +303,8 @@ class RTRL(base.Method):
       del index
       carried, (gradients, loss_sum) = self.run_window(
           lambda segment, carried: self._window(segment, carried, start, end,
-                                                normalizer), segment, carried)
+                                                normalizer), segment, carried,
+          gradients_first=train)
       if not train:
         return carried, [t + g for t, g in zip(totals, gradients)]
       norm = self.apply_gradients(gradients, loss=loss_sum)
