@@ -199,15 +199,16 @@ def test_windowed_estimate_sums_gradients_with_stopped_state_between_windows(
 
 
 def _reference_sgd(model, task, segment, window, learning_rate, divide_by,
-                   recompute=False):
+                   recompute='never'):
   """Explicit truncated BPTT with plain SGD, one update per window.
 
   Args:
     divide_by: ``'nominal'`` (``B * window``, the convention) or ``'actual'``
       (``B * window length``), or ``'initial'`` to take every window's gradient at
       the starting weights (a wrong reference used to show the test can fail).
-    recompute: start each window after the first from the previous window run
-      forward again at the current weights, from the state it started from.
+    recompute: ``'previous_window'``: start each window after the first from
+      the previous window run forward again at the current weights, from the
+      state it started from; ``'call_start'``: from the segment's start.
 
   Returns:
     ``(final weights, summed loss, summed gradient norms, updates, final state)``.
@@ -216,14 +217,16 @@ def _reference_sgd(model, task, segment, window, learning_rate, divide_by,
   batch, length = int(inputs.shape[0]), int(inputs.shape[1])
   state = model.initial_state(batch)
   loss_total, norm_total, updates, pending = 0.0, 0.0, 0, []
-  previous_start = None
+  origin, origin_state = 0, state
   for start in range(0, length, window):
     end = min(start + window, length)
     steps = end - start if divide_by == 'actual' else window
-    if recompute and start > 0:
-      state = model.unroll(inputs[:, start - window:start], previous_start,
+    if recompute != 'never' and start > 0:
+      state = model.unroll(inputs[:, origin:start], origin_state,
                            training=True)[1]
-    previous_start = state = tf.nest.map_structure(tf.stop_gradient, state)
+    state = tf.nest.map_structure(tf.stop_gradient, state)
+    if recompute == 'previous_window':
+      origin, origin_state = start, state
     with tf.GradientTape() as tape:
       outputs, state = model.unroll(inputs[:, start:end], state, training=True)
       loss_sum = _loss_sum(task, outputs, targets[:, start:end])
@@ -279,33 +282,40 @@ def test_train_segment_applies_one_sgd_step_per_window_at_current_weights(
   assert float(metrics['grad_norm_sum']) == pytest.approx(norm_total, rel=1e-4)
 
 
+@pytest.mark.parametrize('recompute', ['previous_window', 'call_start'])
 def test_recompute_state_starts_each_window_from_the_state_at_current_weights(
-    copy_setup):
+    copy_setup, recompute):
   task, model, segment = copy_setup.task, copy_setup.model, copy_setup.segment
-  method = _method(TruncatedBPTT, task, model, learning_rate=0.5, window=10,
-                   recompute_state=True)
+  # Windows of 5 over 25 steps: 'call_start' recomputes over up to 20 steps.
+  method = _method(TruncatedBPTT, task, model, learning_rate=0.5, window=5,
+                   recompute_state=recompute)
   initial = _snapshot(model)
   state, metrics = method.train_segment(segment, model.initial_state(BATCH))
   trained = _snapshot(model)
 
   _restore(model, initial)
   expected, loss_total, _, updates, expected_state = _reference_sgd(
-      model, task, segment, 10, 0.5, 'nominal', recompute=True)
-  assert updates == 3 and float(metrics['updates']) == 3.0
+      model, task, segment, 5, 0.5, 'nominal', recompute=recompute)
+  assert updates == 5 and float(metrics['updates']) == 5.0
   assert_nests_close(trained, expected, rtol=1e-5, atol=1e-6)
   assert_nests_close(state, expected_state, rtol=1e-5, atol=1e-6)
   assert float(metrics['loss_sum']) == pytest.approx(loss_total, rel=1e-5)
-  # Carrying the stale state instead gives other weights: the test can fail.
-  _restore(model, initial)
-  stale, _, _, _, _ = _reference_sgd(model, task, segment, 10, 0.5, 'nominal')
-  assert max_abs_diff(stale, expected) > 1e-4
+  # The carried state, or the other recomputation, gives other weights: the
+  # test can fail.
+  other = 'call_start' if recompute == 'previous_window' else 'previous_window'
+  for wrong in ('never', other):
+    _restore(model, initial)
+    weights, _, _, _, _ = _reference_sgd(model, task, segment, 5, 0.5, 'nominal',
+                                         recompute=wrong)
+    assert max_abs_diff(weights, expected) > 1e-4, wrong
   _restore(model, trained)
 
 
-def test_recompute_state_must_be_a_bool(copy_setup):
-  with pytest.raises(ConfigurationError, match='TruncatedBPTT.recompute_state'):
+def test_recompute_state_must_be_one_of_its_values(copy_setup):
+  with pytest.raises(ConfigurationError,
+                     match="TruncatedBPTT.recompute_state.*'call_start'"):
     _method(TruncatedBPTT, copy_setup.task, copy_setup.model, window=10,
-            recompute_state='yes')
+            recompute_state=True)
 
 
 def test_bptt_train_segment_is_one_update_on_the_mean_over_steps(copy_setup):

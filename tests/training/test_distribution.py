@@ -45,7 +45,7 @@ METHODS.update({
     'truncated_bptt/stream_recompute_state': (
         _stream_task,
         lambda **kw: tfcredit.TruncatedBPTT(window=4, windows_per_call=3,
-                                            recompute_state=True, **kw)),
+                                            recompute_state='call_start', **kw)),
     'bptt/adding': (
         lambda: tfcredit.AddingTask(sequence_length=12),
         lambda **kw: tfcredit.BPTT(**kw)),

@@ -10,15 +10,19 @@ zero gradient would still move momentum-based optimizers).
 
 Full BPTT is the case ``K = T``: one window over the whole segment.
 
-``recompute_state`` (an analysis option, off by default): a window's initial state
-is the one the previous window's forward pass computed, under the weights before
-that window's update. With it, each window after a call's first starts instead from
-the previous window run forward again, without gradient, under the updated weights
-(from the state that window started from): the states a truncated-BPTT update sees
-are then fresh for the current weights, as in a layout that recomputes its states
-by a forward pass every update (``TargetProp``'s forward initialisation). It costs
-one more forward window per update; gradient estimates (weights fixed) and
-terminal-loss tasks (one update per batch) are unchanged by it.
+``recompute_state`` (an analysis option, ``'never'`` by default): a window's initial
+state is the one the previous window's forward pass computed, under the weights
+before that window's update. ``'previous_window'``: each window after a call's
+first starts instead from the previous window run forward again, without
+gradient, under the updated weights (from the state that window started from).
+``'call_start'``: from the call's first window run forward again up to the
+window, from the state carried into the call (so window ``j`` of a call gets a
+state recomputed over its ``j·K`` preceding steps, as block ``j`` of
+``TargetProp``'s forward initialisation does). The states an update sees are
+then fresh for its weights; the cost is one more forward window per update
+(``'previous_window'``) or ``j`` more (``'call_start'``). Gradient estimates
+(weights fixed) and terminal-loss tasks (one update per batch) are unchanged by
+it.
 """
 
 from typing import Optional
@@ -32,6 +36,9 @@ from tfcredit.methods import registry
 from tfcredit.tasks import base as task_base
 
 
+RECOMPUTE_STATE = ('never', 'previous_window', 'call_start')
+
+
 @registry.register
 class TruncatedBPTT(base.Method):
   """Truncated BPTT with windows of ``window`` steps."""
@@ -40,7 +47,7 @@ class TruncatedBPTT(base.Method):
 
   def __init__(self, *, model, task, optimizer, window: int = 35,
                windows_per_call: int = 10, clip_norm: Optional[float] = None,
-               recompute_state: bool = False, use_tf_function: bool = True,
+               recompute_state: str = 'never', use_tf_function: bool = True,
                jit_compile: bool = False, name: Optional[str] = None):
     """Binds the method.
 
@@ -48,16 +55,17 @@ class TruncatedBPTT(base.Method):
       window: steps per truncation window (``K``); 35 is the PyTorch word-LM
         default, Zaremba et al. 2014 use 20 (set in their gin file).
       windows_per_call: stream tasks: windows per ``train_segment`` call.
-      recompute_state: start each window after a call's first from the state
-        recomputed under the current weights (module docstring).
+      recompute_state: ``'never'``, ``'previous_window'`` or ``'call_start'``:
+        where each window after a call's first recomputes its initial state
+        from under the current weights (module docstring).
       model, task, optimizer, clip_norm, use_tf_function, jit_compile, name:
         as in ``Method``.
     """
     self.window = self._check_window(window)
     self.windows_per_call = validation.positive_int(
         'TruncatedBPTT.windows_per_call', windows_per_call)
-    self.recompute_state = validation.boolean('TruncatedBPTT.recompute_state',
-                                              recompute_state)
+    self.recompute_state = validation.one_of(
+        'TruncatedBPTT.recompute_state', recompute_state, RECOMPUTE_STATE)
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      jit_compile=jit_compile, name=name or type(self).__name__)
@@ -78,7 +86,8 @@ class TruncatedBPTT(base.Method):
   def _train_segment(self, segment, state):
     length = tf.shape(segment[0])[1]
     window_ends = self._window_ends(length)
-    if self.recompute_state and self.task.readout != task_base.TERMINAL:
+    if (self.recompute_state != 'never'
+        and self.task.readout != task_base.TERMINAL):
       state, loss_sum, norm_sum, updates = self._train_recomputed(
           segment, state, window_ends, self._nominal_window(length))
     else:
@@ -89,23 +98,29 @@ class TruncatedBPTT(base.Method):
 
   def _train_recomputed(self, segment, state, window_ends, normalizer):
     """``train_windows`` with each window's initial state recomputed: carries
-    ``(state at the previous window's start, state at its end)``."""
+    ``(state the recomputation starts from, state at the previous window's
+    end)``; the first is the previous window's initial state
+    (``'previous_window'``) or the call's (``'call_start'``)."""
+    from_call_start = self.recompute_state == 'call_start'
+
     def body(index, segment, carried, start, end, totals):
-      previous = tf.where(index > 1, window_ends[tf.maximum(index - 2, 0)], 0)
+      origin = 0 if from_call_start else tf.where(
+          index > 1, window_ends[tf.maximum(index - 2, 0)], 0)
 
       def fresh(segment, carried):
-        previous_start, stale = carried
+        origin_state, stale = carried
         return tf.cond(
             index > 0,
-            lambda: self.forward(segment[0][:, previous:start], previous_start),
+            lambda: self.forward(segment[0][:, origin:start], origin_state),
             lambda: stale)
 
       initial = self.replicas.run(fresh, segment, carried)
       state, loss_sum, norm = self.window_update(segment, initial, start, end,
                                                  normalizer)
       loss_total, norm_total, update_total = totals
-      return (initial, state), (loss_total + loss_sum, norm_total + norm,
-                                update_total + 1.0)
+      origin_state = carried[0] if from_call_start else initial
+      return (origin_state, state), (loss_total + loss_sum, norm_total + norm,
+                                     update_total + 1.0)
 
     zero = tf.constant(0.0)
     (_, state), totals = self.for_each_window(segment, (state, state), window_ends,
