@@ -241,12 +241,14 @@ class Method(tf.Module):
     """
     placed = self.num_replicas > 1 and isinstance(gradients[0],
                                                   tf.distribute.DistributedValues)
-    # An embedding gradient arrives as IndexedSlices with one row per token
-    # occurrence; rows of a repeated token must be summed before taking the norm.
-    # Gradients from ``sum_onto`` have a copy per device: the norm is one copy's.
+    if not placed:
+      # An embedding gradient arrives as IndexedSlices with one row per token
+      # occurrence; rows of a repeated token must be summed before the norm.
+      gradients = [coalesce(g) for g in gradients]
+    # Gradients from ``sum_onto`` (dense) have a copy per device: the norm is
+    # one copy's.
     norm = tf.linalg.global_norm(
-        [coalesce(self.replicas.first(g)) if placed else coalesce(g)
-         for g in gradients])
+        [self.replicas.first(g) for g in gradients] if placed else gradients)
     finite, overflow = self._guard.check(norm, loss, also_finite)
     scale = None
     if self.clip_norm is not None:
@@ -256,15 +258,14 @@ class Method(tf.Module):
       if placed:  # The factor clip_by_global_norm applies, on each device.
         scale = self.clip_norm * tf.minimum(1.0 / use_norm, 1.0 / self.clip_norm)
       else:
-        gradients, _ = tf.clip_by_global_norm(
-            [coalesce(g) for g in gradients], self.clip_norm, use_norm=use_norm)
+        gradients, _ = tf.clip_by_global_norm(gradients, self.clip_norm,
+                                              use_norm=use_norm)
 
     def apply():
       if placed:
         self.replicas.apply(self.optimizer, gradients, self.model_variables, scale)
       else:
-        self.optimizer.apply([coalesce(g) for g in gradients],
-                             self.model_variables)
+        self.optimizer.apply(gradients, self.model_variables)
       if also_apply is not None:
         also_apply()
       return tf.constant(0.0)  # Refused: 1.

@@ -80,17 +80,14 @@ class Replicas:
     from its own copy of the gradient, as ``optimizer.apply`` does under
     ``MirroredStrategy`` (``update_step`` per variable, then the step count).
 
-    Only for optimizers ``applies_per_variable`` accepts; ``scale`` (the
-    clipping factor, a scalar) multiplies every gradient.
+    Only for optimizers ``applies_per_variable`` accepts, and dense gradients;
+    ``scale`` (the clipping factor, a scalar) multiplies every gradient.
     """
     learning_rate = optimizer.learning_rate
 
     def update(variable, gradient):
-      gradient = coalesce(gradient)
       if scale is not None:
-        gradient = (tf.IndexedSlices(gradient.values * scale, gradient.indices,
-                                     gradient.dense_shape)
-                    if isinstance(gradient, tf.IndexedSlices) else gradient * scale)
+        gradient = gradient * scale
       return optimizer.update_step(gradient, variable, learning_rate)
 
     for gradient, variable in zip(gradients, variables):
