@@ -4,8 +4,8 @@ The windows of a segment loop in the cross-replica context; each window's forwar
 and backward pass runs per replica (``Replicas.run``), the results are summed over
 the replicas and the update is applied once. Gradients are summed onto the
 variables' devices (``Replicas.sum_onto``: one copy on every replica's device, as
-``MirroredStrategy`` reduces for its own updates; embedding gradients stay
-``IndexedSlices``) and each device applies its copy (``Replicas.apply``); other
+``MirroredStrategy`` reduces for its own updates; dense, embedding gradients
+included) and each device applies its copy (``Replicas.apply``); other
 results (losses, counts) go to the host (``Replicas.sum``). Every objective is
 divided by the GLOBAL batch, so the sum is the global-batch gradient and one
 replica or several give the same update. (An optimizer step inside a
