@@ -147,25 +147,87 @@ def _query(binding, default):
     return default
 
 
+def _bindings_count():
+  return len([line for line in gin.config_str().splitlines()
+              if ' = ' in line and not line.startswith('#')])
+
+
+def _representatives():
+  """One config per (method, task) pair trains a call: the one that binds the
+  most (so the most of its family's options are exercised); the others are built
+  without a trace, since a trace of the same method on the same task proves no
+  more."""
+  chosen = {}
+  for path in FILES:
+    gin.clear_config()
+    try:
+      tfcredit.config.parse([path], [])
+      key = (_query('train.method', None).selector,
+             _query('train.task', None).selector)
+      count = _bindings_count()
+    finally:
+      gin.clear_config()
+    if key not in chosen or count > chosen[key][0]:
+      chosen[key] = (count, path)
+  return sorted(path for _, path in chosen.values())
+
+
+TRAINED = _representatives()
+
+
+def _parse_shrunk(path):
+  """Parses ``path`` shrunk; skips a config whose corpus is not available."""
+  tfcredit.config.parse([path], [])
+  data_task = _query('train.task', None).selector in _DATA_TASKS
+  if data_task and not os.environ.get('TFCREDIT_DATA_DIR'):
+    pytest.skip('reads a real corpus: set TFCREDIT_DATA_DIR')
+  shrinking = _shrinking_bindings()
+  gin.clear_config()
+  tfcredit.config.parse([path], shrinking)
+  return data_task
+
+
+def _skip_if_corpus_missing(data_task, error):
+  if data_task and 'missing from' in str(error):
+    pytest.skip(f'corpus not in TFCREDIT_DATA_DIR: {error}')
+
+
 @pytest.mark.parametrize('path', FILES, ids=lambda p: os.path.relpath(p, ROOT))
-def test_config_builds_and_trains_a_call_when_shrunk(path, tmp_path):
+def test_config_builds_when_shrunk(path):
   """Parsing is not enough: a value that cannot build (a window longer than the
-  task's sequences, a cell that does not fit the head) fails here."""
+  task's sequences, a cell that does not fit the head, a method argument out of
+  range) fails here, as it would before ``train`` trains anything."""
   gin.clear_config()
   try:
-    tfcredit.config.parse([path], [])
-    data_task = _query('train.task', None).selector in _DATA_TASKS
-    if data_task and not os.environ.get('TFCREDIT_DATA_DIR'):
-      pytest.skip('reads a real corpus: set TFCREDIT_DATA_DIR')
-    shrinking = _shrinking_bindings()
+    data_task = _parse_shrunk(path)
+    arguments = tfcredit.training.trainer.configured_arguments()
+    try:
+      parts = tfcredit.training.trainer.build_components(
+          **{name: arguments[name] for name in (
+              'task', 'method', 'model', 'optimizer', 'learning_rate',
+              'batch_size', 'precision', 'seed')},
+          data_dir=os.environ.get('TFCREDIT_DATA_DIR'))
+    except tfcredit.DataError as error:
+      _skip_if_corpus_missing(data_task, error)
+      raise
+    tfcredit.training.trainer._check_window_fits(parts.method, parts.task)  # pylint: disable=protected-access
+    assert parts.model.trainable_variables
+  finally:
     gin.clear_config()
-    tfcredit.config.parse([path], shrinking)
+
+
+@pytest.mark.parametrize('path', TRAINED, ids=lambda p: os.path.relpath(p, ROOT))
+def test_config_trains_a_call_when_shrunk(path, tmp_path):
+  """The representative of each method and task pair trains one call through
+  ``train``, as the command would."""
+  gin.clear_config()
+  try:
+    data_task = _parse_shrunk(path)
     try:
       result = tfcredit.train(str(tmp_path / 'run'), export_dir=None,
                               stop_after_calls=1)
     except tfcredit.DataError as error:
-      if data_task and 'missing from' in str(error):
-        pytest.skip(f'corpus not in TFCREDIT_DATA_DIR: {error}')
+      _skip_if_corpus_missing(data_task, error)
       raise
     assert result['stopped_after_calls'] == 1
   finally:
