@@ -167,7 +167,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                            strategy=strategy, precision=precision, seed=seed)
   task_obj, model_obj = parts.task, parts.model
   optimizer_obj, method_obj = parts.optimizer, parts.method
-  _check_window_fits(method_obj, task_obj)
+  method_obj.check_task(task_obj)
   # Host-side bookkeeping: plain variables, outside the strategy's scope.
   schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
   method_obj.bind_schedule(schedule)
@@ -392,22 +392,6 @@ def configured_arguments() -> Dict[str, Any]:
                else value.scoped_configurable_fn)
     arguments[name] = value
   return arguments
-
-
-def _check_window_fits(method, task: task_base.Task) -> None:
-  """A truncation window longer than an episodic task's sequences is refused: it
-  would be full BPTT under another name (with per-step losses divided by the
-  nominal window, a smaller objective)."""
-  window = getattr(method, 'window', None)
-  if isinstance(window, bool) or not isinstance(window, int):
-    return
-  steps = task_base.episode_length(task)
-  if steps is not None and window > steps:
-    name = type(method).__name__
-    raise ConfigurationError(
-        f'{name}.window={window} is longer than the {type(task).__name__} '
-        f'sequences ({steps} steps): use at most {steps} ({name}.window = {steps} '
-        'is full BPTT)')
 
 
 def _example_inputs(task: task_base.Task, batch_size: int) -> tf.Tensor:
