@@ -98,6 +98,10 @@ class Method(tf.Module):
     mean_b ℓ_b`` (terminal) at the current weights, applying nothing."""
     return self._estimate_fn(segment, state)
 
+  def check_task(self, task: task_base.Task) -> None:
+    """Before training, refuses a setting that does not fit ``task``, raising
+    ``ConfigurationError`` (a window longer than its sequences)."""
+
   def bind_schedule(self, schedule) -> None:
     """Before training, the run's learning-rate schedule: a method whose
     behaviour must follow it checks it here (DNI's alternation), raising

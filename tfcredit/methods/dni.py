@@ -19,6 +19,7 @@ from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.methods import registry
+from tfcredit.methods import truncated_bptt
 from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.metrics import LAST
 from tfcredit.models import synthesizers as synthesizers_lib
@@ -58,8 +59,7 @@ class DNI(base.Method):
     return values
 
   def __init__(self, *, model, task, optimizer, window: int = 35,
-               synthesizer=synthesizers_lib.LayerwiseSynthesizer,
-               sg_scale: float = 0.1,
+               synthesizer=synthesizers_lib.LayerwiseSynthesizer, sg_scale: float = 0.1,
                synthesizer_optimizer=keras.optimizers.Adam,
                synthesizer_learning_rate: float = 1e-3,
                use_synthetic: Union[bool, schedules.AlternatingRestarts, type] = True,
@@ -93,7 +93,7 @@ class DNI(base.Method):
     """
     self.window = validation.positive_int('DNI.window', window)
     self.windows_per_call = validation.positive_int('DNI.windows_per_call',
-                                                         windows_per_call)
+                                                    windows_per_call)
     self.sg_scale = validation.non_negative('DNI.sg_scale', sg_scale,
                                             hint=': the DNI paper uses 0.1')
     self.phase_schedule = schedules.AlternatingRestarts.from_setting(
@@ -145,6 +145,9 @@ class DNI(base.Method):
   # ------------------------------------------------------------- public API
   def segment_length(self) -> Optional[int]:
     return self.window * self.windows_per_call
+
+  def check_task(self, task: task_base.Task) -> None:
+    truncated_bptt.check_window_fits(type(self).__name__, self.window, task)
 
   def bind_schedule(self, schedule) -> None:
     """With an alternation, the run's learning-rate schedule must be the same
@@ -312,16 +315,14 @@ class DNI(base.Method):
                            tf.reduce_sum(tf.square(prediction)),
                            tf.reduce_sum(tf.square(target))])
     return ((final_state, tf.stop_gradient(memory_start)),
-            (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
-             statistics))
+            (gradients, synthesizer_gradients, loss_sum, synthesizer_loss, statistics))
 
   def _train_segment(self, segment, state):
     length = tf.shape(segment[0])[1]
     window_ends = self.fixed_window_ends(length, tf.constant(self.window))
     num_windows = tf.shape(window_ends)[0]
     batch = tf.shape(segment[0])[0]
-    carried = (state, self._initial_memory(batch),
-               self._noise(batch, num_windows + 1))
+    carried = (state, self._initial_memory(batch), self._noise(batch, num_windows + 1))
     synthetic = self.synthetic_phase.read_value()
 
     def body(index, segment, carried, start, end, totals):
@@ -357,10 +358,9 @@ class DNI(base.Method):
     (loss_sum, norm_sum, updates, synthesizer_loss, dot, prediction_squares,
      target_squares) = totals
     return state, self.base_metrics(
-        segment, loss_sum, norm_sum, updates,
-        synthesizer_loss_sum=synthesizer_loss, prediction_target_dot=dot,
-        prediction_squares=prediction_squares, target_squares=target_squares,
-        synthetic_phase=synthetic)
+        segment, loss_sum, norm_sum, updates, synthesizer_loss_sum=synthesizer_loss,
+        prediction_target_dot=dot, prediction_squares=prediction_squares,
+        target_squares=target_squares, synthetic_phase=synthetic)
 
   def _estimate_gradients(self, segment, state):
     """Sum over windows of ``∇[Σ ℓ / B + ratio·sg_scale·⟨δ̂, s_K⟩ / B]`` (no noise).

@@ -18,6 +18,7 @@ from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.methods import registry
+from tfcredit.methods import truncated_bptt
 from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.metrics import LAST
 from tfcredit.tasks import base as task_base
@@ -106,6 +107,9 @@ class RTRL(base.Method):
 
   def segment_length(self) -> Optional[int]:
     return self.window * self.windows_per_call
+
+  def check_task(self, task: task_base.Task) -> None:
+    truncated_bptt.check_window_fits(type(self).__name__, self.window, task)
 
   def on_epoch_start(self, epoch: int) -> None:
     """A new epoch starts from the zero state, so from zero influence; a resumed

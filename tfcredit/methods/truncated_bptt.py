@@ -39,6 +39,31 @@ from tfcredit.tasks import base as task_base
 RECOMPUTE_STATE = ('never', 'previous_window', 'call_start')
 
 
+def check_window_fits(name: str, window: Optional[int],
+                      task: task_base.Task) -> None:
+  """Refuses a window longer than an episodic task's sequences: it would be full
+  BPTT under another name (with per-step losses divided by the nominal window, a
+  smaller objective). Shared by the methods whose ``window`` is truncated BPTT's
+  (DNI; RTRL and its approximations, which update once per window).
+
+  Args:
+    name: the method's class name, as the message names the binding.
+    window: steps per window; None (BPTT's whole sequences) always fits.
+    task: the task to train on.
+
+  Raises:
+    ConfigurationError: ``window`` is longer than the task's sequences.
+  """
+  if window is None:
+    return
+  steps = task_base.episode_length(task)
+  if steps is not None and window > steps:
+    raise ConfigurationError(
+        f'{name}.window={window} is longer than the {type(task).__name__} '
+        f'sequences ({steps} steps): use at most {steps} ({name}.window = {steps} '
+        'is full BPTT)')
+
+
 @registry.register
 class TruncatedBPTT(base.Method):
   """Truncated BPTT with windows of ``window`` steps."""
@@ -72,6 +97,9 @@ class TruncatedBPTT(base.Method):
 
   def _check_window(self, window):
     return validation.positive_int('TruncatedBPTT.window', window)
+
+  def check_task(self, task: task_base.Task) -> None:
+    check_window_fits(type(self).__name__, self.window, task)
 
   def segment_length(self) -> Optional[int]:
     return self.window * self.windows_per_call

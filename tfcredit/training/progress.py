@@ -5,7 +5,7 @@ be, so the position in the data, the carried recurrent state of stream tasks and
 dropout RNG state are saved along with the weights and the optimizer.
 """
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import tensorflow as tf
 
@@ -42,3 +42,28 @@ class Progress(tf.Module):
 
   def load_state(self):
     return tf.nest.map_structure(tf.convert_to_tensor, self.carried_state)
+
+  def record_call(self, positions: int, units: int, metrics: Mapping[str, Any],
+                  state) -> None:
+    """Counts one training call: ``positions`` further in the data, ``units``
+    trained on, its ``updates``, ``loss_sum`` and ``count`` (as the non-finite
+    policy left them), and keeps its carried ``state`` (stream tasks)."""
+    self.position.assign_add(positions)
+    self.calls.assign_add(1)
+    self.units_seen.assign_add(units)
+    self.updates.assign_add(int(metrics['updates']))
+    self.loss_total.assign_add(float(metrics['loss_sum']))
+    self.count_total.assign_add(float(metrics['count']))
+    self.save_state(state)
+
+  @property
+  def average_loss(self) -> float:
+    """The summed training loss since the start of the run over its count."""
+    return float(self.loss_total) / max(float(self.count_total), 1e-12)
+
+  def end_epoch(self, valid_loss: float) -> None:
+    """Moves to the next epoch's first position, keeping the best validation
+    loss."""
+    self.best_valid.assign(min(float(self.best_valid), valid_loss))
+    self.epoch.assign_add(1)
+    self.position.assign(0)

@@ -1,12 +1,14 @@
-"""The training loop: the gin root ``train(...)`` (docs/design.md, "Trainer").
+"""The gin root ``train(...)``: builds a run and hands it to its controller
+(docs/design.md, "Trainer").
 
-``train`` builds the task, the model, the optimizer and the method; loops over epochs
-and segments; evaluates on the validation split after every epoch; writes
-TensorBoard summaries; saves and restores checkpoints (weights, optimizer, method
-state, data position, carried state, RNG state, counters); stops on a non-finite loss
-without overwriting the last good checkpoint; evaluates the test split; exports a
-SavedModel. It knows nothing about any particular method: everything method-specific
-happens behind ``Method.train_segment``.
+``train`` checks its settings; builds the task, the model, the optimizer and the
+method (``build_components``) and asks the method whether it fits the task
+(``Method.check_task``); restores the newest checkpoint; then hands the inner
+training (``controller.Calls``) to the outer loop (``controller.Controller``:
+epochs, checkpoints, validation, summaries, signals, the non-finite policy). At
+the end it evaluates the test split, exports a SavedModel and writes
+``final_metrics.json``. It knows nothing about any particular method: everything
+method-specific happens behind the ``Method`` contract.
 
 Loss convention: every method divides a window's summed per-step losses by
 ``batch × nominal window length`` and averages terminal losses over the batch
@@ -31,12 +33,12 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.models.contract import check_model
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
+from tfcredit.training import controller as controller_lib
 from tfcredit.training import distribution
-from tfcredit.training import progress as progress_lib
 from tfcredit.training import non_finite
+from tfcredit.training import progress as progress_lib
 from tfcredit.training import reporting
 from tfcredit.training import schedules
-from tfcredit.training import signals
 
 
 def _build(factory: Callable, what: str, **kwargs):
@@ -138,159 +140,142 @@ def train(model_dir: str, data_dir: Optional[str] = None,
     TrainingError: the loss became non-finite.
     signals.Interrupted: SIGTERM or SIGINT; a checkpoint was written first.
   """
-  non_finite.check_policy(on_non_finite)
-  precision_lib.check(precision)
-  validation.number('train.learning_rate', learning_rate)
-  validation.number('train.log_every_seconds', log_every_seconds)
-  for name, value in (('epochs', epochs), ('batch_size', batch_size),
-                      ('eval_batch_size', eval_batch_size),
-                      ('checkpoint_every_calls', checkpoint_every_calls),
-                      ('summary_every_calls', summary_every_calls)):
-    validation.positive_int(f'train.{name}', value)
-  if not learning_rate > 0:
-    raise ConfigurationError(
-        f'train.learning_rate must be positive, got {learning_rate!r}')
+  _check_settings(precision=precision, on_non_finite=on_non_finite,
+                  learning_rate=learning_rate, log_every_seconds=log_every_seconds,
+                  epochs=epochs, batch_size=batch_size,
+                  eval_batch_size=eval_batch_size,
+                  checkpoint_every_calls=checkpoint_every_calls,
+                  summary_every_calls=summary_every_calls)
   keras.utils.set_random_seed(seed)
   if deterministic:
     tf.config.experimental.enable_op_determinism()
-
   strategy = strategy or tf.distribute.get_strategy()
-  for name, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
-    if value % strategy.num_replicas_in_sync:
-      raise ConfigurationError(
-          f'train.{name}={value} does not split evenly over '
-          f'{strategy.num_replicas_in_sync} replicas: use a multiple of '
-          f'{strategy.num_replicas_in_sync}')
+  _check_replicas(strategy, batch_size=batch_size, eval_batch_size=eval_batch_size)
   parts = build_components(task=task, method=method, model=model,
                            optimizer=optimizer, learning_rate=learning_rate,
                            batch_size=batch_size, data_dir=data_dir,
                            strategy=strategy, precision=precision, seed=seed)
-  task_obj, model_obj = parts.task, parts.model
-  optimizer_obj, method_obj = parts.optimizer, parts.method
-  _check_window_fits(method_obj, task_obj)
+  parts.method.check_task(parts.task)
   # Host-side bookkeeping: plain variables, outside the strategy's scope.
   schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
-  method_obj.bind_schedule(schedule)
-  stream = task_obj.regime == task_base.STREAM
-  chief = distribution.is_chief(strategy)
+  parts.method.bind_schedule(schedule)
   write_dir = distribution.writable_dir(model_dir, strategy)
   os.makedirs(write_dir, exist_ok=True)
-  progress = progress_lib.Progress(
-      model_obj.state_spec() if stream else None, batch_size)
-  task_state = task_obj.checkpoint_state()  # A curriculum's position, or None.
-  checkpointer = progress_lib.Checkpointer(
-      write_dir, model=model_obj, optimizer=optimizer_obj, method=method_obj,
-      schedule=schedule, progress=progress, rng=model_obj.rng_variables(),
-      **({'task': task_state} if task_state is not None else {}))
-  restored = checkpointer.restore_latest()
-  if restored:
-    print(f'resumed from {restored} (epoch {int(progress.epoch) + 1}, '
-          f'position {int(progress.position)})', flush=True)
+  progress, checkpointer = _restore(write_dir, parts, schedule, batch_size)
 
-  units_per_epoch = task_obj.units_per_epoch(batch_size)
-  unit_name = 'tokens' if stream else 'sequences'
+  calls = controller_lib.Calls(
+      task=parts.task, model=parts.model, method=parts.method,
+      optimizer=parts.optimizer, schedule=schedule, progress=progress,
+      batch_size=batch_size)
   reporter = reporting.Reporter(
-      model_dir, task_obj.metric_name, unit_name, task_obj.metric_from_loss,
-      total_units=units_per_epoch * epochs, log_every_seconds=log_every_seconds,
-      summary_every_calls=summary_every_calls, write_summaries=chief,
-      metric_reductions=method_obj.metric_reductions,
-      method_summaries=method_obj.summaries)
-  predict = _predictor(model_obj, task_obj)
-  evaluate = lambda split: task_base.evaluate(
-      task_obj, predict, model_obj.initial_state, split, eval_batch_size)
+      model_dir, parts.task.metric_name, calls.unit_name,
+      parts.task.metric_from_loss, total_units=calls.units_per_epoch * epochs,
+      log_every_seconds=log_every_seconds, summary_every_calls=summary_every_calls,
+      write_summaries=distribution.is_chief(strategy),
+      metric_reductions=parts.method.metric_reductions,
+      method_summaries=parts.method.summaries)
+  evaluate = _evaluator(parts.task, parts.model, eval_batch_size)
+  outcome = controller_lib.Controller(
+      calls, progress=progress, checkpointer=checkpointer, reporter=reporter,
+      evaluate=evaluate, strategy=strategy,
+      cadence=controller_lib.Cadence(epochs, checkpoint_every_calls,
+                                     on_non_finite, stop_after_calls),
+      on_validation=schedule.observe_validation,
+      after_first_call=lambda: _write_operative_config(write_dir, reporter)).run()
+  if outcome.stopped_after_calls is not None:
+    return {'stopped_after_calls': outcome.stopped_after_calls,
+            'model_dir': model_dir}
 
-  calls_here = 0
-  operative_written = False
-  valid_result: Dict[str, float] = {}
-  # SIGTERM/SIGINT in the loop: finish the call, checkpoint, stop (signals.py);
-  # with several workers, all of them stop after the same call.
-  agreement = distribution.StopAgreement(strategy)
-
-  def stop_now(stop: signals.StopRequest) -> bool:
-    signum = agreement(stop.signum)
-    if signum is not None and stop.signum is None:
-      stop.signum = signum  # Another worker's signal.
-    return signum is not None
-
-  with signals.deferred() as stop:
-    while int(progress.epoch) < epochs:
-      epoch = int(progress.epoch)
-      method_obj.on_epoch_start(epoch)
-      for segment, units, fraction in _segments(task_obj, method_obj, progress,
-                                                batch_size):
-        if int(progress.position) == 0 or not stream:
-          state = model_obj.initial_state(batch_size)
-        elif calls_here == 0:
-          state = progress.load_state()
-        rate = schedule(epoch + fraction)
-        optimizer_obj.learning_rate.assign(rate)
-        state, metrics = method_obj.train_segment(segment, state)
-        metrics = {key: value.numpy() for key, value in metrics.items()}
-        metrics = non_finite.handle(metrics, on_non_finite, checkpointer, progress,
-                                    epoch, unit_name)
-        task_message = task_obj.after_training_call(metrics)
-        if task_message:
-          print(task_message, flush=True)
-        progress.position.assign_add(1 if not stream else units // batch_size)
-        progress.calls.assign_add(1)
-        progress.units_seen.assign_add(units)
-        progress.updates.assign_add(int(metrics['updates']))
-        progress.loss_total.assign_add(float(metrics['loss_sum']))
-        progress.count_total.assign_add(float(metrics['count']))
-        calls_here += 1
-        if stream:
-          progress.save_state(state)
-        if not operative_written:
-          _write_operative_config(write_dir, reporter)
-          operative_written = True
-        done = (epoch * units_per_epoch + fraction * units_per_epoch + units)
-        reporter.record_training(
-            metrics, units, rate, int(progress.units_seen), epoch, epochs, int(done),
-            average_loss=float(progress.loss_total) / max(float(progress.count_total),
-                                                          1e-12))
-        if int(progress.calls) % checkpoint_every_calls == 0:
-          checkpointer.save(int(progress.calls))
-        if stop_now(stop):
-          _stop_on_signal(stop, checkpointer, progress, reporter)
-        if stop_after_calls is not None and calls_here >= stop_after_calls:
-          checkpointer.save(int(progress.calls))
-          reporter.flush()
-          return {'stopped_after_calls': calls_here, 'model_dir': model_dir}
-      method_obj.on_epoch_end()
-      valid_result = evaluate('valid')
-      reporter.record_evaluation('valid', valid_result, int(progress.units_seen), epoch)
-      schedule.observe_validation(epoch, valid_result['loss'])
-      progress.best_valid.assign(min(float(progress.best_valid), valid_result['loss']))
-      progress.epoch.assign_add(1)
-      progress.position.assign(0)
-      checkpointer.save(int(progress.calls))
-      if stop_now(stop):
-        _stop_on_signal(stop, checkpointer, progress, reporter)
-    if stop_now(stop):  # Received after the last check of the loop.
-      _stop_on_signal(stop, checkpointer, progress, reporter)
-  reporter.flush()
-
-  if not valid_result:  # Resumed after the last epoch had finished.
-    valid_result = evaluate('valid')
-  final = {f'valid_{k}': v for k, v in valid_result.items() if k != 'count'}
-  if evaluate_test:
-    test_result = evaluate('test')
-    final.update({f'test_{k}': v for k, v in test_result.items() if k != 'count'})
-  saved_model = None
-  if export_dir is not None:
-    # Every worker saves (the save is collective); only the chief's is kept.
-    root = os.path.join(export_dir if chief else write_dir,
-                        os.path.basename(os.path.normpath(model_dir)))
-    saved_model = export_lib.export(model_obj, task_obj, root,
-                                    eval_batch_size=eval_batch_size)
-  final.update(task_obj.final_metrics())
+  final = _final_evaluations(evaluate, outcome.valid, evaluate_test)
+  saved_model = _export(parts, eval_batch_size, model_dir, export_dir, write_dir,
+                        strategy)
+  final.update(parts.task.final_metrics())
   final.update({'epochs': int(progress.epoch), 'updates': int(progress.updates),
-                'units_seen': int(progress.units_seen), 'unit': unit_name,
+                'units_seen': int(progress.units_seen), 'unit': calls.unit_name,
                 'model_dir': model_dir,
                 'saved_model': saved_model})
   with open(os.path.join(write_dir, 'final_metrics.json'), 'w') as f:
     json.dump(final, f, indent=1)
   return final
+
+
+def _check_settings(*, precision: str, on_non_finite: str, learning_rate: float,
+                    log_every_seconds: float, **counts: int) -> None:
+  """Refuses an invalid setting of ``train`` before anything is built.
+
+  Args:
+    precision, on_non_finite, learning_rate, log_every_seconds: as for ``train``.
+    **counts: ``train``'s settings that must be positive integers, by name.
+
+  Raises:
+    ConfigurationError: the first invalid setting, named.
+  """
+  non_finite.check_policy(on_non_finite)
+  precision_lib.check(precision)
+  validation.number('train.learning_rate', learning_rate)
+  validation.number('train.log_every_seconds', log_every_seconds)
+  for name, value in counts.items():
+    validation.positive_int(f'train.{name}', value)
+  if not learning_rate > 0:
+    raise ConfigurationError(
+        f'train.learning_rate must be positive, got {learning_rate!r}')
+
+
+def _check_replicas(strategy: tf.distribute.Strategy, **batch_sizes: int) -> None:
+  """Refuses a global batch that does not split evenly over the replicas."""
+  replicas = strategy.num_replicas_in_sync
+  for name, value in batch_sizes.items():
+    if value % replicas:
+      raise ConfigurationError(
+          f'train.{name}={value} does not split evenly over {replicas} replicas: '
+          f'use a multiple of {replicas}')
+
+
+def _restore(write_dir: str, parts: 'Components', schedule, batch_size: int):
+  """``(progress, checkpointer)`` over everything a run resumes from, restored
+  from the newest intact checkpoint of ``write_dir`` if there is one (a line
+  says so)."""
+  stream = parts.task.regime == task_base.STREAM
+  progress = progress_lib.Progress(
+      parts.model.state_spec() if stream else None, batch_size)
+  task_state = parts.task.checkpoint_state()  # A curriculum's position, or None.
+  checkpointer = progress_lib.Checkpointer(
+      write_dir, model=parts.model, optimizer=parts.optimizer, method=parts.method,
+      schedule=schedule, progress=progress, rng=parts.model.rng_variables(),
+      **({'task': task_state} if task_state is not None else {}))
+  restored = checkpointer.restore_latest()
+  if restored:
+    print(f'resumed from {restored} (epoch {int(progress.epoch) + 1}, '
+          f'position {int(progress.position)})', flush=True)
+  return progress, checkpointer
+
+
+def _final_evaluations(evaluate: controller_lib.Evaluate, valid: Dict[str, float],
+                       evaluate_test: bool) -> Dict[str, Any]:
+  """``valid_*`` (and with ``evaluate_test``, ``test_*``) metrics of the trained
+  model; ``valid`` is evaluated again only when this process ended no epoch (a
+  resume after the last one)."""
+  if not valid:
+    valid = evaluate('valid')
+  final = {f'valid_{k}': v for k, v in valid.items() if k != 'count'}
+  if evaluate_test:
+    test = evaluate('test')
+    final.update({f'test_{k}': v for k, v in test.items() if k != 'count'})
+  return final
+
+
+def _export(parts: 'Components', eval_batch_size: int, model_dir: str,
+            export_dir: Optional[str], write_dir: str,
+            strategy: tf.distribute.Strategy) -> Optional[str]:
+  """Exports the SavedModel under ``export_dir``; returns its path (None: no
+  ``export_dir``). Every worker saves (the save is collective); only the chief's
+  is kept."""
+  if export_dir is None:
+    return None
+  root = os.path.join(export_dir if distribution.is_chief(strategy) else write_dir,
+                      os.path.basename(os.path.normpath(model_dir)))
+  return export_lib.export(parts.model, parts.task, root,
+                           eval_batch_size=eval_batch_size)
 
 
 @dataclasses.dataclass
@@ -394,62 +379,21 @@ def configured_arguments() -> Dict[str, Any]:
   return arguments
 
 
-def _check_window_fits(method, task: task_base.Task) -> None:
-  """A truncation window longer than an episodic task's sequences is refused: it
-  would be full BPTT under another name (with per-step losses divided by the
-  nominal window, a smaller objective)."""
-  window = getattr(method, 'window', None)
-  if isinstance(window, bool) or not isinstance(window, int):
-    return
-  steps = task_base.episode_length(task)
-  if steps is not None and window > steps:
-    name = type(method).__name__
-    raise ConfigurationError(
-        f'{name}.window={window} is longer than the {type(task).__name__} '
-        f'sequences ({steps} steps): use at most {steps} ({name}.window = {steps} '
-        'is full BPTT)')
-
-
 def _example_inputs(task: task_base.Task, batch_size: int) -> tf.Tensor:
   spec = task.segment_spec()[0]
   shape = [batch_size, 1] + spec.shape[2:].as_list()
   return tf.zeros(shape, spec.dtype)
 
 
-def _predictor(model: keras.Model, task: task_base.Task):
-  """The compiled ``(inputs, state) -> (outputs, state)`` used for evaluation."""
-  return tf.function(lambda inputs, state: model.unroll(inputs, state, training=False),
-                     input_signature=[task.segment_spec()[0], model.state_spec()])
-
-
-def _segments(task: task_base.Task, method, progress, batch_size: int):
-  """Yields ``(segment, units, fraction of the epoch done before it)``."""
-  if task.regime == task_base.STREAM:
-    data = task.stream('train', batch_size)
-    length = data.shape[1] - 1
-    while int(progress.position) < length:
-      start = int(progress.position)
-      end = min(start + method.segment_length(), length)
-      segment = (tf.constant(data[:, start:end]), tf.constant(data[:, start + 1:end + 1]))
-      yield segment, batch_size * (end - start), start / length
-  else:
-    count = task.batches_per_epoch('train', batch_size)
-    epoch = int(progress.epoch)
-    while int(progress.position) < count:
-      index = int(progress.position)
-      inputs, targets = task.batch('train', epoch, index, batch_size)
-      yield (tf.constant(inputs), tf.constant(targets)), batch_size, index / count
-
-
-def _stop_on_signal(stop: signals.StopRequest, checkpointer, progress,
-                    reporter: reporting.Reporter) -> None:
-  """Writes a checkpoint after the current call, then raises ``Interrupted``."""
-  path = checkpointer.save(int(progress.calls))
-  reporter.flush()
-  raise signals.Interrupted(
-      f'{signals.name(stop.signum)} received: stopped after training call '
-      f'{int(progress.calls)} with a checkpoint ({path}); run the same command '
-      'again to resume', stop.signum)
+def _evaluator(task: task_base.Task, model: keras.Model,
+               eval_batch_size: int) -> controller_lib.Evaluate:
+  """``split -> metrics`` of ``model`` (``task_base.evaluate``) through a compiled
+  ``(inputs, state) -> (outputs, state)``."""
+  predict = tf.function(
+      lambda inputs, state: model.unroll(inputs, state, training=False),
+      input_signature=[task.segment_spec()[0], model.state_spec()])
+  return lambda split: task_base.evaluate(task, predict, model.initial_state, split,
+                                          eval_batch_size)
 
 
 def _write_operative_config(model_dir: str, reporter: reporting.Reporter) -> None:
