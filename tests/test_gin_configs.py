@@ -210,7 +210,7 @@ def test_config_builds_when_shrunk(path):
     except tfcredit.DataError as error:
       _skip_if_corpus_missing(data_task, error)
       raise
-    tfcredit.training.trainer._check_window_fits(parts.method, parts.task)  # pylint: disable=protected-access
+    parts.method.check_task(parts.task)
     assert parts.model.trainable_variables
   finally:
     gin.clear_config()

@@ -1,4 +1,10 @@
-"""The entry scripts end to end: exit codes, messages, the final JSON line."""
+"""The entry scripts end to end: exit codes, messages, the final JSON line.
+
+Most run in this process (``run_entry_point``): what they check is a command's
+messages, exit code and output. The ones that start a process (``run_tool``,
+marked ``slow``) check what only a process shows: TensorFlow's start-up lines
+kept off stderr.
+"""
 
 import json
 import os
@@ -6,6 +12,7 @@ import os
 import pytest
 
 from tfcredit import _startup
+from tfcredit.testing import run_entry_point
 from tfcredit.testing import run_tool
 from tfcredit.testing import tensorflow_startup_lines
 
@@ -17,18 +24,31 @@ def _startup_lines(stderr, first=20):
   return tensorflow_startup_lines(stderr, first)
 
 
-def test_train_then_evaluate_the_export(tmp_path):
-  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
-                 f'--export_dir={tmp_path}/exports')
+class _Done:
+  """What a command printed and returned, as ``run_tool`` reports a process."""
+
+  def __init__(self, returncode, captured):
+    self.returncode, self.stdout, self.stderr = returncode, captured.out, captured.err
+
+
+def _run(capfd, command, *args):
+  """Runs ``tools/<command>.py args`` in this process; its exit code and output."""
+  capfd.readouterr()
+  returncode = run_entry_point(command, *args)
+  return _Done(returncode, capfd.readouterr())
+
+
+def test_train_then_evaluate_the_export(tmp_path, capfd):
+  done = _run(capfd, 'train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+              f'--export_dir={tmp_path}/exports')
   assert done.returncode == 0, done.stderr
-  assert not _startup_lines(done.stderr), done.stderr
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result['model_dir'] == f'{tmp_path}/run'
   for name in ('config.gin', 'operative_config.gin'):
     assert os.path.getsize(tmp_path / 'run' / name) > 0
   assert 'TruncatedBPTT.window = 5' in (tmp_path / 'run' / 'config.gin').read_text()
-  evaluated = run_tool('evaluate.py', f'--saved_model={result["saved_model"]}',
-                      '--split=valid')
+  evaluated = _run(capfd, 'evaluate', f'--saved_model={result["saved_model"]}',
+                   '--split=valid')
   assert evaluated.returncode == 0, evaluated.stderr
   metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
   assert metrics['mse'] == pytest.approx(result['valid_mse'], rel=1e-6)
@@ -49,9 +69,10 @@ def _ptb_bindings(data_dir, download=False):
     (['--gin_file=/nonexistent.gin'], 2, ['/nonexistent.gin']),
 ], ids=['misspelt-binding', 'unknown-cell', 'window-0', 'unknown-corpus',
         'missing-gin-file'])
-def test_configuration_errors_exit_2_with_a_message(tmp_path, extra, code, words):
-  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
-                 *extra)
+def test_configuration_errors_exit_2_with_a_message(tmp_path, capfd, extra, code,
+                                                    words):
+  done = _run(capfd, 'train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+              *extra)
   assert done.returncode == code, done.stderr
   assert any(line.startswith('error: ') for line in done.stderr.splitlines())
   assert 'Traceback' not in done.stderr
@@ -59,31 +80,32 @@ def test_configuration_errors_exit_2_with_a_message(tmp_path, extra, code, words
     assert word in done.stderr
 
 
-def test_missing_data_exits_1_naming_files_and_folder(tmp_path):
-  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
-                 *_ptb_bindings(tmp_path / 'data'))
+def test_missing_data_exits_1_naming_files_and_folder(tmp_path, capfd):
+  done = _run(capfd, 'train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+              *_ptb_bindings(tmp_path / 'data'))
   assert done.returncode == 1, done.stderr
   assert 'Traceback' not in done.stderr
   assert 'ptb.train.txt' in done.stderr and str(tmp_path / 'data' / 'ptb') in done.stderr
 
 
-def test_checksum_mismatch_exits_1_naming_the_path(tmp_path):
+def test_checksum_mismatch_exits_1_naming_the_path(tmp_path, capfd):
   folder = tmp_path / 'data' / 'ptb'
   folder.mkdir(parents=True)
   for split in ('train', 'valid', 'test'):
     (folder / f'ptb.{split}.txt').write_text(' the cat sat\n')
-  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
-                 *_ptb_bindings(tmp_path / 'data'))
+  done = _run(capfd, 'train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+              *_ptb_bindings(tmp_path / 'data'))
   assert done.returncode == 1, done.stderr
   assert 'Traceback' not in done.stderr
   assert str(folder / 'ptb.') in done.stderr and 'sha256' in done.stderr.lower()
 
 
-def test_evaluate_rejects_a_path_that_is_not_an_export(tmp_path):
-  done = run_tool('evaluate.py', f'--saved_model={tmp_path}')
+def test_evaluate_rejects_a_path_that_is_not_an_export(tmp_path, capfd):
+  done = _run(capfd, 'evaluate', f'--saved_model={tmp_path}')
   assert done.returncode == 2 and 'saved_model.pb' in done.stderr
 
 
+@pytest.mark.slow
 def test_quiet_by_default_and_verbose_on_request(tmp_path):
   quiet = run_tool('evaluate.py', f'--saved_model={tmp_path}')
   assert quiet.returncode == 2
@@ -96,6 +118,7 @@ def test_quiet_by_default_and_verbose_on_request(tmp_path):
   assert '--[no]verbose' in listed.stdout and '--gin_file' in listed.stdout  # absl exits 1
 
 
+@pytest.mark.slow
 def test_mirrored_without_gpus_is_said_once_in_our_words(tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if tf.config.list_physical_devices('GPU'):
@@ -109,8 +132,8 @@ def test_mirrored_without_gpus_is_said_once_in_our_words(tmp_path):
   assert not _startup_lines(done.stderr), done.stderr
 
 
-def test_a_bad_flag_exits_2_naming_it(tmp_path):
-  done = run_tool('train.py', f'--gin_file={TINY}', '--gin_fil=x')
+def test_a_bad_flag_exits_2_naming_it(capfd):
+  done = _run(capfd, 'train', f'--gin_file={TINY}', '--gin_fil=x')
   assert done.returncode == 2
   assert done.stderr.startswith('error: ') and 'gin_fil' in done.stderr
   assert 'Traceback' not in done.stderr
@@ -140,9 +163,10 @@ def test_verbose_on_the_command_line(args, expected):
 
 
 @pytest.mark.parametrize('flag', ['--forward_mode_units=0', '--rounds=0'])
-def test_benchmark_refuses_a_non_positive_count_naming_the_flag(flag, tmp_path):
-  done = run_tool('benchmark.py', flag, '--replicas_row=false',
-                  f'--output_dir={tmp_path}')
+def test_benchmark_refuses_a_non_positive_count_naming_the_flag(flag, tmp_path,
+                                                                capfd):
+  done = _run(capfd, 'benchmark', flag, '--replicas_row=false',
+              f'--output_dir={tmp_path}')
   assert done.returncode == 2, done.stderr
   name = flag.split('=')[0]
   assert f'error: {name}' in done.stderr and '0' in done.stderr, done.stderr
