@@ -9,3 +9,26 @@ everything else keeps using the default device.
 from tfcredit.training import distribution
 
 distribution.split_cpu(2)
+
+
+import collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from tfcredit.testing import run_entry_point  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+Done = collections.namedtuple('Done', 'returncode stdout stderr')
+
+
+@pytest.fixture
+def run_command(capfd):
+  """``run_command('train', *args)``: runs ``tools/train.py args`` in this
+  process (``run_entry_point``) and returns its exit code and output as
+  ``run_tool`` reports a process's, for tests of messages, exit codes and output
+  that need no process of their own."""
+  def run(command, *args):
+    capfd.readouterr()
+    returncode = run_entry_point(command, *args)
+    captured = capfd.readouterr()
+    return Done(returncode, captured.out, captured.err)
+  return run

@@ -22,6 +22,7 @@ def _table_rows(path):
   return [[cell.strip() for cell in line.strip('|').split('|')] for line in lines]
 
 
+@pytest.mark.slow  # compare starts one training process per run.
 def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
   out = tmp_path / 'compare'
   done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={out}',
@@ -60,15 +61,15 @@ def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
     ([], 'at least two --gin_file'),
     (['--method=TruncatedBPTT.window = 4'], 'NAME: BINDINGS'),
 ], ids=['single-config', 'malformed-method'])
-def test_compare_rejects_bad_flags(tmp_path, extra, message):
-  done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
+def test_compare_rejects_bad_flags(tmp_path, run_command, extra, message):
+  done = run_command('compare', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
                   *extra)
   assert done.returncode == 2
   assert message in done.stderr and 'Traceback' not in done.stderr
 
 
-def test_compare_checks_every_config_before_training_any(tmp_path):
-  done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
+def test_compare_checks_every_config_before_training_any(tmp_path, run_command):
+  done = run_command('compare', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
                   '--method=good: train.method = @TruncatedBPTT',
                   '--method=typo: train.method = @TruncatedBPTT; '
                   'TruncatedBPTT.windoww = 5')
@@ -79,9 +80,9 @@ def test_compare_checks_every_config_before_training_any(tmp_path):
   assert not (tmp_path / 'good').exists()
 
 
-def test_gradient_fidelity_end_to_end(tmp_path):
+def test_gradient_fidelity_end_to_end(tmp_path, run_command):
   out = tmp_path / 'fidelity'
-  done = run_tool('gradient_fidelity.py', f'--gin_file={TINY}', f'--output_dir={out}',
+  done = run_command('gradient_fidelity', f'--gin_file={TINY}', f'--output_dir={out}',
                  '--method=full BPTT: train.method = @BPTT',
                  '--method=truncated BPTT K={window}: train.method = @TruncatedBPTT; '
                  'TruncatedBPTT.window = {window}',
@@ -125,8 +126,8 @@ def test_rtrl_is_the_same_reference_as_full_bptt():
                      draws=1, sequences=6, reference='uoro')
 
 
-def test_gradient_fidelity_rejects_a_malformed_method(tmp_path):
-  done = run_tool('gradient_fidelity.py', f'--gin_file={TINY}',
+def test_gradient_fidelity_rejects_a_malformed_method(tmp_path, run_command):
+  done = run_command('gradient_fidelity', f'--gin_file={TINY}',
                  f'--output_dir={tmp_path}', '--method=TruncatedBPTT.window = 4')
   assert done.returncode == 2
   assert 'NAME: BINDINGS' in done.stderr and 'Traceback' not in done.stderr

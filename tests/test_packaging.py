@@ -28,6 +28,9 @@ import pytest
 
 from tfcredit.testing import tensorflow_startup_lines
 
+# A wheel built and installed in a clean environment, its commands run as processes.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_FILES = ('setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE')
 COMMANDS = ('tfcredit-train', 'tfcredit-evaluate', 'tfcredit-compare',

@@ -12,7 +12,6 @@ import os
 import pytest
 
 from tfcredit import _startup
-from tfcredit.testing import run_entry_point
 from tfcredit.testing import run_tool
 from tfcredit.testing import tensorflow_startup_lines
 
@@ -24,22 +23,8 @@ def _startup_lines(stderr, first=20):
   return tensorflow_startup_lines(stderr, first)
 
 
-class _Done:
-  """What a command printed and returned, as ``run_tool`` reports a process."""
-
-  def __init__(self, returncode, captured):
-    self.returncode, self.stdout, self.stderr = returncode, captured.out, captured.err
-
-
-def _run(capfd, command, *args):
-  """Runs ``tools/<command>.py args`` in this process; its exit code and output."""
-  capfd.readouterr()
-  returncode = run_entry_point(command, *args)
-  return _Done(returncode, capfd.readouterr())
-
-
-def test_train_then_evaluate_the_export(tmp_path, capfd):
-  done = _run(capfd, 'train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+def test_train_then_evaluate_the_export(tmp_path, run_command):
+  done = run_command('train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
               f'--export_dir={tmp_path}/exports')
   assert done.returncode == 0, done.stderr
   result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -47,7 +32,7 @@ def test_train_then_evaluate_the_export(tmp_path, capfd):
   for name in ('config.gin', 'operative_config.gin'):
     assert os.path.getsize(tmp_path / 'run' / name) > 0
   assert 'TruncatedBPTT.window = 5' in (tmp_path / 'run' / 'config.gin').read_text()
-  evaluated = _run(capfd, 'evaluate', f'--saved_model={result["saved_model"]}',
+  evaluated = run_command('evaluate', f'--saved_model={result["saved_model"]}',
                    '--split=valid')
   assert evaluated.returncode == 0, evaluated.stderr
   metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
@@ -69,9 +54,9 @@ def _ptb_bindings(data_dir, download=False):
     (['--gin_file=/nonexistent.gin'], 2, ['/nonexistent.gin']),
 ], ids=['misspelt-binding', 'unknown-cell', 'window-0', 'unknown-corpus',
         'missing-gin-file'])
-def test_configuration_errors_exit_2_with_a_message(tmp_path, capfd, extra, code,
-                                                    words):
-  done = _run(capfd, 'train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+def test_configuration_errors_exit_2_with_a_message(tmp_path, run_command, extra,
+                                                    code, words):
+  done = run_command('train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
               *extra)
   assert done.returncode == code, done.stderr
   assert any(line.startswith('error: ') for line in done.stderr.splitlines())
@@ -80,28 +65,28 @@ def test_configuration_errors_exit_2_with_a_message(tmp_path, capfd, extra, code
     assert word in done.stderr
 
 
-def test_missing_data_exits_1_naming_files_and_folder(tmp_path, capfd):
-  done = _run(capfd, 'train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+def test_missing_data_exits_1_naming_files_and_folder(tmp_path, run_command):
+  done = run_command('train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
               *_ptb_bindings(tmp_path / 'data'))
   assert done.returncode == 1, done.stderr
   assert 'Traceback' not in done.stderr
   assert 'ptb.train.txt' in done.stderr and str(tmp_path / 'data' / 'ptb') in done.stderr
 
 
-def test_checksum_mismatch_exits_1_naming_the_path(tmp_path, capfd):
+def test_checksum_mismatch_exits_1_naming_the_path(tmp_path, run_command):
   folder = tmp_path / 'data' / 'ptb'
   folder.mkdir(parents=True)
   for split in ('train', 'valid', 'test'):
     (folder / f'ptb.{split}.txt').write_text(' the cat sat\n')
-  done = _run(capfd, 'train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+  done = run_command('train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
               *_ptb_bindings(tmp_path / 'data'))
   assert done.returncode == 1, done.stderr
   assert 'Traceback' not in done.stderr
   assert str(folder / 'ptb.') in done.stderr and 'sha256' in done.stderr.lower()
 
 
-def test_evaluate_rejects_a_path_that_is_not_an_export(tmp_path, capfd):
-  done = _run(capfd, 'evaluate', f'--saved_model={tmp_path}')
+def test_evaluate_rejects_a_path_that_is_not_an_export(tmp_path, run_command):
+  done = run_command('evaluate', f'--saved_model={tmp_path}')
   assert done.returncode == 2 and 'saved_model.pb' in done.stderr
 
 
@@ -132,8 +117,8 @@ def test_mirrored_without_gpus_is_said_once_in_our_words(tmp_path):
   assert not _startup_lines(done.stderr), done.stderr
 
 
-def test_a_bad_flag_exits_2_naming_it(capfd):
-  done = _run(capfd, 'train', f'--gin_file={TINY}', '--gin_fil=x')
+def test_a_bad_flag_exits_2_naming_it(run_command):
+  done = run_command('train', f'--gin_file={TINY}', '--gin_fil=x')
   assert done.returncode == 2
   assert done.stderr.startswith('error: ') and 'gin_fil' in done.stderr
   assert 'Traceback' not in done.stderr
@@ -164,8 +149,8 @@ def test_verbose_on_the_command_line(args, expected):
 
 @pytest.mark.parametrize('flag', ['--forward_mode_units=0', '--rounds=0'])
 def test_benchmark_refuses_a_non_positive_count_naming_the_flag(flag, tmp_path,
-                                                                capfd):
-  done = _run(capfd, 'benchmark', flag, '--replicas_row=false',
+                                                                run_command):
+  done = run_command('benchmark', flag, '--replicas_row=false',
               f'--output_dir={tmp_path}')
   assert done.returncode == 2, done.stderr
   name = flag.split('=')[0]

@@ -219,9 +219,9 @@ def run_entry_point(command: str, *args: str) -> int:
   process shows: signals, TensorFlow's start-up lines, the installed scripts.)
 
   Its output goes to this process's stdout and stderr (read them with pytest's
-  ``capfd``). Flags are reset before and after, so nothing carries over between
-  calls; the signal handlers, log levels and gin configuration the entry point
-  changes are restored or cleared afterwards. An exception that escapes the entry
+  ``capfd``). Flags and the gin configuration are reset before and after, so
+  nothing carries over between calls or from an earlier test; the signal
+  handlers and log levels the entry point changes are restored afterwards. An exception that escapes the entry
   point is printed with its traceback and gives exit code 1, as in a process.
   """
   import importlib  # pylint: disable=g-import-not-at-top
@@ -236,6 +236,7 @@ def run_entry_point(command: str, *args: str) -> int:
   verbosity = absl_logging.get_verbosity()
   tf_level = tf.get_logger().level
   flags.FLAGS.unparse_flags()
+  gin.clear_config()
   try:
     module.main([os.path.join(REPOSITORY, 'tools', f'{command}.py'), *args])
   except SystemExit as exit_:

@@ -14,10 +14,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
+# Two worker processes and a single-process reference: the processes are the test.
+pytestmark = pytest.mark.slow
+
 BINDINGS = ['--gin_bindings=train.epochs = 1', '--gin_bindings=train.deterministic = True']
 
 

@@ -171,6 +171,7 @@ def sigterm_run(tmp_path_factory):
   return model_dir, code, stderr
 
 
+@pytest.mark.slow  # A real process receives the signal.
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_after_the_call_with_a_checkpoint(request, tmp_path, signum):
   if signum == signal.SIGTERM:  # The run the rerun test resumes.
@@ -186,6 +187,7 @@ def test_a_signal_stops_after_the_call_with_a_checkpoint(request, tmp_path, sign
   assert tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
 
 
+@pytest.mark.slow  # Resumes the process stopped by SIGTERM.
 def test_the_rerun_after_sigterm_ends_identical(tmp_path, sigterm_run,
                                                 straight_run, capfd):
   stopped, code, stderr = sigterm_run
