@@ -6,6 +6,8 @@ weights held still its windowed updates follow full backpropagation from the
 stream's start, across windows and calls, where truncated BPTT's do not.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -38,25 +40,52 @@ def _close(a, b, atol=2e-6):
     np.testing.assert_allclose(x, y, rtol=2e-5, atol=atol)
 
 
+ADDING = AddingTask(sequence_length=9, seed=1)
+
+
+def _batch_segment(task):
+  inputs, targets = task.batch('train', 0, 0, ROWS)
+  return tf.constant(inputs), tf.constant(targets)
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_estimate(cls, task, cell, units, per_row):
+  """``cls``'s estimate on ``task``'s first batch from the zero state (a tiny
+  model of seed 0, windows of 4; the per-row path if ``per_row``, else the
+  whole batch's tape): ``(gradients, final state)`` as numpy. Cached: RTRL's
+  per-row one on the adding task's GRU serves the test against full BPTT and
+  the whole-batch test (one trace, not two)."""
+  model = tiny_model(task, seed=0, units=units, cell=cell)
+  method = cls(model=model, task=task, optimizer=built_optimizer(model),
+               window=4, batch_size=ROWS)
+  assert method.per_row
+  method.per_row = per_row
+  gradients, state = method.estimate_gradients(_batch_segment(task),
+                                               model.initial_state(ROWS))
+  return (tuple(_dense(gradients)),
+          tuple(s.numpy() for s in tf.nest.flatten(state)))
+
+
 @pytest.mark.parametrize('cell', ['lstm', 'gru', 'simple_rnn'])
-@pytest.mark.parametrize('task', [AddingTask(sequence_length=9, seed=1),
-                                  CopyTask(sequence_length=3, seed=1), STREAM],
-                         ids=['adding', 'copy', 'stream'])
+@pytest.mark.parametrize('task', [ADDING, CopyTask(sequence_length=3, seed=1),
+                                  STREAM], ids=['adding', 'copy', 'stream'])
 def test_the_estimate_is_full_bptts_gradient(task, cell):
   model = tiny_model(task, seed=0, units=5, cell=cell)
   optimizer = built_optimizer(model)
-  rtrl = RTRL(model=model, task=task, optimizer=optimizer, window=4,
-              batch_size=ROWS)
   if task.regime == 'stream':
     segment = _stream(0, 11)
     full = BPTT(model=model, task=task, optimizer=optimizer, sequence_length=11)
   else:
-    inputs, targets = task.batch('train', 0, 0, ROWS)
-    segment = (tf.constant(inputs), tf.constant(targets))
+    segment = _batch_segment(task)
     full = BPTT(model=model, task=task, optimizer=optimizer)
   state = model.initial_state(ROWS)
   expected, _ = full.estimate_gradients(segment, state)
-  actual, final_state = rtrl.estimate_gradients(segment, state)
+  if task.regime == 'stream':
+    rtrl = RTRL(model=model, task=task, optimizer=optimizer, window=4,
+                batch_size=ROWS)
+    actual, final_state = rtrl.estimate_gradients(segment, state)
+  else:  # The same model (seed 0, 5 units), RTRL with windows of 4.
+    actual, final_state = _batch_estimate(RTRL, task, cell, 5, True)
   _close(_dense(actual), _dense(expected))
   assert max(np.abs(g).max() for g in _dense(expected)) > 1e-3
   _close(tf.nest.flatten(final_state), tf.nest.flatten(
@@ -68,19 +97,19 @@ def test_the_whole_batch_jacobian_gives_the_same_estimate(cls):
   """Without ``per_row`` (a model with dropout, whose masks a second pass
   would not repeat) the weights' Jacobian, and UORO's ``J s̃``, come from the
   step's own tape: the same estimate (SnAp-1: its compact storage's colours
-  too; UORO: the same draws)."""
-  task = AddingTask(sequence_length=9, seed=1)
-  inputs, targets = task.batch('train', 0, 0, ROWS)
-  segment = (tf.constant(inputs), tf.constant(targets))
-  estimates = []
-  for per_row in (True, False):
-    model = tiny_model(task, seed=0, units=5, cell='gru')
-    method = cls(model=model, task=task, optimizer=built_optimizer(model),
-                 window=4, batch_size=ROWS)
-    assert method.per_row
-    method.per_row = per_row
-    estimates.append(_dense(method.estimate_gradients(
-        segment, model.initial_state(ROWS))[0]))
+  too; UORO: the same draws).
+
+  RTRL's GRU of 5 units for the adding task's 2 inputs runs the Keras layer's
+  loop (its tape's Jacobian goes through the loop); SnAp-1's and UORO's of 4
+  the fused unroll (``RecurrentModel._fused_unroll``: inputs at least half
+  the units), straight-line code whose tape traces in a fraction of the time.
+  """
+  task = ADDING
+  units = 5 if cls is RTRL else 4
+  model = tiny_model(task, seed=0, units=units, cell='gru')
+  assert model._fused_unroll(tf.zeros([1, 1, 2]), None) == (cls is not RTRL)  # pylint: disable=protected-access
+  estimates = [_batch_estimate(cls, task, 'gru', units, per_row)[0]
+               for per_row in (True, False)]
   _close(estimates[1], estimates[0])
   assert max(np.abs(g).max() for g in estimates[0]) > 1e-3
   dropout = tiny_model(task, seed=0, units=5, dropout=0.1)
@@ -104,8 +133,10 @@ def test_the_estimate_is_exact_on_the_influence_balancing_system():
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'estimate'])
 def test_a_64_unit_lstm_runs_several_windows_per_call(train):
   """From 64 units Grappler rewrote the step loop's additions into temporary
-  variables, and a second call failed with ALREADY_EXISTS."""
-  rows, window = 4, 10
+  variables, and a second call failed with ALREADY_EXISTS. (It needs 64 units,
+  not the rows or the window's length: with the addition tree put back, 2 rows
+  and windows of 3 fail as 4 rows and windows of 10 did.)"""
+  rows, window = 2, 3
   task = MarkovLanguageTask(vocabulary_size=32, branching=2, train_length=200,
                             eval_length=10, seed=2)
   model = tiny_model(task, seed=0, units=64, embedding_dim=64)

@@ -7,6 +7,8 @@ still count one trace but give other numbers than running the same calls
 eagerly; these tests compare the two over segments of several lengths.
 """
 
+import functools
+
 import keras
 import pytest
 import tensorflow as tf
@@ -16,6 +18,7 @@ from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import (assert_compiled_matches_eager, built_optimizer,
                               small_methods, tiny_model, to_numpy)
+from tfcredit.training import trainer
 
 ROWS = 3
 STREAM = MarkovLanguageTask(vocabulary_size=6, branching=2, train_length=300,
@@ -34,14 +37,47 @@ def _build(factory, task):
   return build
 
 
+def _forward_mode(name):
+  return issubclass(methods.METHODS[name], methods.RTRL)
+
+
+def _factories():
+  """``small_methods``, but the forward-mode methods (RTRL, UORO, SnAp-1) with
+  windows of 2 steps: every step of their eager twin traces
+  ``tf.vectorized_map`` and ``batch_jacobian`` anew (half a second), and what
+  the test checks does not depend on the window's size."""
+  factories = small_methods(ROWS)
+  for name, cls in methods.METHODS.items():
+    if _forward_mode(name):
+      arguments = dict(cls.EXAMPLE_ARGUMENTS, window=2)
+      factories[name] = (
+          lambda model, task, optimizer, cls=cls, arguments=arguments:
+          trainer.build_method(functools.partial(cls, **arguments), model, task,
+                               optimizer, ROWS))
+  return factories
+
+
+def _stream_lengths(method):
+  """Calls of the method's own length, then shorter ones (a stream's end).
+
+  The forward-mode methods: one call of their own length (two windows), one
+  a step shorter (a whole window and a partial one), one of a single step;
+  what they carry between calls (the state, the influence, UORO's draw
+  counters) is read by every call after the first. The others: three calls of
+  their own length (positions and phases a later call reaches), then two
+  shorter ones.
+  """
+  length = method.segment_length()
+  if isinstance(method, methods.RTRL):
+    return [length, length - 1, 1]
+  return [length] * 3 + [max(1, length // 2 - 1), max(1, length // 3 - 1)]
+
+
 def _stream_calls(method, model):
-  """Calls of the method's own lengths, then shorter ones (a stream's end)."""
+  """The calls of ``_stream_lengths``, each from the state the last one left."""
   data = STREAM.stream('train', ROWS)
   state, position, results = model.initial_state(ROWS), 0, []
-  for call in range(5):
-    length = method.segment_length()
-    if call >= 3:
-      length = max(1, length // (call - 1) - 1)
+  for length in _stream_lengths(method):
     segment = (tf.constant(data[:, position:position + length]),
                tf.constant(data[:, position + 1:position + length + 1]))
     position += length
@@ -54,8 +90,10 @@ def _stream_calls(method, model):
 
 @pytest.mark.parametrize('name', sorted(small_methods(ROWS)))
 def test_one_trace_serves_stream_segments_of_any_length(name):
-  factory = small_methods(ROWS)[name]
+  factory = _factories()[name]
   method = assert_compiled_matches_eager(_build(factory, STREAM), _stream_calls)
+  if _forward_mode(name):
+    assert method.window == 2 and _stream_lengths(method) == [4, 3, 1]
   assert method.trace_counts['train_segment'] == 1
   assert method.trace_counts['estimate_gradients'] == 1
 
