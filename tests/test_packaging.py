@@ -16,6 +16,7 @@ instead (directories added that way have their own ``.pth`` files ignored), and
 the test asserts that every ``tfcredit`` module comes from the environment.
 """
 
+import configparser
 import json
 import os
 import shutil
@@ -33,8 +34,14 @@ pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_FILES = ('setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE')
-COMMANDS = ('tfcredit-train', 'tfcredit-evaluate', 'tfcredit-compare',
-            'tfcredit-fidelity', 'tfcredit-benchmark')
+
+
+def _console_scripts():
+  """The console scripts declared in setup.cfg, the one list of them."""
+  parser = configparser.ConfigParser()
+  parser.read(os.path.join(REPO, 'setup.cfg'))
+  lines = parser['options.entry_points']['console_scripts'].strip().splitlines()
+  return [line.split('=')[0].strip() for line in lines]
 
 
 def _run(command, cwd, env, timeout=600):
@@ -109,8 +116,23 @@ def test_the_wheel_is_what_gets_imported_with_its_configs(installed, tmp_path):
   assert os.path.realpath(configs).startswith(inside)
   assert os.path.isfile(quickstart) and os.path.realpath(quickstart).startswith(
       inside)
-  for command in COMMANDS:
+  scripts = _console_scripts()
+  assert len(scripts) >= 7
+  for command in scripts:
     assert os.access(venv_dir / 'bin' / command, os.X_OK), command
+
+
+def test_every_installed_script_answers_help_quietly(installed, tmp_path):
+  venv_dir, _, env = installed
+  for command in _console_scripts():
+    done = _run([str(venv_dir / 'bin' / command), '--help'], cwd=tmp_path, env=env)
+    # absl's --help prints the module's usage and flags, then exits 1.
+    assert done.returncode in (0, 1), (command, done.stderr)
+    assert command in done.stdout and '--[no]verbose' in done.stdout, (
+        command, done.stdout[:300])
+    assert 'Traceback' not in done.stderr, (command, done.stderr)
+    startup = tensorflow_startup_lines(done.stderr, 20)
+    assert not startup, f'{command}: TensorFlow start-up lines: {startup}'
 
 
 def test_train_then_evaluate_with_the_console_scripts(installed, tmp_path):

@@ -6,6 +6,7 @@ marked ``slow``) check what only a process shows: TensorFlow's start-up lines
 kept off stderr.
 """
 
+import configparser
 import json
 import os
 
@@ -136,6 +137,34 @@ def test_a_bad_flag_exits_2_naming_it(run_command):
 ])
 def test_which_processes_are_entry_points(argv, orig_argv, expected):
   assert _startup.is_command(argv, orig_argv) is expected
+
+
+def _console_scripts():
+  """``{script: module}`` from setup.cfg, the one list of the commands."""
+  parser = configparser.ConfigParser()
+  parser.read(os.path.join(REPO, 'setup.cfg'))
+  scripts = {}
+  for line in parser['options.entry_points']['console_scripts'].strip().splitlines():
+    script, target = (part.strip() for part in line.split('='))
+    scripts[script] = target
+  return scripts
+
+
+def test_every_console_script_is_a_cli_main_that_starts_quietly():
+  scripts = _console_scripts()
+  assert 'tfcredit-train' in scripts and 'tfcredit-profile' in scripts
+  modules = set()
+  for script, target in scripts.items():
+    module, function = target.split(':')
+    assert module.startswith('tfcredit.cli.') and function == 'main', target
+    modules.add(module[len('tfcredit.cli.'):])
+    assert _startup.is_command([f'/venv/bin/{script}']), script
+    assert _startup.is_command([os.path.join(REPO, 'tools', module.split('.')[-1]
+                                             + '.py')]), script
+    assert os.path.isfile(os.path.join(REPO, 'tools',
+                                       module.split('.')[-1] + '.py')), script
+  # Every entry-point module is installed as a script, and no other is.
+  assert modules == set(_startup.command_modules())
 
 
 @pytest.mark.parametrize('args, expected', [

@@ -21,18 +21,21 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-# Console scripts (setup.cfg) and the modules that implement them.
-COMMANDS = {
-    'tfcredit-train': 'train',
-    'tfcredit-evaluate': 'evaluate',
-    'tfcredit-compare': 'compare',
-    'tfcredit-fidelity': 'gradient_fidelity',
-    'tfcredit-benchmark': 'benchmark',
-    'tfcredit-fault-injection': 'fault_injection',
-}
+# The console scripts are declared once, in setup.cfg: each is ``tfcredit-<name>``
+# running ``tfcredit.cli.<module>:main``. Recognising them here needs only that
+# pattern and the modules of ``tfcredit/cli/``, so no second list can drift.
+SCRIPT_PREFIX = 'tfcredit-'
+_CLI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cli')
+_NOT_COMMANDS = ('__init__.py', 'common.py')  # The package and shared helpers.
 LOG_LEVEL_VARIABLE = 'TF_CPP_MIN_LOG_LEVEL'
 _MODULE_PREFIX = 'tfcredit.cli.'
 QUIETED = False  # prepare() set TF_CPP_MIN_LOG_LEVEL itself (not the user).
+
+
+def command_modules() -> frozenset:
+  """The modules of ``tfcredit/cli/`` that are entry points (each has ``main``)."""
+  return frozenset(name[:-len('.py')] for name in os.listdir(_CLI_DIR)
+                   if name.endswith('.py') and name not in _NOT_COMMANDS)
 
 
 def is_command(argv: Sequence[str], orig_argv: Optional[Sequence[str]] = None
@@ -48,9 +51,9 @@ def is_command(argv: Sequence[str], orig_argv: Optional[Sequence[str]] = None
     for suffix in ('.exe', '-script.py'):
       if name.endswith(suffix):
         name = name[:-len(suffix)]
-    if name in COMMANDS:
+    if name.startswith(SCRIPT_PREFIX):
       return True
-    if (name.endswith('.py') and name[:-3] in COMMANDS.values()
+    if (name.endswith('.py') and name[:-3] in command_modules()
         and os.path.basename(os.path.dirname(os.path.abspath(path))) in ('tools',
                                                                          'cli')):
       return True

@@ -1,9 +1,8 @@
-"""The command-line entry points, installed as console scripts (setup.cfg).
+"""The command-line entry points, installed as console scripts.
 
-``tfcredit-train`` (``train``), ``tfcredit-evaluate`` (``evaluate``),
-``tfcredit-compare`` (``compare``), ``tfcredit-fidelity`` (``gradient_fidelity``)
-and ``tfcredit-benchmark`` (``benchmark``); each module's ``main()`` is the console
-script and ``python -m tfcredit.cli.<module>`` runs it too. They start quietly:
+setup.cfg (``console_scripts``) is the one list of them: each module here with a
+``main()`` is a command ``tfcredit-<name>``, and ``python -m tfcredit.cli.<module>``
+and ``python tools/<module>.py`` run it too. They start quietly:
 ``tfcredit._startup`` hides TensorFlow's C++ start-up lines unless
 ``TF_CPP_MIN_LOG_LEVEL`` is set or ``--verbose`` is given.
 """
