@@ -89,6 +89,7 @@ class ForgetGateBias(keras.initializers.Initializer):
     return {'value': self.value}
 
 
+@keras.saving.register_keras_serializable(package='tfcredit')
 class RecurrentModel(keras.Model):
   """Encoder (embedding or none) -> stacked recurrent cells -> per-step or terminal head.
 
@@ -157,6 +158,10 @@ class RecurrentModel(keras.Model):
         in 16 bits; no effect in float32.
       name: Keras name.
     """
+    # The constructor's arguments, for get_config (the cell is read back from the
+    # built layers there: an instance or factory becomes the cells it built).
+    self._arguments = {key: value for key, value in locals().items()
+                       if key not in ('self', '__class__', 'cell')}
     super().__init__(name=name)
     if unroll_implementation not in _UNROLLS:
       raise ConfigurationError(
@@ -483,10 +488,28 @@ class RecurrentModel(keras.Model):
     return tf.transpose(outputs, [1, 0, 2]), final
 
   def get_config(self) -> Dict[str, Any]:
-    return {'cell': self.cell_type, 'units': self.units,
-            'num_layers': self.num_layers, 'readout': self.readout,
-            'output_dim': self.output_dim,
-            'unroll_implementation': self.unroll_implementation}
+    """The constructor's arguments: ``from_config`` builds the same model.
+
+    A named cell stays its name; a cell instance, list or factory becomes the
+    serialized cells it built (a custom cell class must be registered with
+    ``keras.saving.register_keras_serializable`` to be deserialized).
+    """
+    config = dict(self._arguments)
+    if self.cell_type in _CELLS:
+      config['cell'] = self.cell_type
+    else:
+      config['cell'] = [keras.saving.serialize_keras_object(layer.cell)
+                        for layer in self.core]
+      config['units'], config['num_layers'] = None, len(self.core)
+    return config
+
+  @classmethod
+  def from_config(cls, config: Dict[str, Any]) -> 'RecurrentModel':
+    config = dict(config)
+    if isinstance(config.get('cell'), (list, tuple)):
+      config['cell'] = [keras.saving.deserialize_keras_object(cell)
+                        for cell in config['cell']]
+    return cls(**config)
 
 
 def _is_cell(value) -> bool:
