@@ -22,6 +22,17 @@ def define_flag(define: Callable[..., object], name: str, *args, **kwargs) -> No
     define(name, *args, **kwargs)
 
 
+def define_gin_flags() -> None:
+  """``--gin_file`` and ``--gin_bindings``, defined once for every command (each
+  command's docstring says what its configs are for)."""
+  define_flag(flags.DEFINE_multi_string, 'gin_file', [],
+              'Gin config files (repeatable): a path, or a packaged config such '
+              'as gin_configs/quickstart.gin or testing/tiny.gin.')
+  define_flag(flags.DEFINE_multi_string, 'gin_bindings', [],
+              'Gin bindings (repeatable), applied after the files, e.g. '
+              '"TruncatedBPTT.window = 20".')
+
+
 def define_verbose_flag() -> None:
   define_flag(flags.DEFINE_bool, 'verbose', False,
               "Show TensorFlow's start-up lines and INFO logs (hidden by default; a "

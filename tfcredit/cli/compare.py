@@ -44,12 +44,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   define = common.define_flag
-  define(flags.DEFINE_multi_string, 'gin_file', [], 'Gin files: one run each, or '
-         '(with --method) the base config of every run.')
+  common.define_gin_flags()
   define(flags.DEFINE_multi_string, 'method', None, "Runs as 'NAME: bindings; "
          "...' on top of the --gin_file base (repeatable).")
-  define(flags.DEFINE_multi_string, 'gin_bindings', [], 'Bindings applied to '
-         'every run, e.g. "train.epochs = 2".')
   define(flags.DEFINE_integer, 'seed', 0, 'train.seed of every run.')
   define(flags.DEFINE_string, 'data_dir', None, 'Data directory passed to every '
          'run.')

@@ -34,9 +34,7 @@ _SIGNALS = {'kill': signal.SIGKILL, 'term': signal.SIGTERM}
 
 def define_flags() -> None:
   define = common.define_flag
-  define(flags.DEFINE_multi_string, 'gin_file', [], 'Gin config files, as for '
-         'tfcredit-train.')
-  define(flags.DEFINE_multi_string, 'gin_bindings', [], 'Gin bindings.')
+  common.define_gin_flags()
   define(flags.DEFINE_integer, 'trials', 5, 'Interrupted runs.')
   define(flags.DEFINE_list, 'signals', ['kill', 'term'], 'Signals drawn from: '
          'kill (SIGKILL), term (SIGTERM).')

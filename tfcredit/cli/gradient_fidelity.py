@@ -32,10 +32,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   define = common.define_flag
-  define(flags.DEFINE_multi_string, 'gin_file', [], 'Gin config files of the task '
-         'and model: paths, or packaged configs such as testing/tiny.gin.')
-  define(flags.DEFINE_multi_string, 'gin_bindings', [], 'Extra gin bindings '
-         '(repeatable).')
+  common.define_gin_flags()
   define(flags.DEFINE_multi_string, 'method', None, "Methods, 'NAME: bindings; "
          "...' (repeatable); default: full BPTT, truncated BPTT, ARTBP.")
   define(flags.DEFINE_list, 'windows', ['5', '10'], 'Values of {window} in '

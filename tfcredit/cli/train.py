@@ -27,10 +27,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   define = common.define_flag
-  define(flags.DEFINE_multi_string, 'gin_file', [], 'Gin config files (repeatable): '
-         'a path, or a packaged config such as gin_configs/quickstart.gin.')
-  define(flags.DEFINE_multi_string, 'gin_bindings', [], 'Gin bindings '
-         '(repeatable), e.g. "TruncatedBPTT.window = 20".')
+  common.define_gin_flags()
   define(flags.DEFINE_string, 'model_dir', None, 'Run directory; default '
          'runs/<config name>.')
   define(flags.DEFINE_string, 'data_dir', None, 'Data directory; default '
