@@ -210,3 +210,14 @@ def test_fidelity_refuses_a_checkpoint_without_the_models_weights(tmp_path):
   with pytest.raises(ConfigurationError, match='does not hold every weight'):
     fidelity.measure([TINY], [], [variant], windows=[5], lengths=[None], draws=1,
                      sequences=4, checkpoint=path)
+
+
+def test_the_shared_table_writer_keeps_columns_aligned():
+  from tfcredit import tables  # pylint: disable=g-import-not-at-top
+  text = tables.markdown_table(['a', 'b'], [tables.LEFT, tables.RIGHT],
+                               [['x', '1'], ['y', '22']])
+  assert text.splitlines() == ['| a | b |', '|---|---:|', '| x | 1 |', '| y | 22 |']
+  with pytest.raises(ValueError, match='3 cells for 2 columns'):
+    tables.markdown_table(['a', 'b'], [tables.LEFT, tables.RIGHT], [['x', '1', '2']])
+  with pytest.raises(ValueError, match='1 alignments for 2 columns'):
+    tables.markdown_table(['a', 'b'], [tables.LEFT], [])

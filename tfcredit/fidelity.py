@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcredit import config as config_lib
+from tfcredit import tables
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.truncated_bptt import BPTT
@@ -302,28 +303,24 @@ def _load_method_state(method, checkpoint: str) -> bool:
 
 def markdown_table(rows: Sequence[Dict]) -> str:
   """The rows as a markdown table."""
-  lines = ['| method | sequence length | relative bias | (noise) | cosine of mean | '
-           'mean cosine of one draw | norm ratio | relative spread | draws | '
-           'exact gradient by |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
-  for row in rows:
-    lines.append(
-        f"| {row['method']} | {row['length']} | {row['relative_bias']:.4f} | "
-        f"{row['bias_noise']:.4f} | {row['cosine']:.4f} | "
-        f"{row['mean_draw_cosine']:.4f} | {row['norm_ratio']:.4f} | "
-        f"{row['relative_spread']:.4f} | "
-        f"{row['draws']} | {_REFERENCE_NAMES[row.get('reference', 'bptt')]} |")
-  return '\n'.join(lines) + '\n'
+  header = ['method', 'sequence length', 'relative bias', '(noise)',
+            'cosine of mean', 'mean cosine of one draw', 'norm ratio',
+            'relative spread', 'draws', 'exact gradient by']
+  return tables.markdown_table(
+      header, [tables.LEFT] + [tables.RIGHT] * 8 + [tables.LEFT],
+      [[row['method'], str(row['length'])] +
+       [f'{row[key]:.4f}' for key in ('relative_bias', 'bias_noise', 'cosine',
+                                      'mean_draw_cosine', 'norm_ratio',
+                                      'relative_spread')] +
+       [str(row['draws']), _REFERENCE_NAMES[row.get('reference', 'bptt')]]
+       for row in rows]) + '\n'
 
 
 def plot(rows: Sequence[Dict], path: str) -> bool:
   """Bias and cosine against sequence length, one line per method; False when
   matplotlib is not installed (``pip install 'tfcredit[plots]'``)."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  pyplot = tables.pyplot()
+  if pyplot is None:
     return False
   figure, (bias_axis, cosine_axis) = pyplot.subplots(1, 2, figsize=(11, 4))
   for method in dict.fromkeys(row['method'] for row in rows):

@@ -80,6 +80,7 @@ import tensorflow as tf
 from tfcredit import config
 from tfcredit import fidelity
 from tfcredit import precision as precision_lib
+from tfcredit import tables
 from tfcredit import validation
 from tfcredit.cli import common
 from tfcredit.errors import ConfigurationError
@@ -809,17 +810,14 @@ def markdown_table(rows: Sequence[Dict]) -> str:
       return '—'
     return f'{value:.2f}' if value >= 0.01 else f'{value:.2g}'  # RTRL: 1e-4.
 
-  lines = ['| workload | method / config | throughput | ratio vs reference | '
-           '(CPU time) | achieved GFLOP/s | fraction of roofline | (CPU time) |',
-           '|---|---|---:|---:|---:|---:|---:|---:|']
-  for row in rows:
-    lines.append(
-        f"| {row['workload']} | {row['config']} | {row['throughput']:,.1f} "
-        f"{row['unit']} | {ratio(row['ratio_vs_reference'])} | "
-        f"{ratio(row['cpu_time_ratio_vs_reference'])} | {row['gflops']:.1f} | "
-        f"{row['fraction_of_roofline']:.2f} | "
-        f"{row['fraction_of_roofline_cpu_time']:.2f} |")
-  return '\n'.join(lines)
+  header = ['workload', 'method / config', 'throughput', 'ratio vs reference',
+            '(CPU time)', 'achieved GFLOP/s', 'fraction of roofline', '(CPU time)']
+  return tables.markdown_table(header, [tables.LEFT] * 2 + [tables.RIGHT] * 6, [
+      [row['workload'], row['config'], f"{row['throughput']:,.1f} {row['unit']}",
+       ratio(row['ratio_vs_reference']),
+       ratio(row['cpu_time_ratio_vs_reference']), f"{row['gflops']:.1f}",
+       f"{row['fraction_of_roofline']:.2f}",
+       f"{row['fraction_of_roofline_cpu_time']:.2f}"] for row in rows])
 
 
 def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,

@@ -37,6 +37,7 @@ from absl import flags
 
 from tfcredit.cli import common
 from tfcredit import fidelity  # pylint: disable=g-bad-import-order
+from tfcredit import tables
 from tfcredit.errors import ConfigurationError
 
 FLAGS = flags.FLAGS
@@ -180,26 +181,24 @@ def summarize(name, final, wall, model_dir):
 def markdown_table(rows) -> str:
   metric = rows[0]['metric']
   unit = rows[0]['unit'] or 'units'
-  lines = [f'| run | final valid {metric} | best valid {metric} | test {metric} | '
-           f'{unit}/s | wall time | updates | {unit} |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|']
+  header = ['run', f'final valid {metric}', f'best valid {metric}', f'test {metric}',
+            f'{unit}/s', 'wall time', 'updates', unit]
+  cells = []
   for row in rows:
     rate = (f"{row['units_per_second']:,.0f}" if row['units_per_second'] is not None
             else '—')
     test = f"{row['test']:.4g}" if row['test'] is not None else '—'
-    lines.append(f"| {row['run']} | {row['final']:.4g} | {row['best']:.4g} | "
-                 f"{test} | {rate} | {row['wall_seconds']:.0f} s | "
-                 f"{row['updates']:,} | {row['units_seen']:,} |")
-  return '\n'.join(lines) + '\n'
+    cells.append([row['run'], f"{row['final']:.4g}", f"{row['best']:.4g}", test,
+                  rate, f"{row['wall_seconds']:.0f} s", f"{row['updates']:,}",
+                  f"{row['units_seen']:,}"])
+  return tables.markdown_table(header, [tables.LEFT] + [tables.RIGHT] * 7,
+                               cells) + '\n'
 
 
 def plot(rows, path) -> bool:
   """The runs' curves against units trained on; False without matplotlib."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  pyplot = tables.pyplot()
+  if pyplot is None:
     return False
   figure, axis = pyplot.subplots(figsize=(7, 4.5))
   for row in rows:
