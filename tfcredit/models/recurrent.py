@@ -415,14 +415,13 @@ class RecurrentModel(keras.Model):
   def _fused_unroll(self, features, state_grad_scale) -> bool:
     """Whether a fusable layer fed ``features`` takes ``tfcredit.models.fused``.
 
-    ``'auto'``: always under a scale (1.30x the Keras cells stepped by
-    ``tf.scan``, ARTBP on the PTB-small shape); without one, when no GPU is
-    visible (cuDNN is faster there) and the layer's input is at least half as
-    wide as its state, where hoisting the input product out of the loop pays
-    (1.22x the Keras layers on the PTB-small shape; 0.75x on the adding task,
-    2 inputs for 128 units), and under a mixed-precision policy, where the
-    fused unroll keeps the gates and the state float32. Measured with
-    ``tfcredit-benchmark`` (docs/benchmark.md).
+    ``'auto'``: always under a scale (faster than the Keras cells stepped by
+    ``tf.scan``); without one, when no GPU is visible (cuDNN is faster there)
+    and the layer's input is at least half as wide as its state, where
+    hoisting the input product out of the loop pays (it does not with 2 inputs
+    for 128 units, the adding task), and under a mixed-precision policy, where
+    the fused unroll keeps the gates and the state float32. The measurements:
+    docs/benchmark.md, "The fused unroll: before and after".
     """
     if self.unroll_implementation != 'auto':
       return self.unroll_implementation == 'fused'

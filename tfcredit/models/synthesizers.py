@@ -178,9 +178,8 @@ class NeuronwiseSynthesizer(keras.layers.Layer):
     ``reset_after``, or ``LSTMCell``; their weights and arithmetic), with the
     input layer folded into the cell's input product: every neuron is one
     scalar ``x``, so ``(x·w + b) K + b_K = x·(w K) + (b K + b_K)``, a rank-one
-    broadcast instead of a ``[B·N, m] × [m, G·m]`` product (1.15× DNI
-    neuron-wise on the PTB-small shape; docs/benchmark.md). ``(output, new
-    memory)``, both ``[B·N, ·]``."""
+    broadcast instead of a ``[B·N, m] × [m, G·m]`` product (measured in
+    docs/benchmark.md). ``(output, new memory)``, both ``[B·N, ·]``."""
     cell, layer = self.cell, self.input_layer
     kernel = tf.convert_to_tensor(cell.kernel)
     if self.cell_type == 'gru':
