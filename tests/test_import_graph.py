@@ -104,3 +104,23 @@ def test_the_import_graph_has_no_cycle():
 def test_the_cycle_finder_finds_a_cycle():
   assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
   assert _cycle({'a': {'b'}, 'b': set()}) is None
+
+
+def test_the_public_api_is_written_out_and_complete():
+  """``tfcredit.__all__`` names what the package exports: every registered method,
+  each name defined, no duplicate."""
+  names = tfcredit.__all__
+  assert len(names) == len(set(names))
+  for name in names:
+    assert hasattr(tfcredit, name), name
+  for cls in tfcredit.METHODS.values():
+    assert cls.__name__ in names and getattr(tfcredit, cls.__name__) is cls
+  for name in ('train', 'RecurrentModel', 'Task', 'Method', 'ConfigurationError'):
+    assert name in names
+  # Written out in the source, not computed at import.
+  with open(os.path.join(ROOT, '__init__.py')) as f:
+    tree = ast.parse(f.read())
+  assigned = [node for node in tree.body if isinstance(node, ast.Assign) and any(
+      getattr(target, 'id', None) == '__all__' for target in node.targets)]
+  assert len(assigned) == 1 and isinstance(assigned[0].value, ast.List)
+  assert [element.value for element in assigned[0].value.elts] == names

@@ -20,6 +20,15 @@ from tfcredit.errors import DataError
 from tfcredit.errors import TrainingError
 from tfcredit.methods import METHODS
 from tfcredit.methods import Method
+from tfcredit.methods.artbp import ARTBP
+from tfcredit.methods.dni import DNI
+from tfcredit.methods.fptt import FPTT
+from tfcredit.methods.rtrl import RTRL
+from tfcredit.methods.snap import SnAp1
+from tfcredit.methods.target_prop import TargetProp
+from tfcredit.methods.truncated_bptt import BPTT
+from tfcredit.methods.truncated_bptt import TruncatedBPTT
+from tfcredit.methods.uoro import UORO
 from tfcredit.models import InfluenceBalancingCell
 from tfcredit.models import LayerwiseSynthesizer
 from tfcredit.models import NeuronwiseSynthesizer
@@ -36,15 +45,17 @@ from tfcredit.training.trainer import train
 
 __version__ = '0.1.0'
 
-# The methods (tfcredit.methods.METHODS) register with gin where they are defined.
-globals().update({cls.__name__: cls for cls in METHODS.values()})
-
-__all__ = sorted([
-    'AddingTask', 'ConfigurationError', 'CopyTask', 'DataError',
-    'InfluenceBalancingCell', 'InfluenceBalancingTask', 'LanguageModelTask',
-    'LayerwiseSynthesizer', 'MarkovLanguageTask', 'Method', 'NeuronwiseSynthesizer',
-    'RecurrentModel', 'SequentialImageTask', 'Task', 'TrainingError', 'train',
-] + [cls.__name__ for cls in METHODS.values()])
+# Written out, so readers, IDEs and type checkers see the API; a test checks it
+# against what the package defines and against the method registry (METHODS). The
+# methods register with gin where they are defined.
+__all__ = [
+    'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
+    'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
+    'LanguageModelTask', 'LayerwiseSynthesizer', 'MarkovLanguageTask', 'METHODS',
+    'Method', 'NeuronwiseSynthesizer', 'RTRL', 'RecurrentModel',
+    'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task', 'TrainingError',
+    'TruncatedBPTT', 'UORO', 'train',
+]
 
 for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
                       MarkovLanguageTask, SequentialImageTask, InfluenceBalancingTask,
