@@ -189,9 +189,18 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   final = _final_evaluations(evaluate, outcome.valid, evaluate_test)
   saved_model = _export(parts, eval_batch_size, model_dir, export_dir, write_dir,
                         strategy)
-  final.update(parts.task.final_metrics())
+  return _write_final(final, parts.task, progress, calls.unit_name, model_dir,
+                      write_dir, saved_model)
+
+
+def _write_final(final: Dict[str, Any], task: task_base.Task, progress,
+                 unit_name: str, model_dir: str, write_dir: str,
+                 saved_model: Optional[str]) -> Dict[str, Any]:
+  """Completes the final metrics (the task's own, the run's counters, where
+  things are) and writes them to ``final_metrics.json``; returns them."""
+  final.update(task.final_metrics())
   final.update({'epochs': int(progress.epoch), 'updates': int(progress.updates),
-                'units_seen': int(progress.units_seen), 'unit': calls.unit_name,
+                'units_seen': int(progress.units_seen), 'unit': unit_name,
                 'model_dir': model_dir,
                 'saved_model': saved_model})
   with open(os.path.join(write_dir, 'final_metrics.json'), 'w') as f:
