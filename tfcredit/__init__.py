@@ -38,6 +38,7 @@ from tfcredit.tasks.images import SequentialImageTask
 from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
 from tfcredit.tasks.language_modeling import LanguageModelTask
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
+from tfcredit.tasks.sequences import SequenceTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.tasks.synthetic import CopyTask
 from tfcredit.training import schedules
@@ -53,12 +54,13 @@ __all__ = [
     'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
     'LanguageModelTask', 'LayerwiseSynthesizer', 'MarkovLanguageTask', 'METHODS',
     'Method', 'NeuronwiseSynthesizer', 'RTRL', 'RecurrentModel',
-    'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task', 'TrainingError',
+    'SequenceTask', 'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task', 'TrainingError',
     'TruncatedBPTT', 'UORO', 'train',
 ]
 
 for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
-                      MarkovLanguageTask, SequentialImageTask, InfluenceBalancingTask,
+                      MarkovLanguageTask, SequenceTask, SequentialImageTask,
+                      InfluenceBalancingTask,
                       InfluenceBalancingCell, LayerwiseSynthesizer,
                       NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,

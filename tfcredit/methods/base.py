@@ -157,7 +157,7 @@ class Method(tf.Module):
                    **extra) -> Metrics:
     """``train_segment``'s metrics: ``BASE_METRICS`` (``count`` from the
     segment's targets) and the method's ``extra`` ones."""
-    return {'loss_sum': loss_sum, 'count': task_base.count_of(self.task, segment[1]),
+    return {'loss_sum': loss_sum, 'count': self.task.count(segment[1]),
             'grad_norm_sum': grad_norm_sum, 'updates': updates, **extra}
 
   def window_targets(self, targets, start, end):

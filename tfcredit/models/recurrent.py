@@ -40,10 +40,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import keras
 import tensorflow as tf
 
+from tfcredit import masking
 from tfcredit import precision
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.models import fused
+from tfcredit.models import stepped
+from tfcredit.models.stepped import scale_gradient  # pylint: disable=unused-import
 
 _CELLS = {
     'lstm': keras.layers.LSTM,
@@ -59,16 +62,6 @@ _DEFAULT_UNITS = 200
 # LSTM, (h,) for GRU and SimpleRNN, whatever a custom cell declares.
 State = Tuple[Tuple[tf.Tensor, ...], ...]
 CellSpec = Union[str, keras.layers.Layer, Sequence[keras.layers.Layer], Callable]
-
-
-def scale_gradient(value: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
-  """Identity in the forward pass; multiplies the incoming gradient by ``scale``.
-
-  ``x - stop_gradient(x)`` is exactly zero, so the forward value is ``value`` bit for
-  bit, and the only differentiable path carries the factor ``scale``.
-  """
-  frozen = tf.stop_gradient(value)
-  return frozen + scale * (value - frozen)
 
 
 class ForgetGateBias(keras.initializers.Initializer):
@@ -105,7 +98,7 @@ class RecurrentModel(keras.Model):
                forget_bias: float = 1.0, tie_embeddings: bool = False,
                init_scale: Optional[float] = None, identity_head: bool = False,
                unroll_implementation: str = 'auto',
-               float32_head: bool = False,
+               float32_head: bool = False, masked: bool = False,
                name: str = 'recurrent_model'):
     """Builds the layers.
 
@@ -156,6 +149,10 @@ class RecurrentModel(keras.Model):
       float32_head: under a mixed-precision policy, compute the head (the
         readout product, the logits) in float32 while the recurrent core runs
         in 16 bits; no effect in float32.
+      masked: the inputs may hold padded steps (``tfcredit.masking``: id -1 or
+        NaN features), through which every layer holds its state and output;
+        the core then steps its cells through ``tf.scan``. Set by tasks of
+        variable-length sequences (their ``model_spec``).
       name: Keras name.
     """
     # The constructor's arguments, for get_config (the cell is read back from the
@@ -283,6 +280,7 @@ class RecurrentModel(keras.Model):
 
     self.float32_head = validation.boolean('RecurrentModel.float32_head',
                                            float32_head)
+    self.masked = validation.boolean('RecurrentModel.masked', masked)
     if tie_embeddings or identity_head:
       self.head = None
       if tie_embeddings:
@@ -350,6 +348,7 @@ class RecurrentModel(keras.Model):
       ``(outputs, final_state)``: outputs ``[B, T, output_dim]`` (per-step readout)
       or ``[B, output_dim]`` from the window's last step (terminal readout).
     """
+    mask = masking.step_mask(inputs) if self.masked else None
     features = self._features(inputs)
     # The state enters and leaves float32 under every precision policy.
     state = precision.cast_state(state)
@@ -362,17 +361,18 @@ class RecurrentModel(keras.Model):
         with tf.name_scope(layer.name):
           features, new_state = fused.unroll_layer(
               layer, features, tuple(layer_state), state_grad_scale)
-      elif state_grad_scale is None:
+      elif state_grad_scale is None and mask is None:
         result = layer(features, initial_state=list(layer_state), training=training)
         features, new_state = result[0], precision.cast_state(tuple(result[1:]))
       else:
-        features, new_state = self._scaled_layer_unroll(
-            layer.cell, output_size, features, layer_state, state_grad_scale,
-            training)
+        features, new_state = stepped.scan_layer(
+            layer.cell, output_size, features, layer_state, training,
+            scale=state_grad_scale, mask=mask)
       final_state.append(new_state)
     if not readout:
       return None, tuple(final_state)
     if self.readout == 'terminal' and features.shape.rank == 3:
+      # The scan returns every step's output; the Keras layer only the last.
       features = features[:, -1]
     if self.dropout is not None:
       features = self.dropout(features, training=training)
@@ -397,14 +397,19 @@ class RecurrentModel(keras.Model):
     for layer, layer_state in zip(self.core, state):
       if self.dropout is not None:
         features = self.dropout(features, training=training)
-      features, cell_state = _cell_step(layer.cell, features, layer_state,
-                                        training)
+      features, cell_state = stepped.cell_step(layer.cell, features, layer_state,
+                                               training)
+      if self.masked:  # A padded step keeps the state.
+        cell_state = masking.hold(masking.step_mask(inputs)[:, 0], cell_state,
+                                  tuple(layer_state))
       new_state.append(cell_state)
     return tuple(new_state)
 
   def _features(self, inputs: tf.Tensor) -> tf.Tensor:
     """The core's input, ``[B, T, D]``: the embedded tokens, or the real
     features in the compute dtype (``[B, T]`` is one feature per step)."""
+    if self.masked:
+      inputs = masking.clean_inputs(inputs)
     if not self.token_inputs and inputs.shape.rank == 2:
       inputs = tf.expand_dims(inputs, -1)  # One real feature per step.
     features = inputs if self.encoder is None else self.encoder(inputs)
@@ -423,6 +428,8 @@ class RecurrentModel(keras.Model):
     the fused unroll keeps the gates and the state float32. The measurements:
     docs/benchmark.md, "The fused unroll: before and after".
     """
+    if self.masked:
+      return False  # Padded steps: the scan holds the state (stepped.scan_layer).
     if self.unroll_implementation != 'auto':
       return self.unroll_implementation == 'fused'
     if state_grad_scale is not None:
@@ -458,33 +465,6 @@ class RecurrentModel(keras.Model):
     logits = tf.tensordot(tf.cast(features, dtype),
                           tf.cast(self.encoder.embeddings, dtype), axes=[[-1], [1]])
     return tf.cast(logits, tf.float32) + tf.cast(self.output_bias, tf.float32)
-
-  @staticmethod
-  def _scaled_layer_unroll(cell, output_size, features, layer_state, scale,
-                           training):
-    """Steps ``cell`` over time, scaling the gradient of every carried state tensor."""
-    time_major = tf.transpose(features, [1, 0, 2])
-    scale = tf.cast(scale, tf.float32)
-    dtype = precision.compute_dtype(cell)
-    if scale.shape.rank == 2:  # [B, T]: per sequence, broadcast over the units.
-      scale = tf.expand_dims(tf.transpose(scale), -1)
-
-    def step(carry, elements):
-      _, previous = carry
-      features_t, scale_t = elements
-      output, new_state = _cell_step(cell, features_t, previous, training)
-      carried = tuple(scale_gradient(s, scale_t) for s in new_state)
-      return output, carried
-
-    batch = tf.shape(layer_state[0])[0]
-    initial_output = tf.zeros(tf.stack([batch, output_size]), dtype)
-    outputs, states = tf.scan(step, (time_major, scale),
-                              initializer=(initial_output, tuple(layer_state)))
-    for reset in ('reset_dropout_mask', 'reset_recurrent_dropout_mask'):
-      if hasattr(cell, reset):  # Masks a Keras cell drew inside the scan.
-        getattr(cell, reset)()
-    final = tuple(s[-1] for s in states)
-    return tf.transpose(outputs, [1, 0, 2]), final
 
   def get_config(self) -> Dict[str, Any]:
     """The constructor's arguments: ``from_config`` builds the same model.
@@ -530,25 +510,6 @@ def _takes(function, name: str) -> bool:
     return False
   return name in parameters or any(p.kind == p.VAR_KEYWORD
                                    for p in parameters.values())
-
-
-def _cell_step(cell, features, state, training):
-  """``cell`` on one step: ``(output in the cell's compute dtype, new state as
-  a float32 tuple)``; the carried state stays float32 and the cell casts it to
-  its own dtype."""
-  dtype = precision.compute_dtype(cell)
-  kwargs = {'training': training} if _takes_training(cell) else {}
-  output, new_state = cell(features, list(precision.cast_state(state, dtype)),
-                           **kwargs)
-  return (tf.cast(output, dtype),
-          tuple(precision.cast_state(tf.nest.flatten(new_state))))
-
-
-def _takes_training(cell) -> bool:
-  try:
-    return 'training' in inspect.signature(cell.call).parameters
-  except (TypeError, ValueError):
-    return False
 
 
 def _custom_cells(cell, units, num_layers) -> Optional[List[keras.layers.Layer]]:

@@ -48,6 +48,9 @@ class Task(abc.ABC):
   metric_name: str = 'loss'
   # Whether a lower metric is better (perplexity, MSE) or a higher one (accuracy).
   metric_lower_is_better: bool = True
+  # Whether batches may hold padded steps (tfcredit.masking): the model then holds
+  # its state through them, and ``losses`` and ``count`` leave them out.
+  masked: bool = False
 
   # ----------------------------------------------------------------- model I/O
   @abc.abstractmethod
@@ -67,6 +70,14 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def losses(self, outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
     """Unreduced losses: ``[B, T]`` for a per-step readout, ``[B]`` for terminal."""
+
+  def count(self, targets: tf.Tensor) -> tf.Tensor:
+    """Number of loss units in ``targets``: tokens per step, or sequences
+    (a masked task counts only real steps)."""
+    shape = tf.shape(targets)
+    if self.readout == TERMINAL:
+      return tf.cast(shape[0], tf.float32)
+    return tf.cast(shape[0] * shape[1], tf.float32)
 
   def metric_from_loss(self, mean_loss: float) -> float:
     """The task's metric from the mean loss per counted unit (token or sequence)."""
@@ -124,14 +135,6 @@ class Task(abc.ABC):
     """JSON-serialisable constructor arguments, saved with exports."""
 
 
-def count_of(task: Task, targets: tf.Tensor) -> tf.Tensor:
-  """Number of loss units in ``targets``: tokens per step, or sequences."""
-  shape = tf.shape(targets)
-  if task.readout == TERMINAL:
-    return tf.cast(shape[0], tf.float32)
-  return tf.cast(shape[0] * shape[1], tf.float32)
-
-
 PredictFn = Callable[[tf.Tensor, Any], Tuple[tf.Tensor, Any]]
 
 
@@ -162,7 +165,7 @@ def evaluate(task: Task, predict: PredictFn, initial_state: Callable[[int], Any]
   def accumulate(outputs, targets):
     nonlocal loss_sum, count
     loss_sum += float(tf.reduce_sum(tf.cast(task.losses(outputs, targets), tf.float64)))
-    count += float(count_of(task, targets))
+    count += float(task.count(targets))
     for key, value in task.extra_metrics(outputs, targets).items():
       extras[key] = extras.get(key, 0.0) + float(value)
 

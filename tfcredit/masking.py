@@ -1,0 +1,62 @@
+"""Padded steps of variable-length sequences: the one convention every layer shares.
+
+A batch of sequences of different lengths is padded to the batch's longest one.
+The padding is marked in the data itself, so a segment stays an ``(inputs,
+targets)`` pair of tensors and every method slices it as before:
+
+* inputs: a padded step has token id ``-1`` (token inputs) or NaN features (real
+  inputs);
+* per-step targets: a padded step has class ``-1`` (classification) or NaN
+  values (regression); one target per sequence is never padded.
+
+``tfcredit.tasks.sequences.SequenceTask`` writes this layout from lengths or a
+mask. A model built with ``masked=True`` (``RecurrentModel``) holds each layer's
+state through a padded step, as Keras RNN layers do with a mask: the step's state
+is the previous one, its output the previous output (the layer's first state
+tensor at a window's start), so a terminal readout reads each sequence's own last
+step, and the step's Jacobian in the state is the identity, in the weights zero.
+A task with ``masked = True`` gives padded steps zero loss and does not count
+them. Methods whose own arithmetic would otherwise touch a padded step (UORO's
+draws, DNI's synthetic gradient after a sequence's end) hold it too; the rest
+need nothing.
+"""
+
+import tensorflow as tf
+
+PAD_ID = -1
+
+
+def step_mask(inputs: tf.Tensor) -> tf.Tensor:
+  """``[B, T]`` bool, True at real steps, from ``[B, T]`` ids or ``[B, T(, D)]``
+  features."""
+  if inputs.dtype.is_integer:
+    return inputs >= 0
+  if inputs.shape.rank == 2:
+    return tf.logical_not(tf.math.is_nan(inputs))
+  return tf.logical_not(tf.reduce_any(tf.math.is_nan(inputs), axis=-1))
+
+
+def clean_inputs(inputs: tf.Tensor) -> tf.Tensor:
+  """``inputs`` with padded steps set to id 0 or zero features (a model computes
+  on them, and then discards the result)."""
+  if inputs.dtype.is_integer:
+    return tf.maximum(inputs, 0)
+  return tf.where(tf.math.is_nan(inputs), tf.zeros_like(inputs), inputs)
+
+
+def target_mask(targets: tf.Tensor, class_targets: bool) -> tf.Tensor:
+  """``[B, T]`` bool, True where a per-step target is real."""
+  if class_targets:
+    return targets >= 0
+  if targets.shape.rank == 2:
+    return tf.logical_not(tf.math.is_nan(targets))
+  return tf.logical_not(tf.reduce_any(tf.math.is_nan(targets), axis=-1))
+
+
+def hold(mask_t: tf.Tensor, new, old):
+  """Per row, ``new`` where ``mask_t`` ([B] bool) is True, else ``old`` (nests of
+  ``[B, ...]`` tensors)."""
+  def select(n, o):
+    condition = tf.reshape(mask_t, [-1] + [1] * (n.shape.rank - 1))
+    return tf.where(condition, n, tf.cast(o, n.dtype))
+  return tf.nest.map_structure(select, new, old)
