@@ -55,8 +55,10 @@ def target_mask(targets: tf.Tensor, class_targets: bool) -> tf.Tensor:
 
 def hold(mask_t: tf.Tensor, new, old):
   """Per row, ``new`` where ``mask_t`` ([B] bool) is True, else ``old`` (nests of
-  ``[B, ...]`` tensors)."""
+  ``[B, ...]`` finite tensors)."""
   def select(n, o):
-    condition = tf.reshape(mask_t, [-1] + [1] * (n.shape.rank - 1))
-    return tf.where(condition, n, tf.cast(o, n.dtype))
+    keep = tf.cast(tf.reshape(mask_t, [-1] + [1] * (n.shape.rank - 1)), n.dtype)
+    # A blend, exact for a 0/1 ``keep`` and finite values: the gradient of a
+    # tf.where fails under tf.vectorized_map (UORO's per-row products, TF 2.21).
+    return keep * n + (1 - keep) * tf.cast(o, n.dtype)
   return tf.nest.map_structure(select, new, old)

@@ -239,6 +239,16 @@ class ARTBP(base.Method):
     self._plan_fn = self.compile('plan', self._planned_window_lengths, [])
 
   # ------------------------------------------------------------- public API
+  def check_task(self, task: task_base.Task) -> None:
+    """Refuses padded sequences with one target each: a truncation drawn in a
+    shorter sequence's padding would cut its loss from its own steps."""
+    if task.masked and task.readout == task_base.TERMINAL:
+      raise ConfigurationError(
+          f'ARTBP cannot train task {task.name!r}: its sequences have different '
+          'lengths and one target each, and a truncation drawn in the padding '
+          "after a shorter sequence's end would cut that sequence's loss from "
+          'its steps; use BPTT (whole sequences), RTRL, UORO or SnAp1')
+
   def segment_length(self) -> Optional[int]:
     """Streams: the total length of the windows the next call will train on."""
     if self.task.regime != task_base.STREAM:

@@ -166,11 +166,15 @@ class Method(tf.Module):
       return targets
     return targets[:, start:end]
 
-  def objective(self, outputs, targets, normalizer) -> Tuple[tf.Tensor, tf.Tensor]:
+  def objective(self, outputs, targets, normalizer, weights=None
+                ) -> Tuple[tf.Tensor, tf.Tensor]:
     """``(objective, loss_sum)`` of one window under the loss convention
     (``normalize``; ``normalizer``: the nominal window length when training, 1
-    for gradient estimates)."""
+    for gradient estimates); ``weights`` (scalar or ``[B]``) multiply the
+    losses."""
     losses = self.task.losses(outputs, targets)
+    if weights is not None:
+      losses *= weights
     loss_sum = tf.reduce_sum(losses)
     return self.normalize(loss_sum, tf.shape(losses)[0], normalizer), loss_sum
 

@@ -33,6 +33,12 @@ def to_blocks(values, blocks, block_length):
 def check_task(task, block_size: int, mode: str, duals: str, stored_duals: bool,
                batch_size: Optional[int]) -> None:
   """Refuses a task the blocked layout cannot serve, naming the setting."""
+  if task.masked:
+    raise ConfigurationError(
+        f'TargetProp cannot train task {task.name!r}: its sequences have '
+        'different lengths, and the blocked layout\'s state targets are not '
+        'held through padded steps; use truncated BPTT, ARTBP or RTRL, or '
+        'sequences of one length')
   if task.readout != task_base.PER_STEP:
     raise ConfigurationError(
         f'TargetProp needs per-step losses; task {task.name!r} has a '

@@ -15,6 +15,7 @@ from typing import Optional, Union
 import keras
 import tensorflow as tf
 
+from tfcredit import masking
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
@@ -148,6 +149,7 @@ class DNI(base.Method):
 
   def check_task(self, task: task_base.Task) -> None:
     truncated_bptt.check_window_fits(type(self).__name__, self.window, task)
+    truncated_bptt.check_terminal_padding(type(self).__name__, self.window, task)
 
   def bind_schedule(self, schedule) -> None:
     """With an alternation, the run's learning-rate schedule must be the same
@@ -212,10 +214,22 @@ class DNI(base.Method):
       objective, loss_sum = objective * has_loss, loss_sum * has_loss
     return objective, loss_sum
 
-  def _has_future(self, end, length):
+  def _has_future(self, end, length, inputs):
+    """1 where a loss may follow step ``end``: always on streams; in an episode
+    while it lasts (per row ``[B, 1]`` with padded steps: the row's own end)."""
     if self.task.regime == task_base.STREAM:
       return tf.constant(1.0)
+    if self.task.masked:
+      return self._real_at(inputs, end)
     return tf.cast(end < length, tf.float32)
+
+  @staticmethod
+  def _real_at(inputs, step):
+    """``[B, 1]``: 1 where ``step`` is a real (not padded) step of the row."""
+    length = tf.shape(inputs)[1]
+    real = tf.gather(masking.step_mask(inputs), tf.minimum(step, length - 1),
+                     axis=1)
+    return tf.cast(tf.logical_and(real, step < length), tf.float32)[:, None]
 
   def _window_terms(self, tape, inputs, targets, state, memory_start, noise,
                     has_future, end, length, normalizer, ratio):
@@ -278,7 +292,7 @@ class DNI(base.Method):
     return gradients, final_state, loss_sum, target
 
   def _window_step(self, inputs, targets, state, memory, noise_start, noise_end,
-                   has_future, end, length, synthetic):
+                   has_future, end, length, synthetic, live=None):
     """A window's model and synthesizer gradients (per replica).
 
     The synthesizer's prediction at ``s_0`` is taken once, on a tape that records
@@ -306,6 +320,8 @@ class DNI(base.Method):
       gradients, final_state, loss_sum, target = window_pass(self._constant_phase)()
     target = tf.stop_gradient(target)
     error = prediction - target
+    if live is not None:  # Rows already ended (padding) do not train it.
+      error *= live
     synthesizer_gradients = densify(
         synthesizer_tape.gradient(prediction, synthesizer_variables,
                                   output_gradients=2.0 * error / batch),
@@ -332,7 +348,8 @@ class DNI(base.Method):
         (final_state, memory_start), per_window = self._window_step(
             inputs[:, start:end], self.window_targets(targets, start, end), state,
             memory, noise[:, index], noise[:, index + 1],
-            self._has_future(end, length), end, length, synthetic)
+            self._has_future(end, length, inputs), end, length, synthetic,
+            live=self._real_at(inputs, start) if self.task.masked else None)
         return (final_state, memory_start, noise), per_window
 
       carried, (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,
@@ -385,7 +402,7 @@ class DNI(base.Method):
         with tf.GradientTape() as tape:
           objective, _, injected, final_state = self._window_terms(
               tape, inputs[:, start:end], self.window_targets(targets, start, end),
-              state, memory_start, None, self._has_future(end, length), end,
+              state, memory_start, None, self._has_future(end, length, inputs), end,
               length, normalizer=1, ratio=ratio)
           total = objective + synthetic * injected
         gradients = densify(self.gradient(tape, total, variables), variables)

@@ -134,6 +134,16 @@ class FPTT(base.Method):
     self._averages = tf.function(self._averages_parts, jit_compile=True)
 
   # ------------------------------------------------------------- public API
+  def check_task(self, task: task_base.Task) -> None:
+    """Refuses padded sequences: FPTT cuts each episode into ``windows`` equal
+    windows, and a padded batch's windows are not its shorter sequences' own."""
+    if task.masked:
+      raise ConfigurationError(
+          f'FPTT cannot train task {task.name!r}: its sequences have different '
+          f'lengths, and FPTT cuts each into FPTT.windows={self.windows} equal '
+          "windows, which in a padded batch are not the shorter sequences' own; "
+          'use truncated BPTT, ARTBP or RTRL, or sequences of one length')
+
   def segment_length(self) -> Optional[int]:
     if self.task.regime != task_base.STREAM:
       return None

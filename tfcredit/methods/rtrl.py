@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from tfcredit import masking
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
@@ -213,15 +214,20 @@ class RTRL(base.Method):
                              variables, [])
 
       repeat = lambda x, size=size: tf.repeat(x, size, axis=0)
-      products = tf.vectorized_map(entry, (
-          repeat(inputs), repeat(flat), repeat(noise),
-          tf.tile(tf.eye(size), tf.stack([rows, 1]))))
+      elements = (repeat(inputs), repeat(flat), repeat(noise),
+                  tf.tile(tf.eye(size), tf.stack([rows, 1])))
+      if size == 1:
+        # One iteration (UORO on one row) fails in tf.vectorized_map (an AddN
+        # of mismatched shapes in an embedding's gradient, TF 2.21): map one
+        # repeated row more, and drop its product.
+        elements = tuple(tf.concat([e, e[:1]], 0) for e in elements)
+      products = tf.vectorized_map(entry, elements)[:rows * size]
       width = sum(int(v.shape.num_elements()) for v in variables)
       immediate.append(tf.reshape(products, tf.stack([rows, size, width])))
     return immediate
 
   def _step(self, inputs, targets, flat, influence, noise, normalizer, has_loss):
-    """One step from the flat state ``s_{t−1}`` with its influence ``M_{t−1}``:
+    """One step (``has_loss``: 1 or 0, or per row ``[B]``) from the flat state ``s_{t−1}`` with its influence ``M_{t−1}``:
     ``(s_t, M_t, direct gradients, flat gradient through the state, loss
     sum)``; the step's gradient is the direct one plus the other, reshaped
     (``_combine``)."""
@@ -231,16 +237,18 @@ class RTRL(base.Method):
       outputs, state = self.model.unroll(inputs, self._nest(flat), training=True)
       new_flat = self._flat(state)
       probes = None if self.per_row else self._probes(new_flat, noise)
-      objective, loss_sum = self.objective(outputs, targets, normalizer)
-      objective, loss_sum = objective * has_loss, loss_sum * has_loss
+      objective, loss_sum = self.objective(outputs, targets, normalizer,
+                                           weights=has_loss)
     direct = densify(self.gradient(tape, objective, variables), variables)
     through_state = self._through_state(
         tape.gradient(objective, flat, unconnected_gradients=_ZERO), influence)
     jacobian = self._state_jacobian(tape, inputs, flat, new_flat, influence)
     immediate = self._immediate(tape, probes, inputs, flat, noise)
     del tape
-    influence = self._advance(jacobian, immediate, influence, noise)
-    return new_flat, influence, direct, through_state, loss_sum
+    advanced = self._advance(jacobian, immediate, influence, noise)
+    if self.task.masked:  # A padded step leaves the influence (UORO's pair) as is.
+      advanced = masking.hold(masking.step_mask(inputs)[:, 0], advanced, influence)
+    return new_flat, advanced, direct, through_state, loss_sum
 
   def _combine(self, direct, through_state):
     """The gradients per variable: ``direct`` plus the flat ``[|θ|]``
@@ -258,9 +266,12 @@ class RTRL(base.Method):
     length = tf.shape(inputs)[1]
     terminal = self.task.readout == task_base.TERMINAL
     state, influence, noise = carried
+    last = length - 1
+    if terminal and self.task.masked:  # Each row's loss at its own last step.
+      last = tf.reduce_sum(tf.cast(masking.step_mask(inputs), tf.int32), 1) - 1
 
     def step(t, flat, influence, direct_total, through_total, loss_total):
-      has_loss = tf.cast(tf.equal(t, length - 1), tf.float32) if terminal else 1.0
+      has_loss = tf.cast(tf.equal(t, last), tf.float32) if terminal else 1.0
       # A static length of 1: the fused unroll (tfcredit.models.fused) is then
       # straight-line code, not a loop nested in this one.
       step_inputs = tf.expand_dims(tf.gather(inputs, t, axis=1), 1)

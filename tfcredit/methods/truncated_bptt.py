@@ -64,6 +64,25 @@ def check_window_fits(name: str, window: Optional[int],
         'is full BPTT)')
 
 
+def check_terminal_padding(name: str, window: Optional[int],
+                           task: task_base.Task) -> None:
+  """Refuses windows shorter than the longest sequence of a task with padded
+  sequences and one target each (``tfcredit.masking``): the batch's windows
+  start at step 0, so a shorter sequence's end falls in an earlier window than
+  the batch's last, where the loss is read, and truncation would cut its loss
+  from its own steps. ``window`` None (whole sequences) fits."""
+  if not task.masked or task.readout != task_base.TERMINAL or window is None:
+    return
+  steps = task_base.episode_length(task)
+  if steps is not None and window < steps:
+    raise ConfigurationError(
+        f'{name}.window={window} is shorter than the longest sequence ({steps} '
+        f'steps) of task {task.name!r}, whose sequences have different lengths '
+        f'and one target each: use {name}.window = {steps} (whole sequences), '
+        'or RTRL, UORO or SnAp1, which carry the gradient forward to each '
+        "sequence's own end")
+
+
 @registry.register
 class TruncatedBPTT(base.Method):
   """Truncated BPTT with windows of ``window`` steps."""
@@ -100,6 +119,7 @@ class TruncatedBPTT(base.Method):
 
   def check_task(self, task: task_base.Task) -> None:
     check_window_fits(type(self).__name__, self.window, task)
+    check_terminal_padding(type(self).__name__, self.window, task)
 
   def segment_length(self) -> Optional[int]:
     return self.window * self.windows_per_call

@@ -71,9 +71,11 @@ class UORO(rtrl.RTRL):
     counter = self.training_draws if train else self.estimate_draws
     seed = tf.stack([self.noise_seed, counter.read_value()])
     counter.assign_add(1)
-    uniform = tf.random.stateless_uniform(tf.stack([rows, length, self.width]),
+    # Drawn time-major: step t's draws do not depend on how many steps follow,
+    # so padding a segment leaves the draws of its real steps unchanged.
+    uniform = tf.random.stateless_uniform(tf.stack([length, rows, self.width]),
                                           seed=seed)
-    return tf.where(uniform < 0.5, -1.0, 1.0)
+    return tf.transpose(tf.where(uniform < 0.5, -1.0, 1.0), [1, 0, 2])
 
   def _through_state(self, state_gradient, influence):
     state_tilde, theta_tilde = influence
