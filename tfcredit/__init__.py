@@ -40,6 +40,7 @@ from tfcredit.tasks.language_modeling import LanguageModelTask
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.tasks.synthetic import CopyTask
+from tfcredit.tasks.text_corpus import TextCorpusTask
 from tfcredit.training import schedules
 from tfcredit.training.trainer import train
 
@@ -53,12 +54,13 @@ __all__ = [
     'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
     'LanguageModelTask', 'LayerwiseSynthesizer', 'MarkovLanguageTask', 'METHODS',
     'Method', 'NeuronwiseSynthesizer', 'RTRL', 'RecurrentModel',
-    'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task', 'TrainingError',
-    'TruncatedBPTT', 'UORO', 'train',
+    'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task', 'TextCorpusTask',
+    'TrainingError', 'TruncatedBPTT', 'UORO', 'train',
 ]
 
 for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
-                      MarkovLanguageTask, SequentialImageTask, InfluenceBalancingTask,
+                      MarkovLanguageTask, TextCorpusTask, SequentialImageTask,
+                      InfluenceBalancingTask,
                       InfluenceBalancingCell, LayerwiseSynthesizer,
                       NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,
