@@ -175,13 +175,26 @@ def _representatives():
 TRAINED = _representatives()
 
 
-def _parse_shrunk(path):
+def _user_file_bindings(task, folder):
+  """A task that reads the user's own files leaves their paths to the user:
+  bind them to a small text written in ``folder``."""
+  if task != 'TextCorpusTask':
+    return []
+  text = folder / 'text.txt'
+  text.write_text(''.join(f'line {i % 7} of a text {i % 3}\n' for i in range(200)),
+                  encoding='utf-8')
+  return [f"TextCorpusTask.train = '{text}'", 'TextCorpusTask.valid_fraction = 0.2',
+          'TextCorpusTask.test_fraction = 0.2']
+
+
+def _parse_shrunk(path, folder):
   """Parses ``path`` shrunk; skips a config whose corpus is not available."""
   tfcredit.config.parse([path], [])
-  data_task = _query('train.task', None).selector in _DATA_TASKS
+  task = _query('train.task', None).selector
+  data_task = task in _DATA_TASKS
   if data_task and not os.environ.get('TFCREDIT_DATA_DIR'):
     pytest.skip('reads a real corpus: set TFCREDIT_DATA_DIR')
-  shrinking = _shrinking_bindings()
+  shrinking = _shrinking_bindings() + _user_file_bindings(task, folder)
   gin.clear_config()
   tfcredit.config.parse([path], shrinking)
   return data_task
@@ -193,13 +206,13 @@ def _skip_if_corpus_missing(data_task, error):
 
 
 @pytest.mark.parametrize('path', FILES, ids=lambda p: os.path.relpath(p, ROOT))
-def test_config_builds_when_shrunk(path):
+def test_config_builds_when_shrunk(path, tmp_path):
   """Parsing is not enough: a value that cannot build (a window longer than the
   task's sequences, a cell that does not fit the head, a method argument out of
   range) fails here, as it would before ``train`` trains anything."""
   gin.clear_config()
   try:
-    data_task = _parse_shrunk(path)
+    data_task = _parse_shrunk(path, tmp_path)
     arguments = tfcredit.training.trainer.configured_arguments()
     try:
       parts = tfcredit.training.trainer.build_components(
@@ -222,7 +235,7 @@ def test_config_trains_a_call_when_shrunk(path, tmp_path):
   ``train``, as the command would."""
   gin.clear_config()
   try:
-    data_task = _parse_shrunk(path)
+    data_task = _parse_shrunk(path, tmp_path)
     try:
       result = tfcredit.train(str(tmp_path / 'run'), export_dir=None,
                               stop_after_calls=1)

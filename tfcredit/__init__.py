@@ -41,6 +41,7 @@ from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.sequences import SequenceTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.tasks.synthetic import CopyTask
+from tfcredit.tasks.text_corpus import TextCorpusTask
 from tfcredit.training import schedules
 from tfcredit.training.trainer import train
 
@@ -54,12 +55,13 @@ __all__ = [
     'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
     'LanguageModelTask', 'LayerwiseSynthesizer', 'MarkovLanguageTask', 'METHODS',
     'Method', 'NeuronwiseSynthesizer', 'RTRL', 'RecurrentModel',
-    'SequenceTask', 'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task', 'TrainingError',
-    'TruncatedBPTT', 'UORO', 'train',
+    'SequenceTask', 'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task',
+    'TextCorpusTask', 'TrainingError', 'TruncatedBPTT', 'UORO', 'train',
 ]
 
 for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
-                      MarkovLanguageTask, SequenceTask, SequentialImageTask,
+                      MarkovLanguageTask, SequenceTask, TextCorpusTask,
+                      SequentialImageTask,
                       InfluenceBalancingTask,
                       InfluenceBalancingCell, LayerwiseSynthesizer,
                       NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,

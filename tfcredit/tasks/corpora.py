@@ -15,6 +15,9 @@ Tokenisation follows the published setups, so the counts match the papers:
 A "line" ends with '\n'. Text after the last '\n' that is only whitespace is not
 a line: the PTB char files end with '\n ', and counting that fragment would add
 one spurious `<eos>` per split.
+
+`decode_text`, `text_lines` and `tokenize_lines` are the reading and word-level
+tokenisation that `TextCorpusTask` (text_corpus.py) applies to a user's files.
 """
 
 import collections
@@ -206,7 +209,7 @@ class Vocabulary:
           f'Vocabulary file {path} does not exist. Pass the path of a file '
           'written by Vocabulary.save.')
     # Lines are not stripped: ' ' is a real token (text8).
-    tokens = _decode(path, path.read_bytes()).split('\n')
+    tokens = decode_text(path, path.read_bytes()).split('\n')
     if tokens[-1] == '':
       tokens.pop()  # The final line end, not an empty token.
     try:
@@ -227,26 +230,41 @@ class Corpus:
   test: np.ndarray
 
 
-def _decode(path: pathlib.Path, data: bytes) -> str:
+_REDOWNLOAD = ('the file is corrupt or in another encoding: delete it and '
+               'download it again, or convert it.')
+
+
+def decode_text(path: str | os.PathLike, data: bytes,
+                fix: str = _REDOWNLOAD) -> str:
+  """`data`, the bytes of the file `path`, as UTF-8 text.
+
+  Raises:
+    DataError: `data` is not UTF-8; the message names `path`, the first bad
+      byte and its offset, and ends with `fix`.
+  """
   try:
     return data.decode('utf-8')
   except UnicodeDecodeError as e:
     raise DataError(
         f'{path} is not valid UTF-8: byte 0x{data[e.start]:02x} at byte offset '
-        f'{e.start} ({e.reason}). Expected UTF-8 text; the file is corrupt or in '
-        'another encoding: delete it and download it again, or convert it.'
-    ) from e
+        f'{e.start} ({e.reason}). Expected UTF-8 text; {fix}') from e
 
 
-def _read_lines(path: pathlib.Path) -> list[str]:
-  """Reads a UTF-8 text file as lines (see the module docstring for 'line')."""
-  lines = _decode(path, path.read_bytes()).split('\n')
+def text_lines(text: str) -> list[str]:
+  """The lines of a text (see the module docstring for 'line')."""
+  lines = text.split('\n')
   if not lines[-1].strip():
     lines.pop()
   return lines
 
 
-def _tokenize(lines: Sequence[str]) -> list[str]:
+def _read_lines(path: pathlib.Path) -> list[str]:
+  """Reads a UTF-8 text file as lines."""
+  return text_lines(decode_text(path, path.read_bytes()))
+
+
+def tokenize_lines(lines: Sequence[str]) -> list[str]:
+  """`line.split() + [EOS]` for every line, concatenated (the word-level rule)."""
   tokens = []
   for line in lines:
     tokens.extend(line.split())
@@ -280,7 +298,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 def _load_lines(spec: CorpusSpec, paths: Sequence[pathlib.Path]) -> Corpus:
-  splits = [(path, lines, _tokenize(lines))
+  splits = [(path, lines, tokenize_lines(lines))
             for path, lines in ((p, _read_lines(p)) for p in paths)]
   vocab = Vocabulary.from_tokens(splits[0][2])
   train, valid, test = (_frozen(_encode_split(lines, tokens, vocab, path))
