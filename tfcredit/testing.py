@@ -56,6 +56,14 @@ def tiny_model(task: task_base.Task, seed: Optional[int] = 0,
   return model
 
 
+def checkpoint_weights(model_dir: str) -> dict:
+  """``{name: array}`` of the model's weights in ``model_dir``'s newest checkpoint."""
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
+  reader = tf.train.load_checkpoint(path)
+  return {name: reader.get_tensor(name)
+          for name, _ in tf.train.list_variables(path) if name.startswith('model/')}
+
+
 def small_methods(rows: int) -> dict:
   """``{name: (model, task, optimizer) -> method}``: every registered method
   (``tfcredit.methods.METHODS``) with its ``EXAMPLE_ARGUMENTS`` (small windows),
