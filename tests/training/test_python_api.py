@@ -14,6 +14,7 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.testing import checkpoint_weights
 from tfcredit.testing import clean_gin  # noqa: F401
 from tfcredit.testing import cleared_gin_config
+from tfcredit.testing import hparams_sessions
 from tfcredit.testing import tiny_model
 from tfcredit.training import components
 
@@ -40,15 +41,16 @@ def _instances(seed=1):
 
 @pytest.fixture(scope='module')
 def from_classes(tmp_path_factory):
-  """The final metrics and weights of the run built from classes."""
+  """The final metrics, weights and HParams of the run built from classes."""
   model_dir = str(tmp_path_factory.mktemp('classes') / 'run')
   with cleared_gin_config():
     final = tfcredit.train(model_dir, **CLASSES, **SETTINGS)
-  return final, checkpoint_weights(model_dir)
+  return final, checkpoint_weights(model_dir), hparams_sessions(model_dir)
 
 
 def _assert_same_run(model_dir, final, from_classes):
-  expected, weights = from_classes
+  expected, weights, sessions = from_classes
+  assert hparams_sessions(model_dir) == sessions  # learning_rate 0.01 in both.
   for key in ('valid_loss', 'test_loss', 'updates', 'units_seen'):
     assert final[key] == expected[key], key
   found = checkpoint_weights(model_dir)

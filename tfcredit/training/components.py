@@ -209,6 +209,27 @@ def build_method(method: Callable, model: keras.Model, task: task_base.Task,
                 batch_size=batch_size, **_unbound_seed(method, seed))
 
 
+def method_arguments(method: Callable, seed: Optional[int] = None
+                     ) -> Dict[str, Any]:
+  """The constructor arguments ``build_method`` gives a method, as far as they
+  have values before it is built: the defaults, overridden by gin's bindings of
+  the class, a ``functools.partial``'s keywords and ``_unbound_seed``."""
+  cls, keywords = _unwrap(method)
+  try:
+    parameters = _parameters(cls)
+  except (TypeError, ValueError):
+    parameters = {}
+  arguments = {name: p.default for name, p in parameters.items()
+               if p.default is not inspect.Parameter.empty}
+  try:  # By name: a gin reference (@ARTBP) evaluates to a subclass of it.
+    arguments.update(gin.get_bindings(getattr(cls, '__name__', '')))
+  except (ValueError, TypeError):  # Not a gin configurable.
+    pass
+  arguments.update(keywords)
+  arguments.update(_unbound_seed(method, seed))
+  return arguments
+
+
 def _unwrap(factory: Callable) -> Tuple[Callable, Dict[str, Any]]:
   """``(the class or function under any functools.partial, their keywords)``;
   an outer partial's keywords win, as when it is called."""

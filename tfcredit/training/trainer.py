@@ -4,12 +4,13 @@
 ``train`` checks its settings; builds the task, the model, the optimizer and the
 method (``components.build_components``, which also takes instances) and asks
 the method whether it fits the task (``Method.check_task``); restores the
-newest checkpoint; then hands the inner training (``controller.Calls``) to the
-outer loop (``controller.Controller``: epochs, checkpoints, validation,
+newest checkpoint; records the run's hyperparameters for TensorBoard's HParams
+dashboard (``hparams``); then hands the inner training (``controller.Calls``)
+to the outer loop (``controller.Controller``: epochs, checkpoints, validation,
 summaries, signals, the non-finite policy). At the end it evaluates the test
-split, exports a SavedModel and writes ``final_metrics.json``. It knows nothing
-about any particular method: everything method-specific happens behind the
-``Method`` contract.
+split, exports a SavedModel and writes ``final_metrics.json`` (and its numbers
+to the HParams session). It knows nothing about any particular method:
+everything method-specific happens behind the ``Method`` contract.
 
 Loss convention: every method divides a window's summed per-step losses by
 ``batch × nominal window length`` and averages terminal losses over the batch
@@ -35,6 +36,7 @@ from tfcredit.tasks import base as task_base
 from tfcredit.training import components
 from tfcredit.training import controller as controller_lib
 from tfcredit.training import distribution
+from tfcredit.training import hparams as hparams_lib
 from tfcredit.training import non_finite
 from tfcredit.training import progress as progress_lib
 from tfcredit.training import reporting
@@ -159,6 +161,10 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   write_dir = distribution.writable_dir(model_dir, strategy)
   os.makedirs(write_dir, exist_ok=True)
   progress, checkpointer = _restore(write_dir, parts, schedule, batch_size)
+  session = hparams_lib.Session(model_dir, write=distribution.is_chief(strategy))
+  session.start(hparams_lib.values(
+      parts, components.method_arguments(method, seed), lr_schedule=lr_schedule,
+      batch_size=batch_size, precision=precision, seed=seed, epochs=epochs))
 
   calls = controller_lib.Calls(
       task=parts.task, model=parts.model, method=parts.method,
@@ -187,14 +193,16 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   saved_model = _export(parts, eval_batch_size, model_dir, export_dir, write_dir,
                         strategy)
   return _write_final(final, parts.task, progress, calls.unit_name, model_dir,
-                      write_dir, saved_model)
+                      write_dir, saved_model, session)
 
 
 def _write_final(final: Dict[str, Any], task: task_base.Task, progress,
                  unit_name: str, model_dir: str, write_dir: str,
-                 saved_model: Optional[str]) -> Dict[str, Any]:
+                 saved_model: Optional[str],
+                 session: hparams_lib.Session) -> Dict[str, Any]:
   """Completes the final metrics (the task's own, the run's counters, where
-  things are) and writes them to ``final_metrics.json``; returns them."""
+  things are) and writes them to ``final_metrics.json`` and the run's HParams
+  ``session``; returns them."""
   final.update(task.final_metrics())
   final.update({'epochs': int(progress.epoch), 'updates': int(progress.updates),
                 'units_seen': int(progress.units_seen), 'unit': unit_name,
@@ -202,6 +210,7 @@ def _write_final(final: Dict[str, Any], task: task_base.Task, progress,
                 'saved_model': saved_model})
   with open(os.path.join(write_dir, 'final_metrics.json'), 'w') as f:
     json.dump(final, f, indent=1)
+  session.finish(final, int(progress.units_seen))
   return final
 
 
