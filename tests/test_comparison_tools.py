@@ -9,6 +9,7 @@ import pytest
 
 from tfcredit import fidelity
 from tfcredit.errors import ConfigurationError
+from tfcredit.testing import hparams_sessions
 from tfcredit.testing import run_tool
 from tfcredit.testing import tensorflow_startup_lines
 
@@ -50,6 +51,11 @@ def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
     assert result['curve'][-1][1] == pytest.approx(final['valid_mse'], rel=1e-5)
     assert 'window = %s' % directory.split('=')[1] in open(
         out / directory / 'operative_config.gin').read()
+    # Each run is its own HParams session, so `tensorboard --logdir out` shows
+    # the runs side by side.
+    [(trial, hparams)] = hparams_sessions(str(out / directory))
+    assert trial == directory
+    assert hparams['method.window'] == float(directory.split('=')[1])
   # Same seed: the same initial weights, so different windows differ only in
   # training; the two runs must not be identical copies.
   assert results[0]['final'] != results[1]['final']

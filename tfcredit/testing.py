@@ -56,6 +56,36 @@ def tiny_model(task: task_base.Task, seed: Optional[int] = 0,
   return model
 
 
+def checkpoint_weights(model_dir: str) -> dict:
+  """``{name: array}`` of the model's weights in ``model_dir``'s newest checkpoint."""
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
+  reader = tf.train.load_checkpoint(path)
+  return {name: reader.get_tensor(name)
+          for name, _ in tf.train.list_variables(path) if name.startswith('model/')}
+
+
+def hparams_sessions(directory: str) -> list:
+  """The HParams sessions started in the event files directly in ``directory``,
+  read back as TensorBoard reads them: ``[(group name, {hparam: value})]``, a
+  number as a float."""
+  import glob  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+  sessions = []
+  for path in sorted(glob.glob(os.path.join(directory, 'events.out.tfevents.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name != 'hparams':
+          continue
+        data = plugin_data_pb2.HParamsPluginData.FromString(
+            value.metadata.plugin_data.content)
+        if data.HasField('session_start_info'):
+          info = data.session_start_info
+          sessions.append((info.group_name, {
+              key: getattr(item, item.WhichOneof('kind'))
+              for key, item in info.hparams.items()}))
+  return sessions
+
+
 def small_methods(rows: int) -> dict:
   """``{name: (model, task, optimizer) -> method}``: every registered method
   (``tfcredit.methods.METHODS``) with its ``EXAMPLE_ARGUMENTS`` (small windows),

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfcredit.testing import hparams_sessions
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
 # Two worker processes and a single-process reference: the processes are the test.
@@ -74,6 +76,9 @@ def test_two_workers_match_a_single_process(tmp_path):
     for name in reference:
       np.testing.assert_allclose(weights[name], reference[name], atol=1e-5,
                                  err_msg=f'{directory}: {name}')
+  # Only the chief writes the run's HParams session.
+  assert len(hparams_sessions(str(tmp_path / 'multi'))) == 1
+  assert not hparams_sessions(str(tmp_path / 'multi' / '.worker_1'))
 
 
 def test_a_preempted_worker_stops_every_worker_at_one_checkpoint(tmp_path):

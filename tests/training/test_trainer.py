@@ -13,6 +13,7 @@ import tensorflow as tf
 import tfcredit
 from tfcredit.errors import TrainingError
 from tfcredit.testing import TINY_CONFIG, clean_gin, configure_tiny  # noqa: F401
+from tfcredit.testing import checkpoint_weights as _weights
 
 TINY = TINY_CONFIG
 
@@ -20,13 +21,6 @@ TINY = TINY_CONFIG
 pytestmark = pytest.mark.usefixtures('clean_gin')
 
 _configure = configure_tiny
-
-
-def _weights(model_dir):
-  path = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
-  reader = tf.train.load_checkpoint(path)
-  return {name: reader.get_tensor(name)
-          for name, _ in tf.train.list_variables(path) if name.startswith('model/')}
 
 
 _STREAM = ('train.task = @MarkovLanguageTask',

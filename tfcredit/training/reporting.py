@@ -17,6 +17,8 @@ import tensorflow as tf
 
 from tfcredit import metrics as metrics_lib
 
+EVENTS = 'events.out.tfevents.*'  # The names of TensorBoard's event files.
+
 
 class Reporter:
   """Accumulates training metrics, prints a line now and then, writes summaries."""
@@ -172,7 +174,7 @@ def read_scalars(directory: str) -> Dict[str, list]:
   files directly in ``directory`` (for example ``<model_dir>/valid``); scalar
   summaries only."""
   series = {}
-  for path in sorted(glob.glob(os.path.join(directory, 'events.out.tfevents.*'))):
+  for path in sorted(glob.glob(os.path.join(directory, EVENTS))):
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:

@@ -20,10 +20,12 @@ configuration is compared with it binding by binding:
   ``clip_norm``) are allowed, printed, and appended to ``config_changes.txt``.
 
 Then ``config.gin`` is (re)written. ``overwrite=True`` first deletes the run's own
-files (configs, checkpoints, summaries, final metrics), nothing else.
+files (configs, checkpoints, summaries and HParams events, final metrics),
+nothing else.
 """
 
 import datetime
+import glob
 import os
 import shutil
 import sys
@@ -33,12 +35,14 @@ import gin
 from gin import config_parser
 
 from tfcredit.errors import ConfigurationError, TfcreditError
+from tfcredit.training import reporting
 
 CONFIG = 'config.gin'
 CHANGES = 'config_changes.txt'
-# What a run writes into its model directory (``--overwrite`` deletes these only).
+# What a run writes into its model directory (``--overwrite`` deletes these only;
+# glob patterns): the event files directly in it hold its HParams session.
 RUN_FILES = (CONFIG, 'operative_config.gin', 'final_metrics.json', CHANGES,
-             'checkpoints', 'train', 'valid')
+             'checkpoints', 'train', 'valid', reporting.EVENTS)
 _DEFINING = ('task', 'model', 'method', 'optimizer', 'batch_size', 'seed')
 _COMPONENTS = ('task', 'model', 'method', 'optimizer')
 _TUNABLE_ARGUMENTS = ('clip_norm', 'use_tf_function')
@@ -141,12 +145,12 @@ def _resumable(model_dir: str) -> bool:
 
 
 def _remove_run(model_dir: str) -> None:
-  for name in RUN_FILES:
-    path = os.path.join(model_dir, name)
-    if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
-    elif os.path.lexists(path):
-      os.remove(path)
+  for pattern in RUN_FILES:
+    for path in glob.glob(os.path.join(glob.escape(model_dir), pattern)):
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+      elif os.path.lexists(path):
+        os.remove(path)
 
 
 def prepare(model_dir: str, config_text: str, overwrite: bool = False,

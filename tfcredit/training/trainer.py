@@ -2,13 +2,15 @@
 (docs/design.md, "Trainer").
 
 ``train`` checks its settings; builds the task, the model, the optimizer and the
-method (``build_components``) and asks the method whether it fits the task
-(``Method.check_task``); restores the newest checkpoint; then hands the inner
-training (``controller.Calls``) to the outer loop (``controller.Controller``:
-epochs, checkpoints, validation, summaries, signals, the non-finite policy). At
-the end it evaluates the test split, exports a SavedModel and writes
-``final_metrics.json``. It knows nothing about any particular method: everything
-method-specific happens behind the ``Method`` contract.
+method (``components.build_components``, which also takes instances) and asks
+the method whether it fits the task (``Method.check_task``); restores the
+newest checkpoint; records the run's hyperparameters for TensorBoard's HParams
+dashboard (``hparams``); then hands the inner training (``controller.Calls``)
+to the outer loop (``controller.Controller``: epochs, checkpoints, validation,
+summaries, signals, the non-finite policy). At the end it evaluates the test
+split, exports a SavedModel and writes ``final_metrics.json`` (and its numbers
+to the HParams session). It knows nothing about any particular method:
+everything method-specific happens behind the ``Method`` contract.
 
 Loss convention: every method divides a window's summed per-step losses by
 ``batch × nominal window length`` and averages terminal losses over the batch
@@ -16,7 +18,6 @@ Loss convention: every method divides a window's summed per-step losses by
 of a split and divides by their number.
 """
 
-import dataclasses
 import inspect
 import json
 import os
@@ -30,33 +31,20 @@ from tfcredit import export as export_lib
 from tfcredit import precision as precision_lib
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
-from tfcredit.models.contract import check_model
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
+from tfcredit.training import components
 from tfcredit.training import controller as controller_lib
 from tfcredit.training import distribution
+from tfcredit.training import hparams as hparams_lib
 from tfcredit.training import non_finite
 from tfcredit.training import progress as progress_lib
 from tfcredit.training import reporting
 from tfcredit.training import schedules
-
-
-def _build(factory: Callable, what: str, **kwargs):
-  """Calls a gin-bound factory with the keyword arguments it accepts."""
-  if not callable(factory):
-    raise ConfigurationError(
-        f'train.{what} must be a configurable class such as @{what.title()}, got '
-        f'{factory!r}')
-  # Gin wraps a configurable class in a subclass whose own signature is
-  # (*args, **kwargs); the constructor keeps the real one.
-  target = factory.__init__ if isinstance(factory, type) else factory
-  try:
-    parameters = inspect.signature(target).parameters
-  except (TypeError, ValueError):
-    parameters = {}
-  if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-    kwargs = {k: v for k, v in kwargs.items() if k in parameters}
-  return factory(**kwargs)
+# Built here for train; kept importable from this module for the tools and tests.
+from tfcredit.training.components import Components  # pylint: disable=unused-import
+from tfcredit.training.components import build_components
+from tfcredit.training.components import build_method  # pylint: disable=unused-import
 
 
 @gin.configurable(denylist=['model_dir', 'data_dir', 'export_dir', 'strategy',
@@ -65,12 +53,12 @@ def train(model_dir: str, data_dir: Optional[str] = None,
           export_dir: Optional[str] = 'saved_models',
           strategy: Optional[tf.distribute.Strategy] = None, *,
           # What is learned and how.
-          task: Callable[..., task_base.Task] = gin.REQUIRED,
+          task: Any = gin.REQUIRED,
           method: Callable = gin.REQUIRED,
-          model: Callable[..., keras.Model] = RecurrentModel,
+          model: Any = RecurrentModel,
           # Optimisation.
-          optimizer: Callable = keras.optimizers.SGD,
-          learning_rate: float = 1.0,
+          optimizer: Any = keras.optimizers.SGD,
+          learning_rate: float = components.DEFAULT_LEARNING_RATE,
           lr_schedule: Callable = schedules.Constant,
           epochs: int = 1,
           batch_size: int = 20,
@@ -99,13 +87,21 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       ``batch_size`` is the global batch, split evenly over the replicas, and every
       loss is averaged over the global batch, so one replica and several give the
       same update. Only the chief writes files.
-    task: the task class (gin: ``@AddingTask``, ``@LanguageModelTask``).
+    task: the task class (gin: ``@AddingTask``, ``@LanguageModelTask``), or from
+      Python a ``Task`` instance.
     method: the method class (gin: ``@TruncatedBPTT``); it receives the model,
-      task and optimizer, and ``batch_size`` when it takes one.
+      task and optimizer, and ``batch_size`` when it takes one. From Python,
+      its arguments go in a ``functools.partial(tfcredit.ARTBP,
+      mean_length=20)`` (a method instance cannot be given: it is built on
+      the model).
     model: the model class; it receives ``task.model_spec()`` and must build a
       model with the contract of ``tfcredit.models.contract`` (``RecurrentModel``
-      with any Keras RNN cell as ``RecurrentModel.cell`` does).
-    optimizer: a Keras optimizer class; it receives ``learning_rate``.
+      with any Keras RNN cell as ``RecurrentModel.cell`` does); or from Python
+      such a model instance, computing in ``precision`` and made in
+      ``strategy``'s scope (``tfcredit.training.components``).
+    optimizer: a Keras optimizer class, which receives ``learning_rate``; or
+      from Python an optimizer instance not yet built, whose learning rate is
+      the base rate unless ``learning_rate`` is given too (they must agree).
     learning_rate: the base learning rate the schedule starts from.
     lr_schedule: a schedule class from ``tfcredit.training.schedules``; it receives
       ``base=learning_rate``.
@@ -118,7 +114,9 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       arithmetic stay float32; ``'mixed_float16'`` adds a dynamic loss scale.
       Checkpoints hold float32 variables, so a run may resume under
       ``'float32'`` or ``'mixed_bfloat16'`` whichever it started with.
-    seed: seeds weights, dropout and data order.
+    seed: seeds weights, dropout and data order. An instance's initial weights
+      come from the random state when it was constructed: call
+      ``keras.utils.set_random_seed(seed)`` first to match a run from classes.
     deterministic: enable TensorFlow's deterministic ops (bit-exact resumes).
     checkpoint_every_calls: training calls between checkpoints (and at each epoch
       end).
@@ -157,11 +155,16 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                            strategy=strategy, precision=precision, seed=seed)
   parts.method.check_task(parts.task)
   # Host-side bookkeeping: plain variables, outside the strategy's scope.
-  schedule = _build(lr_schedule, 'lr_schedule', base=learning_rate)
+  schedule = components.call_factory(lr_schedule, 'lr_schedule',
+                                     base=parts.learning_rate)
   parts.method.bind_schedule(schedule)
   write_dir = distribution.writable_dir(model_dir, strategy)
   os.makedirs(write_dir, exist_ok=True)
   progress, checkpointer = _restore(write_dir, parts, schedule, batch_size)
+  session = hparams_lib.Session(model_dir, write=distribution.is_chief(strategy))
+  session.start(hparams_lib.values(
+      parts, components.method_arguments(method, seed), lr_schedule=lr_schedule,
+      batch_size=batch_size, precision=precision, seed=seed, epochs=epochs))
 
   calls = controller_lib.Calls(
       task=parts.task, model=parts.model, method=parts.method,
@@ -190,14 +193,16 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   saved_model = _export(parts, eval_batch_size, model_dir, export_dir, write_dir,
                         strategy)
   return _write_final(final, parts.task, progress, calls.unit_name, model_dir,
-                      write_dir, saved_model)
+                      write_dir, saved_model, session)
 
 
 def _write_final(final: Dict[str, Any], task: task_base.Task, progress,
                  unit_name: str, model_dir: str, write_dir: str,
-                 saved_model: Optional[str]) -> Dict[str, Any]:
+                 saved_model: Optional[str],
+                 session: hparams_lib.Session) -> Dict[str, Any]:
   """Completes the final metrics (the task's own, the run's counters, where
-  things are) and writes them to ``final_metrics.json``; returns them."""
+  things are) and writes them to ``final_metrics.json`` and the run's HParams
+  ``session``; returns them."""
   final.update(task.final_metrics())
   final.update({'epochs': int(progress.epoch), 'updates': int(progress.updates),
                 'units_seen': int(progress.units_seen), 'unit': unit_name,
@@ -205,6 +210,7 @@ def _write_final(final: Dict[str, Any], task: task_base.Task, progress,
                 'saved_model': saved_model})
   with open(os.path.join(write_dir, 'final_metrics.json'), 'w') as f:
     json.dump(final, f, indent=1)
+  session.finish(final, int(progress.units_seen))
   return final
 
 
@@ -287,83 +293,6 @@ def _export(parts: 'Components', eval_batch_size: int, model_dir: str,
                            eval_batch_size=eval_batch_size)
 
 
-@dataclasses.dataclass
-class Components:
-  """What ``train`` trains: the task, the built model and optimizer, the method."""
-  task: task_base.Task
-  model: keras.Model
-  optimizer: keras.optimizers.Optimizer
-  method: Any
-
-
-def build_components(*, task: Callable, method: Callable, model: Callable,
-                     optimizer: Callable, learning_rate: float, batch_size: int,
-                     data_dir: Optional[str] = None,
-                     strategy: Optional[tf.distribute.Strategy] = None,
-                     precision: str = precision_lib.FLOAT32,
-                     seed: Optional[int] = None) -> Components:
-  """Builds the task, then in ``strategy``'s scope the model, optimizer and method,
-  exactly as ``train`` does (tools that inspect a configuration use it too).
-
-  Args:
-    task, method, model, optimizer, learning_rate, batch_size, data_dir: as for
-      ``train``.
-    strategy: default: the current strategy.
-    precision: the Keras dtype policy the model is built under (the
-      optimizer and the method's own variables are float32 whatever it is).
-    seed: ``train.seed``, the seed of a method's own draws unless gin binds
-      one (``build_method``).
-
-  Raises:
-    ConfigurationError: a factory is not callable or builds the wrong thing (a
-      model without the contract of ``tfcredit.models.contract``).
-  """
-  task_obj = _build(task, 'task', data_dir=data_dir)
-  if not isinstance(task_obj, task_base.Task):
-    raise ConfigurationError(
-        f'train.task must build a tfcredit Task, got {type(task_obj).__name__}')
-  with (strategy or tf.distribute.get_strategy()).scope():
-    with precision_lib.policy_scope(precision):
-      model_obj = _build(model, 'model', **task_obj.model_spec())
-      check_model(model_obj, 'train.model')
-      model_obj.build_for(_example_inputs(task_obj, batch_size))
-    optimizer_obj = _build(optimizer, 'optimizer', learning_rate=learning_rate)
-    optimizer_obj.build(model_obj.trainable_variables)
-    method_obj = build_method(method, model_obj, task_obj, optimizer_obj,
-                              batch_size, seed)
-  return Components(task_obj, model_obj, optimizer_obj, method_obj)
-
-
-def build_method(method: Callable, model: keras.Model, task: task_base.Task,
-                 optimizer: keras.optimizers.Optimizer, batch_size: int,
-                 seed: Optional[int] = None):
-  """Builds a method class (in the current strategy scope) as ``train`` does.
-
-  A method with random draws of its own (ARTBP's truncations, UORO's and DNI's
-  noise) takes ``seed`` (``train.seed``) as its ``seed`` unless gin binds one
-  (``ARTBP.seed = 3`` wins): runs with different seeds then differ in the
-  method's draws too, not only in the initial weights.
-  """
-  return _build(method, 'method', model=model, task=task, optimizer=optimizer,
-                batch_size=batch_size, **_unbound_seed(method, seed))
-
-
-def _unbound_seed(factory: Callable, seed: Optional[int]) -> Dict[str, int]:
-  """``{'seed': seed}`` if ``factory`` takes a ``seed`` that gin leaves unbound."""
-  target = factory.__init__ if isinstance(factory, type) else factory
-  try:
-    takes_seed = 'seed' in inspect.signature(target).parameters
-  except (TypeError, ValueError):
-    takes_seed = False
-  if seed is None or not takes_seed:
-    return {}
-  try:
-    gin.query_parameter(f'{getattr(factory, "__name__", "")}.seed')
-  except ValueError:
-    return {'seed': seed}
-  return {}
-
-
 def configured_arguments() -> Dict[str, Any]:
   """``train``'s keyword arguments as the parsed gin configuration binds them.
 
@@ -386,12 +315,6 @@ def configured_arguments() -> Dict[str, Any]:
                else value.scoped_configurable_fn)
     arguments[name] = value
   return arguments
-
-
-def _example_inputs(task: task_base.Task, batch_size: int) -> tf.Tensor:
-  spec = task.segment_spec()[0]
-  shape = [batch_size, 1] + spec.shape[2:].as_list()
-  return tf.zeros(shape, spec.dtype)
 
 
 def _evaluator(task: task_base.Task, model: keras.Model,
