@@ -27,6 +27,10 @@ the simplest way to train your own recurrent cell is to pass it as
 * the model is trackable (a ``keras.Model`` or ``tf.Module``), so
   ``tf.train.Checkpoint(model=...)`` and the SavedModel export hold its weights.
 
+A task of variable-length sequences adds ``masked=True`` to the model's
+arguments: its inputs then hold padded steps (``tfcredit.masking``), through which
+the model must keep each layer's state (and output) unchanged.
+
 Optional: ``state_step(inputs, state, training=False) -> state``, the state
 after a ``[B, 1, ...]`` window without a loop; the forward-mode methods (RTRL,
 UORO, SnAp-1) map it over the rows for each row's Jacobian in the weights, and
