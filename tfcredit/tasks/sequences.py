@@ -60,27 +60,28 @@ class SequenceTask(base.Task):
         step axis as long as the inputs' are per step).
       num_classes, input_vocab_size: inferred from the training data if None.
       valid_fraction, test_fraction: the held-out shares when a split is absent.
-      seed: draws the held-out rows and each epoch's order (``train.seed``).
+      seed: draws the held-out rows and each epoch's order (the task's own
+        seed, ``SequenceTask.seed``; the trainer does not pass ``train.seed``).
       name: the task's name in logs and exports.
       data_dir: unused (run plumbing).
     """
     del data_dir
     self.loss = validation.one_of('SequenceTask.loss', loss, LOSSES)
     validation.one_of('SequenceTask.readout', readout, _READOUTS)
-    self.seed, self.name, self.path = int(seed), str(name), path
+    self.seed = validation.integer('SequenceTask.seed', seed, 0)
+    self.name, self.path = str(name), path
+    self._readout_given = readout
     train = self._source(path, inputs, targets, lengths, dataset)
-    splits = self._held_out(train, valid, test, valid_fraction, test_fraction)
-    self.readout = readout or _infer_readout(splits['train'])
-    self.token_inputs = np.issubdtype(splits['train'].inputs[0].dtype, np.integer)
+    self.readout = readout or _infer_readout(train)
+    self.token_inputs = np.issubdtype(train.inputs[0].dtype, np.integer)
     classes = self.loss == 'cross_entropy'
-    self.num_classes = _size('num_classes', num_classes, splits['train'].targets
+    self.num_classes = _size('num_classes', num_classes, train.targets
                              ) if classes else None
     self.input_vocab_size = _size('input_vocab_size', input_vocab_size,
-                                  splits['train'].inputs
-                                  ) if self.token_inputs else None
-    for split_name, split in splits.items():
-      data_lib.check_split(split, split_name, self.token_inputs,
-                           self.num_classes, self.input_vocab_size)
+                                  train.inputs) if self.token_inputs else None
+    # Checked whole, before any row is held out: a message names the row given.
+    self._check(train, 'train')
+    splits = self._held_out(train, valid, test, valid_fraction, test_fraction)
     self._splits = splits
     self.metric_name = 'cross_entropy' if classes else 'mse'
     self.masked = any(len(set(s.lengths)) > 1 for s in splits.values())
@@ -99,11 +100,26 @@ class SequenceTask(base.Task):
     if path is not None:
       self._npz = data_lib.read_npz(path)
       return data_lib.from_arrays(self._npz['inputs'], self._npz['targets'],
-                                  self._npz.get('lengths'), 'train')
+                                  self._npz.get('lengths'), 'train',
+                                  self._per_step_given())
     if targets is None:
       raise ConfigurationError('SequenceTask.inputs needs SequenceTask.targets: '
                                'give one target (or target row) per sequence')
-    return data_lib.from_arrays(inputs, targets, lengths, 'train')
+    return data_lib.from_arrays(inputs, targets, lengths, 'train',
+                                self._per_step_given())
+
+  def _per_step_given(self) -> Optional[bool]:
+    if self._readout_given is None:
+      return None
+    return self._readout_given == base.PER_STEP
+
+  def _check(self, split: data_lib.Split, split_name: str) -> data_lib.Split:
+    """``split`` after the checks of its values and of its targets' readout."""
+    data_lib.check_split(split, split_name, self.token_inputs, self.num_classes,
+                         self.input_vocab_size)
+    data_lib.check_targets(split, split_name, self.readout,
+                           self._readout_given is not None)
+    return split
 
   def _given(self, split_name: str, value) -> Optional[data_lib.Split]:
     if value is None and self.path is not None and (
@@ -113,22 +129,32 @@ class SequenceTask(base.Task):
     if value is None:
       return None
     if isinstance(value, tf.data.Dataset):
-      return data_lib.from_dataset(value, f'SequenceTask.{split_name}')
+      return self._check(
+          data_lib.from_dataset(value, f'SequenceTask.{split_name}'), split_name)
     if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
       raise ConfigurationError(
           f'SequenceTask.{split_name} must be (inputs, targets[, lengths]) or a '
           f'tf.data.Dataset; got {type(value).__name__}')
-    return data_lib.from_arrays(value[0], value[1],
-                                value[2] if len(value) == 3 else None, split_name)
+    return self._check(data_lib.from_arrays(
+        value[0], value[1], value[2] if len(value) == 3 else None, split_name,
+        self.readout == base.PER_STEP), split_name)
 
   def _held_out(self, train, valid, test, valid_fraction, test_fraction):
     splits = {'valid': self._given('valid', valid),
               'test': self._given('test', test)}
-    for key, fraction in (('valid', valid_fraction), ('test', test_fraction)):
-      if splits[key] is None and not 0.0 < fraction < 1.0:
+    fractions = {'valid': valid_fraction, 'test': test_fraction}
+    for key, fraction in fractions.items():
+      if splits[key] is None and not 0.0 < validation.number(
+          f'SequenceTask.{key}_fraction', fraction) < 1.0:
         raise ConfigurationError(
             f'SequenceTask.{key}_fraction must be in (0, 1) when no {key} split '
             f'is given, got {fraction!r}')
+    held = sum(f for key, f in fractions.items() if splits[key] is None)
+    if held >= 1.0:
+      raise ConfigurationError(
+          f'SequenceTask.valid_fraction={valid_fraction!r} and test_fraction='
+          f'{test_fraction!r} hold out {held:g} of the sequences, leaving none to '
+          'train on: make them sum to less than 1')
     rows = data_lib.split_rows(len(train.inputs), valid_fraction, test_fraction,
                                self.seed, splits['valid'] is None,
                                splits['test'] is None)
@@ -253,15 +279,19 @@ class SequenceTask(base.Task):
 
 
 def _infer_readout(train: data_lib.Split) -> str:
-  """Per step when every sequence's targets run along its steps."""
-  per_step = all(np.ndim(y) >= 1 and len(y) == len(x) and len(x) > 1
+  """Per step when every sequence's targets run along its steps (a sequence of
+  one step among longer ones too); terminal when every sequence has one step."""
+  per_step = all(np.ndim(y) >= 1 and len(y) == len(x)
                  for x, y in zip(train.inputs, train.targets))
-  return base.PER_STEP if per_step else base.TERMINAL
+  longer = any(len(x) > 1 for x in train.inputs)
+  return base.PER_STEP if per_step and longer else base.TERMINAL
 
 
 def _size(name: str, given: Optional[int], arrays) -> int:
-  """``given``, else one more than the largest id in ``arrays``."""
+  """``given``, else one more than the largest id in ``arrays`` (arrays that
+  hold no integers are left to ``check_split`` to refuse)."""
   if given is not None:
     return validation.positive_int(f'SequenceTask.{name}', given)
-  largest = max(int(np.max(a)) if np.size(a) else 0 for a in arrays)
+  largest = max(int(np.max(a)) if np.size(a) and np.issubdtype(
+      np.asarray(a).dtype, np.integer) else 0 for a in arrays)
   return largest + 1
