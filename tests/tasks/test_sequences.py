@@ -4,6 +4,8 @@ Every expected batch, loss, count and held-out share is written out by hand or
 computed here with numpy from the raw sequences, never read from the task.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +13,7 @@ import tensorflow as tf
 import tfcredit
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks.sequences import SequenceTask
+from tfcredit.training import components
 from tfcredit.testing import TINY_CONFIG, clean_gin, configure_tiny  # noqa: F401
 
 SPLITS = ('train', 'valid', 'test')
@@ -382,3 +385,15 @@ def test_windows_that_do_not_fit_are_refused_at_startup(tmp_path, run_command,
   assert len(lines) == 1 and lines[0].startswith('error: '), done.stderr
   for word in words:
     assert word in lines[0], lines[0]
+
+
+def test_the_run_seed_draws_the_held_out_rows_unless_bound(tmp_path, clean_gin):
+  """Built by the trainer from a class, the task's seed is ``train.seed``; a
+  bound ``SequenceTask.seed`` wins."""
+  del clean_gin
+  path = tmp_path / 'data.npz'
+  rng = np.random.default_rng(0)
+  np.savez(path, inputs=rng.integers(0, 4, (50, 6)), targets=rng.integers(0, 2, 50))
+  factory = functools.partial(SequenceTask, path=str(path))
+  assert components._task(factory, None, 7).seed == 7
+  assert components._task(functools.partial(factory, seed=3), None, 7).seed == 3

@@ -51,6 +51,9 @@ class Task(abc.ABC):
   # Whether batches may hold padded steps (tfcredit.masking): the model then holds
   # its state through them, and ``losses`` and ``count`` leave them out.
   masked: bool = False
+  # Whether the trainer passes train.seed as the task's ``seed`` (unless bound):
+  # tasks whose held-out rows and data order are the run's, not the data's.
+  seeded_by_run: bool = False
 
   # ----------------------------------------------------------------- model I/O
   @abc.abstractmethod

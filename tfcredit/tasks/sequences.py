@@ -37,6 +37,7 @@ class SequenceTask(base.Task):
   """Labelled sequences of the user's own (see the module docstring)."""
 
   regime = base.EPISODIC
+  seeded_by_run = True  # ``seed`` is ``train.seed`` unless bound.
 
   def __init__(self, *, path: Optional[str] = None, inputs: Any = None,
                targets: Any = None, lengths: Any = None,
@@ -60,8 +61,9 @@ class SequenceTask(base.Task):
         step axis as long as the inputs' are per step).
       num_classes, input_vocab_size: inferred from the training data if None.
       valid_fraction, test_fraction: the held-out shares when a split is absent.
-      seed: draws the held-out rows and each epoch's order (the task's own
-        seed, ``SequenceTask.seed``; the trainer does not pass ``train.seed``).
+      seed: draws the held-out rows and each epoch's order; built by the
+        trainer from a class, ``train.seed`` unless ``SequenceTask.seed`` (or a
+        partial) binds one.
       name: the task's name in logs and exports.
       data_dir: unused (run plumbing).
     """

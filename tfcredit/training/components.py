@@ -67,7 +67,7 @@ def build_components(*, task, method: Callable, model, optimizer,
     precision: the Keras dtype policy the model is built under (the
       optimizer and the method's own variables are float32 whatever it is).
     seed: ``train.seed``, the seed of a method's own draws unless gin binds
-      one (``build_method``).
+      one (``build_method``), and of a task's with ``seeded_by_run``.
 
   Raises:
     ConfigurationError: a factory is not callable or builds the wrong thing (a
@@ -81,7 +81,7 @@ def build_components(*, task, method: Callable, model, optimizer,
         f'its arguments as functools.partial({type(method).__name__}, ...) or gin '
         'bindings')
   strategy = strategy or tf.distribute.get_strategy()
-  task_obj = _task(task, data_dir)
+  task_obj = _task(task, data_dir, seed)
   with strategy.scope():
     with precision_lib.policy_scope(precision):
       model_obj = _model(model, task_obj, precision)
@@ -97,8 +97,10 @@ def build_components(*, task, method: Callable, model, optimizer,
   return Components(task_obj, model_obj, optimizer_obj, method_obj, rate)
 
 
-def _task(task, data_dir: Optional[str]) -> task_base.Task:
-  """The task instance, or the one ``task`` builds with ``data_dir``."""
+def _task(task, data_dir: Optional[str], seed: Optional[int]) -> task_base.Task:
+  """The task instance, or the one ``task`` builds with ``data_dir`` (and
+  ``seed``, ``train.seed``, for a task that draws its data order from the run's
+  seed, unless gin or a partial binds its own)."""
   if isinstance(task, task_base.Task):
     if data_dir is not None:
       raise ConfigurationError(
@@ -106,7 +108,9 @@ def _task(task, data_dir: Optional[str]) -> task_base.Task:
           f'train.task is a {type(task).__name__} instance: give the data '
           'directory to its constructor, or leave train.data_dir out')
     return task
-  task_obj = call_factory(task, 'task', data_dir=data_dir)
+  cls = _unwrap(task)[0]
+  seeded = _unbound_seed(task, seed) if getattr(cls, 'seeded_by_run', False) else {}
+  task_obj = call_factory(task, 'task', data_dir=data_dir, **seeded)
   if not isinstance(task_obj, task_base.Task):
     raise ConfigurationError(
         f'train.task must build a tfcredit Task, got {type(task_obj).__name__}')
