@@ -90,6 +90,7 @@ from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks import language_modeling
+from tfcredit.tasks.sequences import SequenceTask
 from tfcredit.tasks import synthetic
 from tfcredit.training import distribution
 from tfcredit.training import trainer
@@ -156,6 +157,10 @@ def define_flags() -> None:
          'and the adding task under train.precision mixed_bfloat16 and '
          'mixed_float16 beside float32 (their ratios are against float32 in the '
          'same run), and the bfloat16 1024^3 matmul.')
+  define(flags.DEFINE_bool, 'sequence_task_rows', True, 'Also time the adding '
+         "task's batches as a SequenceTask (the user's own arrays): of one "
+         'length (no masks) and padded from lengths 150-200, against the '
+         'built-in adding task in the same rounds (full BPTT).')
   define(flags.DEFINE_multi_string, 'method', [], "Extra rows on the PTB "
          "shape, one per 'NAME: gin bindings' as tools/compare.py takes them "
          "(the bindings name the class), built as the trainer builds it, e.g. "
@@ -820,6 +825,41 @@ def markdown_table(rows: Sequence[Dict]) -> str:
        f"{row['fraction_of_roofline_cpu_time']:.2f}"] for row in rows])
 
 
+def sequence_task_rows(adding_task: Workload, add) -> Dict[str, Runner]:
+  """The adding batches as ``SequenceTask`` arrays, unpadded and padded (each
+  row cut at a length drawn from 150-200, NaN after it), beside the built-in
+  task under the same workload name (the rows' reference): what the user's
+  own data and its masks cost."""
+  name = f'{adding_task.name}, own arrays'
+  reference = add(tfcredit_runner, dataclasses.replace(adding_task, name=name),
+                  200)
+  segments = adding_task.segments(None)
+  inputs = np.concatenate([x.numpy() for x, _ in segments])
+  targets = np.concatenate([y.numpy() for _, y in segments])
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(150, 201, size=len(inputs))
+  for label, task_lengths in (('SequenceTask', None),
+                              ('SequenceTask, padded 150-200', lengths)):
+    task = SequenceTask(inputs=inputs, targets=targets, lengths=task_lengths,
+                        loss='mse', readout=task_base.TERMINAL,
+                        valid=(inputs[:2], targets[:2]),
+                        test=(inputs[:2], targets[:2]))
+    padded = inputs.copy()
+    if task_lengths is not None:
+      padded[np.arange(inputs.shape[1]) >= task_lengths[:, None]] = np.nan
+    batch = adding_task.batch_size
+    workload = dataclasses.replace(
+        adding_task, name=name, task=task,
+        segments=lambda _, padded=padded: [
+            (tf.constant(padded[i:i + batch]), tf.constant(targets[i:i + batch]))
+            for i in range(0, len(padded), batch)])
+    add(method_runner, workload, f'tfcredit TruncatedBPTT window=200, {label}',
+        lambda model, task, optimizer: TruncatedBPTT(
+            model=model, task=task, optimizer=optimizer, window=200),
+        flops_window=200)
+  return {name: reference}
+
+
 def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
                   replicas_row: bool, artbp_row: bool = True,
                   bf16_row: bool = False
@@ -882,6 +922,8 @@ def build_runners(quick: bool, windows_per_call: Sequence[int], seed: int,
   if FLAGS.jit_compile_rows:
     add(tfcredit_runner, adding_task, 200, jit_compile=True)
   add(tfcredit_runner, adding_task, 20)
+  if FLAGS.sequence_task_rows:
+    references.update(sequence_task_rows(adding_task, add))
   if FLAGS.precision_rows:
     for workload, window, count in ((language_model, 20, largest),
                                     (adding_task, 200, 1)):
