@@ -1,5 +1,6 @@
 """The trainer: resume equals an uninterrupted run, non-finite loss, files written."""
 
+import functools
 import glob
 import json
 import math
@@ -238,3 +239,29 @@ def test_train_seed_seeds_the_methods_draws_unless_gin_binds_one(method, variabl
         seed=arguments['seed'])
     seeds.append(int(getattr(parts.method, variable).numpy()))
   assert seeds == [3, 4, 11]
+
+
+
+_STREAM_BPTT = functools.partial(tfcredit.BPTT, sequence_length=2)
+
+
+@pytest.mark.parametrize('task, method, message', [
+    (lambda: tfcredit.MarkovLanguageTask(train_length=30, eval_length=400),
+     _STREAM_BPTT, "the train split of task 'markov_lm' has fewer than 2 tokens "
+     'per column at train.batch_size=20'),
+    (lambda: tfcredit.MarkovLanguageTask(train_length=400, eval_length=15),
+     _STREAM_BPTT, "the valid split of task 'markov_lm' has fewer than 2 tokens "
+     'per column at train.eval_batch_size=10'),
+    (lambda: tfcredit.SequenceTask(inputs=np.zeros((12, 4), np.int32),
+                                   targets=np.zeros(12, np.int32), num_classes=2,
+                                   valid_fraction=0.2, test_fraction=0.2),
+     tfcredit.BPTT, "the train split of task 'sequences' has fewer sequences "
+     'than one batch at train.batch_size=20'),
+])
+def test_a_split_without_one_batch_is_refused_before_training(
+    tmp_path, task, method, message):
+  """One line naming the split and the batch size, before any file is written."""
+  with pytest.raises(tfcredit.DataError, match=message):
+    tfcredit.train(str(tmp_path / 'run'), export_dir=None, task=task(),
+                   method=method, batch_size=20, eval_batch_size=10)
+  assert not os.path.exists(tmp_path / 'run')

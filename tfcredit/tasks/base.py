@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfcredit.errors import ConfigurationError
+from tfcredit.errors import ConfigurationError, DataError
 
 STREAM = 'stream'
 EPISODIC = 'episodic'
@@ -196,6 +196,30 @@ def evaluate(task: Task, predict: PredictFn, initial_state: Callable[[int], Any]
             'count': count}
   result.update({key: value / count for key, value in extras.items()})
   return result
+
+
+def check_splits(task: Task, batch_size: int, eval_batch_size: int,
+                 splits=('train', 'valid', 'test')) -> None:
+  """Refuses, before training, a split with no loss unit at its batch size: a
+  stream shorter than two tokens per column, or an episodic split with no whole
+  training batch (or no sequence to evaluate).
+
+  Raises:
+    DataError: naming the task, the split, its size and the fix.
+  """
+  for split in splits:
+    rows = batch_size if split == 'train' else eval_batch_size
+    flag = 'train.batch_size' if split == 'train' else 'train.eval_batch_size'
+    if task.regime == STREAM:
+      steps = task.stream(split, rows).shape[1] - 1
+      if steps < 1:
+        raise DataError(
+            f'the {split} split of task {task.name!r} has fewer than 2 tokens '
+            f'per column at {flag}={rows}: use a smaller {flag} or more text')
+    elif task.batches_per_epoch(split, rows) < 1:
+      raise DataError(
+          f'the {split} split of task {task.name!r} has fewer sequences than one '
+          f'batch at {flag}={rows}: use a smaller {flag} or more sequences')
 
 
 def nats_to_bits(value: float) -> float:

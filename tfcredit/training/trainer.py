@@ -154,6 +154,9 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                            batch_size=batch_size, data_dir=data_dir,
                            strategy=strategy, precision=precision, seed=seed)
   parts.method.check_task(parts.task)
+  task_base.check_splits(parts.task, batch_size, eval_batch_size,
+                         ('train', 'valid', 'test') if evaluate_test
+                         else ('train', 'valid'))
   # Host-side bookkeeping: plain variables, outside the strategy's scope.
   schedule = components.call_factory(lr_schedule, 'lr_schedule',
                                      base=parts.learning_rate)
