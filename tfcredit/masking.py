@@ -62,3 +62,11 @@ def hold(mask_t: tf.Tensor, new, old):
     # tf.where fails under tf.vectorized_map (UORO's per-row products, TF 2.21).
     return keep * n + (1 - keep) * tf.cast(o, n.dtype)
   return tf.nest.map_structure(select, new, old)
+
+
+def real_at(inputs: tf.Tensor, step) -> tf.Tensor:
+  """``[B]`` float: 1 where ``step`` is a real step of the row (0 past the
+  segment's end)."""
+  length = tf.shape(inputs)[1]
+  real = tf.gather(step_mask(inputs), tf.minimum(step, length - 1), axis=1)
+  return tf.cast(tf.logical_and(real, step < length), tf.float32)

@@ -24,13 +24,9 @@ from tfcredit.methods import truncated_bptt
 from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.metrics import LAST
 from tfcredit.models import synthesizers as synthesizers_lib
+from tfcredit.models.state import flatten_state
 from tfcredit.tasks import base as task_base
 from tfcredit.training import schedules
-
-def flatten_state(state) -> tf.Tensor:
-  """The state nest as ``[B, N]``: every layer's tensors concatenated."""
-  return tf.concat(tf.nest.flatten(state), axis=-1)
-
 
 @registry.register
 class DNI(base.Method):
@@ -117,15 +113,9 @@ class DNI(base.Method):
                      for spec in tf.nest.flatten(model.state_spec()))
     self.synthesizer(tf.zeros([1, self.width]),
                      tf.zeros([1, self.width, synthesizer.memory_size]))
-    if isinstance(synthesizer_optimizer, type):
-      synthesizer_optimizer = synthesizer_optimizer(
-          learning_rate=synthesizer_learning_rate)
-    if not isinstance(synthesizer_optimizer, keras.optimizers.Optimizer):
-      raise ConfigurationError(
-          f'DNI.synthesizer_optimizer must be a Keras optimizer class or instance, '
-          f'got {synthesizer_optimizer!r}')
-    self.synthesizer_optimizer = synthesizer_optimizer
-    self.synthesizer_optimizer.build(self.synthesizer.trainable_variables)
+    self.synthesizer_optimizer = synthesizers_lib.built_optimizer(
+        'DNI.synthesizer_optimizer', synthesizer_optimizer,
+        synthesizer_learning_rate, self.synthesizer.trainable_variables)
     variable = lambda value, dtype, name: tf.Variable(
         value, dtype=dtype, trainable=False, name=name,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -220,16 +210,8 @@ class DNI(base.Method):
     if self.task.regime == task_base.STREAM:
       return tf.constant(1.0)
     if self.task.masked:
-      return self._real_at(inputs, end)
+      return masking.real_at(inputs, end)[:, None]
     return tf.cast(end < length, tf.float32)
-
-  @staticmethod
-  def _real_at(inputs, step):
-    """``[B, 1]``: 1 where ``step`` is a real (not padded) step of the row."""
-    length = tf.shape(inputs)[1]
-    real = tf.gather(masking.step_mask(inputs), tf.minimum(step, length - 1),
-                     axis=1)
-    return tf.cast(tf.logical_and(real, step < length), tf.float32)[:, None]
 
   def _window_terms(self, tape, inputs, targets, state, memory_start, noise,
                     has_future, end, length, normalizer, ratio):
@@ -349,7 +331,8 @@ class DNI(base.Method):
             inputs[:, start:end], self.window_targets(targets, start, end), state,
             memory, noise[:, index], noise[:, index + 1],
             self._has_future(end, length, inputs), end, length, synthetic,
-            live=self._real_at(inputs, start) if self.task.masked else None)
+            live=(masking.real_at(inputs, start)[:, None] if self.task.masked
+                  else None))
         return (final_state, memory_start, noise), per_window
 
       carried, (gradients, synthesizer_gradients, loss_sum, synthesizer_loss,

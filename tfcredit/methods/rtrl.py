@@ -22,6 +22,7 @@ from tfcredit.methods import registry
 from tfcredit.methods import truncated_bptt
 from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.metrics import LAST
+from tfcredit.models.state import flatten_state, unflatten_state
 from tfcredit.tasks import base as task_base
 
 _ZERO = tf.UnconnectedGradients.ZERO
@@ -122,11 +123,10 @@ class RTRL(base.Method):
 
   # ------------------------------------------------------------ the method
   def _flat(self, state) -> tf.Tensor:
-    return tf.concat(tf.nest.flatten(state), axis=-1)
+    return flatten_state(state)
 
   def _nest(self, flat):
-    return tf.nest.pack_sequence_as(self.model.state_spec(),
-                                    tf.split(flat, self.sizes, axis=-1))
+    return unflatten_state(flat, self.model.state_spec(), self.sizes)
 
   # The influence and how it is used and carried: RTRL's is exact; UORO
   # (uoro.py) overrides these with a rank-one estimate, SnAp-1 (snap.py) with a

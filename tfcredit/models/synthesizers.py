@@ -206,3 +206,19 @@ class NeuronwiseSynthesizer(keras.layers.Layer):
     c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
     h = tf.sigmoid(o) * tf.tanh(c)
     return h, tf.concat([h, c], axis=-1)
+
+
+def built_optimizer(name: str, optimizer, learning_rate: float, variables):
+  """A synthesizer's optimizer: ``optimizer`` (a Keras optimizer class, made
+  with ``learning_rate``, or instance) built on ``variables``.
+
+  Raises:
+    ConfigurationError: ``optimizer`` is neither (``name`` is its binding).
+  """
+  if isinstance(optimizer, type):
+    optimizer = optimizer(learning_rate=learning_rate)
+  if not isinstance(optimizer, keras.optimizers.Optimizer):
+    raise ConfigurationError(
+        f'{name} must be a Keras optimizer class or instance, got {optimizer!r}')
+  optimizer.build(variables)
+  return optimizer
