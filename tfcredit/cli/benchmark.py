@@ -245,8 +245,7 @@ def cpu_features(cpuinfo: Optional[str] = None) -> Dict:
 
 
 # ---------------------------------------------------------------- workloads
-# pylint: disable-next=protected-access
-class RandomTokenStream(language_modeling._TokenStreamTask):
+class RandomTokenStream(language_modeling.TokenStreamTask):
   """The language-modelling loss, specs and layout on uniformly random token ids.
 
   The benchmark must run without a download, and throughput does not depend on
