@@ -8,7 +8,11 @@ import platform
 import pytest
 import tensorflow as tf
 
-from tfcredit.cli import benchmark
+from tfcredit.benchmarks import machine
+from tfcredit.benchmarks import measure
+from tfcredit.benchmarks import report
+from tfcredit.benchmarks import runners
+from tfcredit.benchmarks import workloads
 
 SAPPHIRE_RAPIDS = """\
 processor\t: 0
@@ -32,7 +36,7 @@ flags\t\t: fpu sse sse2 avx f16c fma avx2 bmi2 sha_ni vaes
 
 
 def test_cpu_features_with_amx():
-  features = benchmark.cpu_features(SAPPHIRE_RAPIDS)
+  features = machine.cpu_features(SAPPHIRE_RAPIDS)
   assert features['cpu_model'] == 'Intel(R) Xeon(R) Platinum 8480+'
   assert features['isa_flags'] == ['avx2', 'fma', 'avx512f', 'avx512_bf16',
                                    'amx_bf16', 'amx_tile', 'amx_int8']
@@ -42,7 +46,7 @@ def test_cpu_features_with_amx():
 
 
 def test_cpu_features_without_amx():
-  features = benchmark.cpu_features(EPYC)
+  features = machine.cpu_features(EPYC)
   assert features['cpu_model'] == 'AMD EPYC 7B13'
   assert features['isa_flags'] == ['avx2', 'fma']
   assert features['bf16_flags'] == []
@@ -52,25 +56,25 @@ def test_cpu_features_without_amx():
 def test_cpu_features_flag_names_match_whole_words():
   # avx512_bf16 alone is a bf16 matrix instruction set; amx_tile without amx_bf16
   # is not; avx512bw must not read as avx512f, nor avx2 inside another name.
-  features = benchmark.cpu_features(
+  features = machine.cpu_features(
       'model name : X\nflags : avx512bw avx2x amx_tile amx_int8\n')
   assert features['isa_flags'] == ['amx_tile', 'amx_int8']
   assert features['bf16_flags'] == ['amx_tile']
   assert features['bf16_matmul'] is False
-  assert benchmark.cpu_features('flags : avx512_bf16\n')['bf16_matmul'] is True
+  assert machine.cpu_features('flags : avx512_bf16\n')['bf16_matmul'] is True
 
 
 def test_cpu_features_without_cpuinfo_falls_back_to_platform(monkeypatch):
   monkeypatch.setattr(platform, 'processor', lambda: 'arm')
-  features = benchmark.cpu_features('')
+  features = machine.cpu_features('')
   assert features['cpu_model'] == 'arm'
   assert features['isa_flags'] == [] and features['bf16_matmul'] is False
 
 
 def _runner(workload, unit, rates, cpu_rates, flops_per_unit):
-  return benchmark.Runner(workload, workload, unit, run=None,
-                          flops_per_unit=flops_per_unit, rates=list(rates),
-                          cpu_rates=list(cpu_rates))
+  return measure.Runner(workload, workload, unit, run=None,
+                        flops_per_unit=flops_per_unit, rates=list(rates),
+                        cpu_rates=list(cpu_rates))
 
 
 def test_fractions_are_against_the_best_roofline_round():
@@ -78,8 +82,8 @@ def test_fractions_are_against_the_best_roofline_round():
                      [40.0, 45.0, 30.0], 1e9)
   model = _runner('lm', 'tokens', [1000.0, 2000.0, 1500.0], [500.0, 900.0, 700.0],
                   2e7)  # 20, 40, 30 GFLOP/s; 10, 18, 14 per CPU-second.
-  assert benchmark.roofline_peak(roofline) == (80.0, 45.0)
-  rows = benchmark.summarize([roofline, model], roofline, references={})
+  assert report.roofline_peak(roofline) == (80.0, 45.0)
+  rows = report.summarize([roofline, model], roofline, references={})
   assert rows[1]['gflops'] == pytest.approx(30.0)
   # Not the per-round median ratio (0.5 in wall clock, 0.4 in CPU time).
   assert rows[1]['fraction_of_roofline'] == pytest.approx(30.0 / 80.0)
@@ -93,7 +97,7 @@ def test_fractions_are_against_the_best_roofline_round():
     (tf.bfloat16, 'matmul [8,8]x[8,16] bfloat16')])
 def test_matmul_runner_counts_its_chained_products(dtype, label):
   flops = 2.0 * 8 * 8 * 16
-  runner = benchmark.matmul_runner((8, 8, 16), 10.5 * flops, dtype=dtype)
+  runner = runners.matmul_runner((8, 8, 16), 10.5 * flops, dtype=dtype)
   assert runner.config == label
   units, elapsed = runner.run()
   assert units == pytest.approx(10 * flops / 1e9)  # 10 products per timing.
@@ -103,11 +107,11 @@ def test_matmul_runner_counts_its_chained_products(dtype, label):
 # ------------------------------------------------ --method='NAME: bindings' rows
 @pytest.fixture(scope='module')
 def short_ptb():
-  return benchmark.ptb_small(steps=40, seed=0)
+  return workloads.ptb_small(steps=40, seed=0)
 
 
 def test_a_method_row_is_built_from_its_gin_bindings(short_ptb):
-  runner = benchmark.configured_runner(
+  runner = runners.configured_runner(
       short_ptb, 'ARTBP L0=5: train.method = @ARTBP; ARTBP.mean_length = 5; '
       'ARTBP.windows_per_call = 2')
   assert runner.config == 'tfcredit ARTBP L0=5'
@@ -119,12 +123,12 @@ def test_a_method_row_is_built_from_its_gin_bindings(short_ptb):
 def test_a_method_row_applies_its_bindings_and_names_what_is_wrong(short_ptb):
   from tfcredit.errors import ConfigurationError  # pylint: disable=g-import-not-at-top
   with pytest.raises(ConfigurationError, match='ARTBP.mean_length'):
-    benchmark.configured_runner(
+    runners.configured_runner(
         short_ptb, 'bad: train.method = @ARTBP; ARTBP.mean_length = -1')
   with pytest.raises(ConfigurationError, match='binds no method'):
-    benchmark.configured_runner(short_ptb, 'no class: ARTBP.mean_length = 5')
+    runners.configured_runner(short_ptb, 'no class: ARTBP.mean_length = 5')
   with pytest.raises(ConfigurationError, match='NAME: BINDINGS'):
-    benchmark.configured_runner(short_ptb, 'train.method = @ARTBP')
+    runners.configured_runner(short_ptb, 'train.method = @ARTBP')
 
 
 # --------------------------------------------------- --forward_mode_units rows
@@ -132,10 +136,10 @@ def test_a_method_row_applies_its_bindings_and_names_what_is_wrong(short_ptb):
 def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
   from tfcredit import methods  # pylint: disable=g-import-not-at-top
   units, steps = 8, 20
-  workload = benchmark.forward_mode_stream(units, steps=steps, seed=0)
-  runner = benchmark.forward_mode_runner(workload, getattr(methods, name), 10, 2)
-  rows, state = benchmark.FORWARD_MODE_BATCH, 2 * units  # An LSTM's h and c.
-  vocabulary = benchmark.FORWARD_MODE_VOCABULARY
+  workload = workloads.forward_mode_stream(units, steps=steps, seed=0)
+  runner = runners.forward_mode_runner(workload, getattr(methods, name), 10, 2)
+  rows, state = workloads.FORWARD_MODE_BATCH, 2 * units  # An LSTM's h and c.
+  vocabulary = workloads.FORWARD_MODE_VOCABULARY
   weights = (vocabulary * units + 4 * units * (2 * units + 1)
              + units * vocabulary + vocabulary)  # Embedding, LSTM, head.
   floats = rows * state * weights if name == 'RTRL' else rows * (state + weights)

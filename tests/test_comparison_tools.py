@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from tfcredit import comparison
 from tfcredit import fidelity
 from tfcredit.errors import ConfigurationError
 from tfcredit.testing import hparams_sessions
@@ -84,6 +85,59 @@ def test_compare_checks_every_config_before_training_any(tmp_path, run_command):
   assert 'windoww' in done.stderr and 'Traceback' not in done.stderr
   # The first run did not train: its directory was never made.
   assert not (tmp_path / 'good').exists()
+
+
+def test_compare_plans_a_run_per_config_or_per_method():
+  assert comparison.plan_runs(['a/x.gin', 'b/y.gin'], None) == [
+      ('x', ['a/x.gin'], []), ('y', ['b/y.gin'], [])]
+  # The same file name twice: the relative paths name the runs.
+  assert [name for name, _, _ in comparison.plan_runs(['a/x.gin', 'b/x.gin'], [])
+          ] == ['a_x.gin', 'b_x.gin']
+  assert comparison.plan_runs(['base.gin'], [
+      'tbptt K=5: train.method = @TruncatedBPTT; TruncatedBPTT.window = 5']) == [
+          ('tbptt K=5', ['base.gin'],
+           ['train.method = @TruncatedBPTT', 'TruncatedBPTT.window = 5'])]
+  with pytest.raises(ConfigurationError, match='--gin_file is required'):
+    comparison.plan_runs([], ['a: x = 1'])
+  with pytest.raises(ConfigurationError, match='names must differ'):
+    comparison.plan_runs(['base.gin'], ['K 5: x = 1', 'K/5: x = 2'])
+  assert comparison.slug('tbptt K=5, α') == 'tbptt_K=5' and comparison.slug('/') == 'run'
+
+
+def test_every_run_gets_the_shared_bindings_then_its_own_then_the_seed():
+  settings = comparison.Settings(bindings=['a = 1'], seed=3)
+  assert comparison.run_bindings(['b = 2'], settings) == [
+      'a = 1', 'b = 2', 'train.seed = 3']
+
+
+def test_the_comparison_table_formats_each_run():
+  row = {'run': 'x', 'metric': 'perplexity', 'final': 12.3456, 'best': 11.0,
+         'test': None, 'unit': 'tokens', 'units_per_second': 1234.4,
+         'wall_seconds': 5.4, 'updates': 1000, 'units_seen': 20000}
+  lines = comparison.markdown_table([row]).splitlines()
+  assert lines[0] == ('| run | final valid perplexity | best valid perplexity | '
+                      'test perplexity | tokens/s | wall time | updates | tokens |')
+  assert lines[2] == '| x | 12.35 | 11 | — | 1,234 | 5 s | 1,000 | 20,000 |'
+
+
+def test_a_failed_run_ends_the_comparison_naming_it(tmp_path, run_command,
+                                                    monkeypatch):
+  started = []
+
+  def failing(name, gin_files, bindings, model_dir, settings):
+    del gin_files, bindings, model_dir, settings
+    started.append(name)
+    return None, 7
+
+  monkeypatch.setattr(comparison, 'train', failing)
+  done = run_command('compare', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
+                     '--method=a: train.method = @TruncatedBPTT',
+                     '--method=b: train.method = @TruncatedBPTT')
+  assert done.returncode == 1  # Exit codes other than 1 and 2 read as 1.
+  assert started == ['a']
+  assert (f"error: run 'a' failed (exit 7); its output is above and its "
+          f"directory is {tmp_path / 'a'}") in done.stderr
+  assert not (tmp_path / 'comparison.md').exists()
 
 
 def test_gradient_fidelity_end_to_end(tmp_path, run_command):

@@ -101,6 +101,36 @@ def test_the_import_graph_has_no_cycle():
   assert _cycle(graph) is None, ' -> '.join(_cycle(graph))
 
 
+def _every_import(path):
+  """Every module an ``import`` statement names, at any depth (functions too)."""
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and not node.level:
+      names.add(node.module)
+      names.update(f'{node.module}.{alias.name}' for alias in node.names)
+  return names
+
+
+def test_the_library_imports_neither_the_commands_nor_their_flags():
+  """The commands (``tfcredit.cli``) sit on top: the library (the benchmarks,
+  the comparison, fidelity...) takes its settings as arguments, so no module
+  outside ``tfcredit.cli`` imports it or absl's flags (``tfcredit.testing`` runs
+  the commands, by name)."""
+  modules = _modules()
+  library = {name: path for name, path in modules.items()
+             if not name.startswith('tfcredit.cli') and name != 'tfcredit.testing'}
+  assert 'tfcredit.benchmarks.suite' in library and 'tfcredit.comparison' in library
+  for name, path in library.items():
+    imported = _every_import(path)
+    assert not {module for module in imported
+                if module == 'tfcredit.cli' or module.startswith('tfcredit.cli.')
+                or module in ('absl.flags', 'absl.app')}, name
+
+
 def test_the_cycle_finder_finds_a_cycle():
   assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
   assert _cycle({'a': {'b'}, 'b': set()}) is None

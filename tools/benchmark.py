@@ -1,6 +1,7 @@
 """``python tools/benchmark.py ...`` in a checkout: the same as ``tfcredit-benchmark ...``.
 
-The code is ``tfcredit/cli/benchmark.py``.
+The command is ``tfcredit/cli/benchmark.py``; the measuring code, the package
+``tfcredit/benchmarks/``.
 """
 
 import os

@@ -1,6 +1,6 @@
 """``python tools/compare.py ...`` in a checkout: the same as ``tfcredit-compare ...``.
 
-The code is ``tfcredit/cli/compare.py``.
+The command is ``tfcredit/cli/compare.py``; its logic, ``tfcredit/comparison.py``.
 """
 
 import os

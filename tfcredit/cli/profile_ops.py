@@ -132,22 +132,23 @@ def op_times(xplane_path: str) -> Tuple[Dict[str, float], float, Dict[str, float
 def build(workload: str, unroll_implementation: str, method: str = ''):
   """The benchmark's runner for ``workload`` (warmed up: traced and run once);
   ``method`` (``'NAME: bindings'``, PTB shape only) replaces TruncatedBPTT."""
-  from tfcredit.cli import benchmark  # pylint: disable=g-import-not-at-top
+  from tfcredit.benchmarks import runners  # pylint: disable=g-import-not-at-top
+  from tfcredit.benchmarks import workloads  # pylint: disable=g-import-not-at-top
   if method:
     if workload != 'ptb_small':
       raise ConfigurationError('--method profiles the PTB shape only: drop '
                                f'--workload={workload}')
-    data = benchmark.with_unroll(benchmark.ptb_small(steps=20 * 10 * 5, seed=0),
+    data = workloads.with_unroll(workloads.ptb_small(steps=20 * 10 * 5, seed=0),
                                  unroll_implementation)
-    return benchmark.configured_runner(data, method)
+    return runners.configured_runner(data, method)
   if workload == 'ptb_small':
-    data = benchmark.ptb_small(steps=20 * 10 * 5, seed=0)
+    data = workloads.ptb_small(steps=20 * 10 * 5, seed=0)
     window, windows_per_call = 20, 10
   else:
-    data = benchmark.adding(length=200, batches=2, seed=0)
+    data = workloads.adding(length=200, batches=2, seed=0)
     window, windows_per_call = 200, 1
-  return benchmark.tfcredit_runner(data, window, windows_per_call,
-                                   unroll_implementation=unroll_implementation)
+  return runners.tfcredit_runner(data, window, windows_per_call,
+                                 unroll_implementation=unroll_implementation)
 
 
 def markdown(by_category: Dict[str, float], executor: float, wall: float,

@@ -26,8 +26,12 @@ _CHARACTER_CORPORA = ('ptb_char', 'text8')
 _SPLITS = ('train', 'valid', 'test')
 
 
-class _TokenStreamTask(base.Task):
-  """Shared by stream language tasks: loss, metric, batchified splits."""
+class TokenStreamTask(base.Task):
+  """Shared by stream language tasks: loss, metric, batchified splits.
+
+  A subclass gives ``vocabulary_size`` and ``_ids(split)``, the split's token ids
+  as one 1-D integer array; ``stream`` lays them out in columns.
+  """
 
   regime = base.STREAM
   readout = base.PER_STEP
@@ -69,7 +73,7 @@ class _TokenStreamTask(base.Task):
     return self._streams[key]
 
 
-class LanguageModelTask(_TokenStreamTask):
+class LanguageModelTask(TokenStreamTask):
   """Next-token prediction on a corpus of ``tfcredit.tasks.corpora``."""
 
   def __init__(self, *, corpus: str = 'ptb', data_dir: Optional[str] = None,
@@ -117,7 +121,7 @@ class LanguageModelTask(_TokenStreamTask):
     return config
 
 
-class MarkovLanguageTask(_TokenStreamTask):
+class MarkovLanguageTask(TokenStreamTask):
   """A token stream from a random sparse first-order Markov chain.
 
   Each token has ``branching`` possible successors with Dirichlet(1) probabilities.

@@ -47,7 +47,7 @@ from tfcredit import validation
 from tfcredit.errors import ConfigurationError, DataError
 from tfcredit.tasks import corpora
 # The stream base shared by the language-modelling tasks.
-from tfcredit.tasks.language_modeling import _TokenStreamTask
+from tfcredit.tasks.language_modeling import TokenStreamTask
 
 LEVELS = ('word', 'char')
 WORD_BOUNDARY = '_'  # The PTB character files' word boundary.
@@ -270,7 +270,7 @@ def encode(tokens: Sequence[str], vocabulary: corpora.Vocabulary,
   return array
 
 
-class TextCorpusTask(_TokenStreamTask):
+class TextCorpusTask(TokenStreamTask):
   """Next-token prediction on the user's own text files (module docstring)."""
 
   def __init__(self, *, train: Optional[str] = None, valid: Optional[str] = None,

@@ -1,0 +1,248 @@
+"""Comparing methods on one task: a training run each, their results side by side.
+
+A comparison is a list of runs ``(name, gin files, bindings)`` (``plan_runs``: one
+gin file per run, or one base config and a ``'NAME: bindings'`` variant per run,
+the syntax of ``fidelity.Variant``). Each run is ``tfcredit-train`` in its own
+process in ``<output_dir>/<slug(name)>`` (``train``), with the bindings every run
+shares and ``train.seed`` (``Settings``): the same seed gives every run the same
+initial weights and data order, and running the comparison again resumes
+unfinished runs and reuses finished ones. ``summarize`` reads a run's results back
+(``final_metrics.json``, its TensorBoard scalars); ``markdown_table`` and ``plot``
+are the table and the curves. Used by ``tfcredit-compare``
+(``tfcredit/cli/compare.py``).
+"""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from tfcredit import fidelity
+from tfcredit import tables
+from tfcredit.errors import ConfigurationError
+
+# A run: (name, gin files, its own bindings).
+Run = Tuple[str, List[str], List[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What every run of a comparison shares.
+
+  Attributes:
+    bindings: gin bindings applied to every run, before its own.
+    seed: ``train.seed`` of every run.
+    data_dir: the runs' ``--data_dir``; None leaves it out.
+    verbose: the runs get ``--verbose``.
+    curve: the plotted curve, ``'<train|valid>/<tag>'`` of the runs' TensorBoard
+      scalars; None: ``valid/<the task metric>``.
+    environment: the training processes' environment; None: this process's.
+  """
+  bindings: Sequence[str] = ()
+  seed: int = 0
+  data_dir: Optional[str] = None
+  verbose: bool = False
+  curve: Optional[str] = None
+  environment: Optional[Dict[str, str]] = None
+
+
+class RunFailed(Exception):
+  """A run's training process exited with an error (its output was echoed)."""
+
+  def __init__(self, name: str, exit_code: int, model_dir: str):
+    super().__init__(f'run {name!r} failed (exit {exit_code}); its output is above '
+                     f'and its directory is {model_dir}')
+    self.name, self.exit_code, self.model_dir = name, exit_code, model_dir
+
+
+def slug(name: str) -> str:
+  """A directory name for a run name."""
+  return re.sub(r'[^A-Za-z0-9_.=-]+', '_', name).strip('_') or 'run'
+
+
+def plan_runs(gin_files: Sequence[str], methods: Optional[Sequence[str]]
+              ) -> List[Run]:
+  """``[(name, gin files, bindings)]``: a run per gin file, or without
+  ``methods`` a run per ``'NAME: bindings'`` on top of the gin files.
+
+  Raises:
+    ConfigurationError: no gin file, a single one without methods, or two method
+      names with the same directory.
+  """
+  if not gin_files:
+    raise ConfigurationError('--gin_file is required: one per run, or a base '
+                             'config with --method')
+  if not methods:
+    if len(gin_files) < 2:
+      raise ConfigurationError('give at least two --gin_file (one run each), or '
+                               '--method variants of one config')
+    names = [os.path.splitext(os.path.basename(path))[0] for path in gin_files]
+    if len(set(names)) < len(names):
+      names = [os.path.relpath(path).replace(os.sep, '_') for path in gin_files]
+    return [(name, [path], []) for name, path in zip(names, gin_files)]
+  runs = [(variant.name, list(gin_files), list(variant.bindings))
+          for variant in map(fidelity.Variant.parse, methods)]
+  if len({slug(name) for name, _, _ in runs}) < len(runs):
+    raise ConfigurationError('--method names must differ: they name the run '
+                             'directories')
+  return runs
+
+
+def run_bindings(bindings: Sequence[str], settings: Settings) -> List[str]:
+  """Every binding a run gets: the shared ones, its own, the seed."""
+  return (list(settings.bindings) + list(bindings)
+          + [f'train.seed = {settings.seed}'])
+
+
+def check_configs(runs: Sequence[Run], settings: Settings) -> None:
+  """Parses every run's configuration before the first one trains, so a typo in
+  the last run's bindings is an error now, not after the others have trained.
+
+  Raises:
+    ConfigurationError: naming the run and what gin could not parse.
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+  import tfcredit  # pylint: disable=g-import-not-at-top,unused-import  # Registers the configurables.
+  from tfcredit import config  # pylint: disable=g-import-not-at-top
+  try:
+    for name, gin_files, bindings in runs:
+      gin.clear_config()
+      try:
+        config.parse(gin_files, run_bindings(bindings, settings))
+      except ConfigurationError as error:
+        raise ConfigurationError(f'run {name!r} (nothing was trained): {error}'
+                                 ) from None
+  finally:
+    gin.clear_config()
+
+
+def train(name: str, gin_files: Sequence[str], bindings: Sequence[str],
+          model_dir: str, settings: Settings
+          ) -> Tuple[Optional[Dict], float]:
+  """Runs tfcredit-train in a child process, echoing its output (indented) as it
+  comes; returns (final metrics, wall seconds of every invocation of this run),
+  or (None, exit code) if it failed."""
+  command = [sys.executable, '-m', 'tfcredit.cli.train',
+             f'--model_dir={model_dir}', '--export_dir=']
+  command += [f'--gin_file={path}' for path in gin_files]
+  command += [f'--gin_bindings={b}' for b in run_bindings(bindings, settings)]
+  if settings.data_dir:
+    command.append(f'--data_dir={settings.data_dir}')
+  if settings.verbose:
+    command.append('--verbose')
+  print(f'== {name}: tfcredit-train {" ".join(command[3:])}', flush=True)
+  start = time.time()
+  process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True,
+                             env=settings.environment)
+  last = ''
+  for line in process.stdout:
+    print(f'   {line}', end='', flush=True)
+    if line.strip():
+      last = line.strip()
+  code = process.wait()
+  if code != 0:
+    return None, code
+  return json.loads(last), _add_wall_time(model_dir, time.time() - start)
+
+
+def _add_wall_time(model_dir: str, seconds: float) -> float:
+  """Adds this invocation's seconds to the run's total (kept in the run
+  directory, so a resumed or reused run reports all the time it took)."""
+  path = os.path.join(model_dir, 'compare_wall_seconds.json')
+  total = seconds
+  if os.path.exists(path):
+    with open(path) as f:
+      total += json.load(f)['seconds']
+  with open(path, 'w') as f:
+    json.dump({'seconds': total}, f)
+  return total
+
+
+def summarize(name: str, final: Dict, wall: float, model_dir: str,
+              curve: Optional[str] = None) -> Dict:
+  """One table row: metrics from final_metrics.json, curves from the events
+  (``curve``: as ``Settings.curve``)."""
+  from tfcredit.training import reporting  # pylint: disable=g-import-not-at-top
+  metric = next((key[len('valid_'):] for key in final
+                 if key.startswith('valid_') and key != 'valid_loss'), 'loss')
+  valid = reporting.read_scalars(os.path.join(model_dir, 'valid'))
+  train_curves = reporting.read_scalars(os.path.join(model_dir, 'train'))
+  curve_name = curve or f'valid/{metric}'
+  split, _, tag = curve_name.partition('/')
+  points = {'valid': valid, 'train': train_curves}.get(split, {}).get(tag, [])
+  best_curve = valid.get(metric, [])
+  rates = [v for _, v in train_curves.get(f'{final.get("unit", "")}_per_second', [])]
+  lower_is_better = metric not in ('accuracy',)
+  values = [v for _, v in best_curve] or [final[f'valid_{metric}']]
+  return {
+      'run': name, 'metric': metric, 'final': final[f'valid_{metric}'],
+      'best': min(values) if lower_is_better else max(values),
+      'test': final.get(f'test_{metric}'), 'unit': final.get('unit'),
+      'units_per_second': sum(rates) / len(rates) if rates else None,
+      'wall_seconds': wall, 'updates': final.get('updates'),
+      'units_seen': final.get('units_seen'), 'curve': points,
+      'curve_name': curve_name,
+      'model_dir': model_dir,
+  }
+
+
+def train_all(runs: Sequence[Run], output_dir: str, settings: Settings
+              ) -> Iterator[Dict]:
+  """Trains (or resumes, or reuses) each run in turn in
+  ``<output_dir>/<slug(name)>`` and yields its ``summarize`` row.
+
+  Raises:
+    RunFailed: a run's training process failed; the later runs were not started.
+  """
+  for name, gin_files, bindings in runs:
+    model_dir = os.path.join(output_dir, slug(name))
+    final, wall = train(name, gin_files, bindings, model_dir, settings)
+    if final is None:
+      raise RunFailed(name, wall, model_dir)
+    yield summarize(name, final, wall, model_dir, settings.curve)
+
+
+def markdown_table(rows: Sequence[Dict]) -> str:
+  """The rows as a GitHub markdown table (``comparison.md``)."""
+  metric = rows[0]['metric']
+  unit = rows[0]['unit'] or 'units'
+  header = ['run', f'final valid {metric}', f'best valid {metric}', f'test {metric}',
+            f'{unit}/s', 'wall time', 'updates', unit]
+  cells = []
+  for row in rows:
+    rate = (f"{row['units_per_second']:,.0f}" if row['units_per_second'] is not None
+            else '—')
+    test = f"{row['test']:.4g}" if row['test'] is not None else '—'
+    cells.append([row['run'], f"{row['final']:.4g}", f"{row['best']:.4g}", test,
+                  rate, f"{row['wall_seconds']:.0f} s", f"{row['updates']:,}",
+                  f"{row['units_seen']:,}"])
+  return tables.markdown_table(header, [tables.LEFT] + [tables.RIGHT] * 7,
+                               cells) + '\n'
+
+
+def plot(rows: Sequence[Dict], path: str, log_scale: bool = False) -> bool:
+  """Writes the runs' curves against units trained on to ``path`` (both axes on
+  a log scale with ``log_scale``); False without matplotlib."""
+  pyplot = tables.pyplot()
+  if pyplot is None:
+    return False
+  figure, axis = pyplot.subplots(figsize=(7, 4.5))
+  for row in rows:
+    if row['curve']:
+      steps, values = zip(*row['curve'])
+      axis.plot(steps, values, marker='o', markersize=3, label=row['run'])
+  axis.set(xlabel=f"{rows[0]['unit'] or 'units'} trained on",
+           ylabel=rows[0]['curve_name'])
+  if log_scale:
+    axis.set_xscale('log')
+    axis.set_yscale('log')
+  axis.legend(fontsize='small')
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+  return True
