@@ -16,9 +16,11 @@ is the previous one, its output the previous output (the layer's first state
 tensor at a window's start), so a terminal readout reads each sequence's own last
 step, and the step's Jacobian in the state is the identity, in the weights zero.
 A task with ``masked = True`` gives padded steps zero loss and does not count
-them. Methods whose own arithmetic would otherwise touch a padded step (UORO's
-draws, DNI's synthetic gradient after a sequence's end) hold it too; the rest
-need nothing.
+them. Padding comes only after a sequence's end, where no loss follows, so what
+a method carries through it (RTRL's influence, UORO's pair) changes nothing;
+methods that would put something there read the row's end: DNI injects no
+synthetic gradient after it, RTRL and its approximations read a terminal loss at
+it.
 """
 
 import tensorflow as tf

@@ -51,7 +51,9 @@ def _randomize_own_weights(method, model):
   drawn at random, so what they contribute is not zero by construction."""
   model_weights = {id(v) for v in model.trainable_variables}
   rng = np.random.default_rng(1)
-  for variable in method.trainable_variables:
+  own = (list(method.trainable_variables)
+         + list(getattr(method, 'synthesizer_variables', [])))
+  for variable in own:
     if id(variable) not in model_weights and variable.shape.is_fully_defined():
       variable.assign(0.3 * rng.standard_normal(variable.shape))
 

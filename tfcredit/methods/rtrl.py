@@ -245,10 +245,8 @@ class RTRL(base.Method):
     jacobian = self._state_jacobian(tape, inputs, flat, new_flat, influence)
     immediate = self._immediate(tape, probes, inputs, flat, noise)
     del tape
-    advanced = self._advance(jacobian, immediate, influence, noise)
-    if self.task.masked:  # A padded step leaves the influence (UORO's pair) as is.
-      advanced = masking.hold(masking.step_mask(inputs)[:, 0], advanced, influence)
-    return new_flat, advanced, direct, through_state, loss_sum
+    influence = self._advance(jacobian, immediate, influence, noise)
+    return new_flat, influence, direct, through_state, loss_sum
 
   def _combine(self, direct, through_state):
     """The gradients per variable: ``direct`` plus the flat ``[|θ|]``
