@@ -5,6 +5,7 @@ hand in the comments. The PTB equivalence tests read the real corpus from the
 folder named by TFCREDIT_DATA_DIR and are skipped, saying why, without it.
 """
 
+import functools
 import json
 import math
 import os
@@ -414,3 +415,30 @@ def test_chars_of_the_ptb_word_files_are_the_ptb_char_task():
   opened = TextCorpusTask(**files, level='char')
   assert opened.vocabulary_tokens() == reference.vocabulary_tokens() + ['<unk>']
   _assert_same_streams(opened, reference)
+
+
+def test_the_run_keeps_its_vocabulary_and_refuses_a_changed_corpus(tmp_path):
+  """vocabulary.txt in the run directory, one token per line in id order; a
+  resumed run whose training text now gives another vocabulary is refused."""
+  path = tmp_path / 'corpus.txt'
+  path.write_text('a b a c\nb a d\n' * 30, encoding='utf-8')
+  run = str(tmp_path / 'run')
+
+  def train():
+    task = TextCorpusTask(train=str(path), valid_fraction=0.1, test_fraction=0.1)
+    tfcredit.train(run, export_dir=None, task=task,
+                   method=functools.partial(tfcredit.TruncatedBPTT, window=3,
+                                            windows_per_call=1),
+                   model=functools.partial(tfcredit.RecurrentModel, units=4),
+                   batch_size=2, eval_batch_size=2, stop_after_calls=1)
+    return task
+
+  task = train()
+  stored = (tmp_path / 'run' / 'vocabulary.txt').read_text(encoding='utf-8')
+  # Counts a 90, b 60, <eos> 60, c 30, d 30 (by count, then token); <unk> last.
+  assert stored.splitlines() == ['a', '<eos>', 'b', 'c', 'd', '<unk>']
+  assert stored.splitlines() == task.vocabulary_tokens()
+  path.write_text('a b a c\nb a e e\n' * 30, encoding='utf-8')
+  with pytest.raises(tfcredit.DataError, match='vocabulary.txt holds the '
+                     'vocabulary this run started with'):
+    train()

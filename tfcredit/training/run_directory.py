@@ -29,12 +29,13 @@ import glob
 import os
 import shutil
 import sys
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import gin
 from gin import config_parser
 
-from tfcredit.errors import ConfigurationError, TfcreditError
+from tfcredit import export
+from tfcredit.errors import ConfigurationError, DataError, TfcreditError
 from tfcredit.training import reporting
 
 CONFIG = 'config.gin'
@@ -42,7 +43,8 @@ CHANGES = 'config_changes.txt'
 # What a run writes into its model directory (``--overwrite`` deletes these only;
 # glob patterns): the event files directly in it hold its HParams session.
 RUN_FILES = (CONFIG, 'operative_config.gin', 'final_metrics.json', CHANGES,
-             'checkpoints', 'train', 'valid', reporting.EVENTS)
+             'checkpoints', 'train', 'valid', reporting.EVENTS,
+             export.VOCABULARY)
 _DEFINING = ('task', 'model', 'method', 'optimizer', 'batch_size', 'seed')
 _COMPONENTS = ('task', 'model', 'method', 'optimizer')
 _TUNABLE_ARGUMENTS = ('clip_norm', 'use_tf_function')
@@ -206,3 +208,33 @@ def prepare(model_dir: str, config_text: str, overwrite: bool = False,
     with open(stored_path, 'w') as f:
       f.write(config_text)
   return allowed
+
+
+def keep_vocabulary(model_dir: str, tokens: Optional[List[str]],
+                    write: bool = True) -> None:
+  """Saves a token task's vocabulary in the run directory (``vocabulary.txt``,
+  one token per line in id order); a resumed run must have the same one.
+
+  Raises:
+    DataError: the stored vocabulary differs (the corpus changed under the
+      run), naming the file and the first differing id.
+  """
+  if tokens is None:
+    return
+  path = os.path.join(model_dir, export.VOCABULARY)
+  if os.path.isfile(path) and _resumable(model_dir):
+    with open(path, encoding='utf-8') as f:
+      stored = f.read().split('\n')[:-1]
+    if stored != list(tokens):
+      first = next((i for i, (a, b) in enumerate(zip(stored, tokens)) if a != b),
+                   min(len(stored), len(tokens)))
+      raise DataError(
+          f'{path} holds the vocabulary this run started with ({len(stored)} '
+          f'tokens), and the task now has another ({len(tokens)} tokens, first '
+          f'difference at id {first}): the training text changed; restore it, '
+          'or start a new run (a new --model_dir, or --overwrite)')
+    return
+  if write:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as f:
+      f.writelines(f'{token}\n' for token in tokens)

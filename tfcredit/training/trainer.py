@@ -40,6 +40,7 @@ from tfcredit.training import hparams as hparams_lib
 from tfcredit.training import non_finite
 from tfcredit.training import progress as progress_lib
 from tfcredit.training import reporting
+from tfcredit.training import run_directory
 from tfcredit.training import schedules
 # Built here for train; kept importable from this module for the tools and tests.
 from tfcredit.training.components import Components  # pylint: disable=unused-import
@@ -163,6 +164,8 @@ def train(model_dir: str, data_dir: Optional[str] = None,
   parts.method.bind_schedule(schedule)
   write_dir = distribution.writable_dir(model_dir, strategy)
   os.makedirs(write_dir, exist_ok=True)
+  run_directory.keep_vocabulary(model_dir, parts.task.vocabulary_tokens(),
+                                write=distribution.is_chief(strategy))
   progress, checkpointer = _restore(write_dir, parts, schedule, batch_size)
   session = hparams_lib.Session(model_dir, write=distribution.is_chief(strategy))
   session.start(hparams_lib.values(
