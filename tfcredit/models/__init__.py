@@ -2,7 +2,7 @@
 
 from tfcredit.models.contract import check_model
 from tfcredit.models.linear_cell import InfluenceBalancingCell
-from tfcredit.models.recurrent import ForgetGateBias
+from tfcredit.models.cells import ForgetGateBias
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.models.recurrent import scale_gradient
 from tfcredit.models.synthesizers import LayerwiseSynthesizer

@@ -34,7 +34,6 @@ keeps a free variable for each. ``identity_head=True`` drops the trainable reado
 so the top cell's outputs are the model's outputs.
 """
 
-import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
@@ -44,42 +43,16 @@ from tfcredit import masking
 from tfcredit import precision
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
+from tfcredit.models import cells as cells_lib
 from tfcredit.models import fused
 from tfcredit.models import stepped
 from tfcredit.models.stepped import scale_gradient  # pylint: disable=unused-import
 
-_CELLS = {
-    'lstm': keras.layers.LSTM,
-    'gru': keras.layers.GRU,
-    'simple_rnn': keras.layers.SimpleRNN,
-}
-_STATES_PER_LAYER = {'lstm': 2, 'gru': 1, 'simple_rnn': 1}
-_READOUTS = ('per_step', 'terminal')
-_UNROLLS = ('auto', 'fused', 'keras')
-_DEFAULT_UNITS = 200
 
 # Per layer, one [B, size] tensor per entry of the cell's state_size: (h, c) for
 # LSTM, (h,) for GRU and SimpleRNN, whatever a custom cell declares.
 State = Tuple[Tuple[tf.Tensor, ...], ...]
 CellSpec = Union[str, keras.layers.Layer, Sequence[keras.layers.Layer], Callable]
-
-
-class ForgetGateBias(keras.initializers.Initializer):
-  """LSTM bias initializer: zeros, except the forget gate, set to ``value``.
-
-  Keras orders the LSTM gates ``[input, forget, cell, output]``.
-  """
-
-  def __init__(self, value: float):
-    self.value = float(value)
-
-  def __call__(self, shape, dtype=None):
-    units = shape[-1] // 4
-    return tf.concat([tf.zeros([units]), tf.fill([units], self.value),
-                      tf.zeros([2 * units])], axis=0)
-
-  def get_config(self):
-    return {'value': self.value}
 
 
 @keras.saving.register_keras_serializable(package='tfcredit')
@@ -160,65 +133,27 @@ class RecurrentModel(keras.Model):
     self._arguments = {key: value for key, value in locals().items()
                        if key not in ('self', '__class__', 'cell')}
     super().__init__(name=name)
-    if unroll_implementation not in _UNROLLS:
-      raise ConfigurationError(
-          f'RecurrentModel.unroll_implementation must be one of {_UNROLLS}, got '
-          f'{unroll_implementation!r}')
-    for arg, value in (('num_layers', num_layers), ('output_dim', output_dim)):
-      validation.positive_int(f'RecurrentModel.{arg}', value)
-    if units is not None:
-      validation.positive_int('RecurrentModel.units', units)
-    custom_cells = _custom_cells(cell, units, num_layers)
-    if custom_cells is None and cell not in _CELLS:
-      raise ConfigurationError(
-          f'RecurrentModel.cell must be one of {sorted(_CELLS)}, a Keras RNN cell '
-          f'(instance, list or class), got {cell!r}')
-    if custom_cells is not None:
-      top_size = _output_size(custom_cells[-1])
-      if units is not None and units != top_size and not _is_factory(cell):
-        raise ConfigurationError(
-            f'RecurrentModel.units={units} does not match the cell {cell!r}, whose '
-            f'(top) output size is {top_size}: a cell instance sets its own sizes, '
-            f'so remove the units binding or set units = {top_size}')
-      num_layers = len(custom_cells)
-      units = top_size
-      cell = (cell.__name__ if isinstance(cell, type) else
-              '+'.join(type(c).__name__ for c in custom_cells))
-    elif units is None:
-      units = _DEFAULT_UNITS
-    if readout not in _READOUTS:
-      raise ConfigurationError(
-          f'RecurrentModel.readout must be one of {_READOUTS}, got {readout!r}')
-    if (input_vocab_size is None) == (input_dim is None):
-      raise ConfigurationError(
-          'RecurrentModel needs exactly one of input_vocab_size (token inputs) and '
-          f'input_dim (real inputs); got input_vocab_size={input_vocab_size!r}, '
-          f'input_dim={input_dim!r}')
-    if not 0.0 <= dropout < 1.0:
-      raise ConfigurationError(
-          f'RecurrentModel.dropout must be in [0, 1), got {dropout!r}')
-    if init_scale is not None and init_scale <= 0:
-      raise ConfigurationError(
-          f'RecurrentModel.init_scale must be positive or None, got {init_scale!r}')
+    cells_lib.check_arguments(
+        unroll_implementation=unroll_implementation, num_layers=num_layers,
+        output_dim=output_dim, units=units, readout=readout,
+        input_vocab_size=input_vocab_size, input_dim=input_dim, dropout=dropout,
+        init_scale=init_scale)
+    custom_cells, cell, units, num_layers = cells_lib.resolve_core(
+        cell, units, num_layers, unroll_implementation)
     if identity_head and (output_dim != units or tie_embeddings):
       raise ConfigurationError(
           f'RecurrentModel.identity_head=True reads the core outputs directly, so '
           f'output_dim must equal the top layer\'s output size and tie_embeddings '
           f'be False; got output_dim={output_dim}, output size {units}, '
           f'tie_embeddings={tie_embeddings}')
-
-    if unroll_implementation == 'fused' and custom_cells is not None:
-      raise ConfigurationError(
-          f"RecurrentModel.unroll_implementation='fused' needs cell = 'lstm' or "
-          f"'gru', got a custom cell ({cell}): use 'auto' or 'keras'")
     self.cell_type = cell
     if custom_cells is None:
-      sizes = tuple(units for _ in range(_STATES_PER_LAYER[cell]))
+      sizes = tuple(units for _ in range(cells_lib.STATES_PER_LAYER[cell]))
       self._state_sizes = tuple(sizes for _ in range(num_layers))
       self._output_sizes = tuple(units for _ in range(num_layers))
     else:
-      self._state_sizes = tuple(_state_sizes(c) for c in custom_cells)
-      self._output_sizes = tuple(_output_size(c) for c in custom_cells)
+      self._state_sizes = tuple(cells_lib.state_sizes(c) for c in custom_cells)
+      self._output_sizes = tuple(cells_lib.output_size(c) for c in custom_cells)
     self.identity_head = identity_head
     self.units = units
     self.num_layers = num_layers
@@ -233,41 +168,10 @@ class RecurrentModel(keras.Model):
       raise ConfigurationError(
           'RecurrentModel.tie_embeddings=True needs token inputs and embedding_dim '
           f'== units; got embedding_dim={embedding_dim!r}, units={units}')
-
-    def weights_init(default):
-      if init_scale is None:
-        return default
-      return keras.initializers.RandomUniform(-init_scale, init_scale)
-
-    if self.token_inputs:
-      self.encoder = keras.layers.Embedding(
-          input_vocab_size, embedding_dim,
-          embeddings_initializer=weights_init('uniform'), name='embedding')
-    elif embedding_dim is not None:
-      self.encoder = keras.layers.Dense(
-          embedding_dim, kernel_initializer=weights_init('glorot_uniform'),
-          name='input_projection')
-    else:
-      self.encoder = None
-
-    self.core = []
-    for index in range(num_layers):
-      # A terminal readout only needs the last layer's last output: without the
-      # output sequence the layer neither stacks it nor backpropagates its zeros.
-      sequences = readout == 'per_step' or index < num_layers - 1
-      if custom_cells is not None:
-        self.core.append(keras.layers.RNN(
-            custom_cells[index], return_sequences=sequences, return_state=True,
-            name=f'{type(custom_cells[index]).__name__}_{index}'))
-        continue
-      kwargs = dict(units=units, return_sequences=sequences, return_state=True,
-                    kernel_initializer=weights_init('glorot_uniform'),
-                    recurrent_initializer=weights_init('orthogonal'),
-                    name=f'{cell}_{index}')
-      if cell == 'lstm':
-        kwargs['unit_forget_bias'] = False
-        kwargs['bias_initializer'] = ForgetGateBias(forget_bias)
-      self.core.append(_CELLS[cell](**kwargs))
+    initializer = cells_lib.initializer(init_scale)
+    self.encoder = self._encoder(input_vocab_size, embedding_dim, initializer)
+    self.core = self._core(cell, custom_cells, units, num_layers, forget_bias,
+                           initializer)
     # A list attribute is tracked by Keras (weights) but not by tf.train.Checkpoint:
     # each layer is also an attribute, so a checkpoint of the model alone holds
     # the recurrent weights too.
@@ -277,19 +181,53 @@ class RecurrentModel(keras.Model):
     self.unroll_implementation = unroll_implementation
     self._fusable = tuple(fused.supports(layer) for layer in self.core)
     self._on_gpu = bool(tf.config.list_logical_devices('GPU'))
-
     self.float32_head = validation.boolean('RecurrentModel.float32_head',
                                            float32_head)
     self.masked = validation.boolean('RecurrentModel.masked', masked)
-    if tie_embeddings or identity_head:
-      self.head = None
-      if tie_embeddings:
-        self.output_bias = self.add_weight(shape=(output_dim,), initializer='zeros',
-                                           name='output_bias')
-    else:
+    self.head = None
+    if tie_embeddings:
+      self.output_bias = self.add_weight(shape=(output_dim,), initializer='zeros',
+                                         name='output_bias')
+    elif not identity_head:
       self.head = keras.layers.Dense(
-          output_dim, kernel_initializer=weights_init('glorot_uniform'),
+          output_dim, kernel_initializer=initializer('glorot_uniform'),
           name='head', **({'dtype': 'float32'} if float32_head else {}))
+
+  @staticmethod
+  def _encoder(input_vocab_size, embedding_dim, initializer):
+    """The embedding (token inputs), an input projection, or None."""
+    if input_vocab_size is not None:
+      return keras.layers.Embedding(
+          input_vocab_size, embedding_dim,
+          embeddings_initializer=initializer('uniform'), name='embedding')
+    if embedding_dim is not None:
+      return keras.layers.Dense(
+          embedding_dim, kernel_initializer=initializer('glorot_uniform'),
+          name='input_projection')
+    return None
+
+  def _core(self, cell, custom_cells, units, num_layers, forget_bias,
+            initializer) -> List[keras.layers.Layer]:
+    """The recurrent layers, bottom first."""
+    core = []
+    for index in range(num_layers):
+      # A terminal readout only needs the last layer's last output: without the
+      # output sequence the layer neither stacks it nor backpropagates its zeros.
+      sequences = self.readout == 'per_step' or index < num_layers - 1
+      if custom_cells is not None:
+        core.append(keras.layers.RNN(
+            custom_cells[index], return_sequences=sequences, return_state=True,
+            name=f'{type(custom_cells[index]).__name__}_{index}'))
+        continue
+      kwargs = dict(units=units, return_sequences=sequences, return_state=True,
+                    kernel_initializer=initializer('glorot_uniform'),
+                    recurrent_initializer=initializer('orthogonal'),
+                    name=f'{cell}_{index}')
+      if cell == 'lstm':
+        kwargs['unit_forget_bias'] = False
+        kwargs['bias_initializer'] = cells_lib.ForgetGateBias(forget_bias)
+      core.append(cells_lib.KERAS_LAYERS[cell](**kwargs))
+    return core
 
   # ------------------------------------------------------------------ state
   @property
@@ -474,7 +412,7 @@ class RecurrentModel(keras.Model):
     ``keras.saving.register_keras_serializable`` to be deserialized).
     """
     config = dict(self._arguments)
-    if self.cell_type in _CELLS:
+    if self.cell_type in cells_lib.NAMED:
       config['cell'] = self.cell_type
     else:
       config['cell'] = [keras.saving.serialize_keras_object(layer.cell)
@@ -489,110 +427,3 @@ class RecurrentModel(keras.Model):
       config['cell'] = [keras.saving.deserialize_keras_object(cell)
                         for cell in config['cell']]
     return cls(**config)
-
-
-def _is_cell(value) -> bool:
-  return (isinstance(value, keras.layers.Layer)
-          and getattr(value, 'state_size', None) is not None)
-
-
-def _is_factory(value) -> bool:
-  return (isinstance(value, type) or callable(value)) and not isinstance(
-      value, (keras.layers.Layer, str))
-
-
-def _takes(function, name: str) -> bool:
-  """Whether ``function`` (a class: its constructor) accepts keyword ``name``."""
-  target = function.__init__ if isinstance(function, type) else function
-  try:
-    parameters = inspect.signature(target).parameters
-  except (TypeError, ValueError):
-    return False
-  return name in parameters or any(p.kind == p.VAR_KEYWORD
-                                   for p in parameters.values())
-
-
-def _custom_cells(cell, units, num_layers) -> Optional[List[keras.layers.Layer]]:
-  """The cells of a non-named core, bottom first; None for a cell name.
-
-  Raises:
-    ConfigurationError: ``cell`` is not a name, a cell, a list of cells or a cell
-      factory, or a cell has an unusable ``state_size``.
-  """
-  if isinstance(cell, str):
-    return None
-  if isinstance(cell, keras.layers.StackedRNNCells):
-    cells = list(cell.cells)
-  elif isinstance(cell, (list, tuple)):
-    cells = list(cell)
-  elif _is_cell(cell):
-    cells = [cell]
-  elif _is_factory(cell):
-    kwargs = {'units': units or _DEFAULT_UNITS} if _takes(cell, 'units') else {}
-    cells = []
-    for _ in range(num_layers):
-      try:
-        cells.append(cell(**kwargs))
-      except TypeError as error:
-        raise ConfigurationError(
-            f'RecurrentModel.cell={cell!r} is a class or factory, called with '
-            f'{kwargs or "no arguments"} once per layer, and it failed: {error}. '
-            'Bind an instance instead (gin: RecurrentModel.cell = @MyCell()) or '
-            'bind its arguments') from None
-    if not all(_is_cell(c) for c in cells):
-      raise ConfigurationError(
-          f'RecurrentModel.cell={cell!r} built {cells[0]!r}, not a Keras RNN cell '
-          '(a keras.layers.Layer with a state_size): give a cell class such as '
-          'keras.layers.GRUCell')
-    return cells
-  else:
-    raise ConfigurationError(
-        f'RecurrentModel.cell must be one of {sorted(_CELLS)}, a Keras RNN cell '
-        '(a keras.layers.Layer with a state_size, e.g. keras.layers.LSTMCell(32)), '
-        'a list of cells, or a cell class; got {!r}'.format(cell))
-  flat = []
-  for item in cells:  # A list may hold StackedRNNCells too.
-    flat.extend(item.cells if isinstance(item, keras.layers.StackedRNNCells)
-                else [item])
-  for index, item in enumerate(flat):
-    if not _is_cell(item):
-      raise ConfigurationError(
-          f'RecurrentModel.cell: entry {index} of the stack, {item!r}, is not a '
-          'Keras RNN cell (a keras.layers.Layer with a state_size)')
-  if not flat:
-    raise ConfigurationError('RecurrentModel.cell is an empty list of cells: give '
-                             'at least one Keras RNN cell')
-  if num_layers not in (1, len(flat)):
-    raise ConfigurationError(
-        f'RecurrentModel.num_layers={num_layers} does not match the {len(flat)} '
-        f'cell(s) given as RecurrentModel.cell: a cell instance or list sets the '
-        f'depth, so remove the num_layers binding (or pass a cell class to build '
-        f'num_layers copies)')
-  for item in flat:
-    _state_sizes(item)
-    _output_size(item)
-  return flat
-
-
-def _state_sizes(cell) -> Tuple[int, ...]:
-  """The cell's ``state_size`` as a flat tuple of positive integers."""
-  sizes = tf.nest.flatten(cell.state_size)
-  for size in sizes:
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-      raise ConfigurationError(
-          f'RecurrentModel.cell: {type(cell).__name__}.state_size = '
-          f'{cell.state_size!r}; every entry must be a positive integer (each state '
-          'tensor is a [batch, size] vector): flatten the state in the cell')
-  return tuple(int(size) for size in sizes)
-
-
-def _output_size(cell) -> int:
-  """The cell's ``output_size``, or (the Keras convention) its first state size."""
-  size = getattr(cell, 'output_size', None)
-  if size is None:
-    size = _state_sizes(cell)[0]
-  if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-    raise ConfigurationError(
-        f'RecurrentModel.cell: {type(cell).__name__}.output_size = {size!r}; it '
-        'must be a positive integer')
-  return int(size)
