@@ -30,6 +30,8 @@ def test_the_smallest_sweep_writes_its_points_slopes_and_figure(
           'slopes', 'figure'} <= set(record)
   assert [(p['method'], p['length'], p['width']) for p in record['points']] == [
       ('bptt', 8, 4), ('bptt', 16, 4), ('uoro', 8, 4), ('uoro', 16, 4)]
+  # Per-step figures divide by T: a point's sequences are T steps long.
+  assert scaling.copy_task(16, 0).batch('train', 0, 0, 2)[0].shape == (2, 16)
   assert [(p['method'], p['width']) for p in record['width_points']] == [
       ('uoro', 4), ('uoro', 6)]
   for point in record['points'] + record['width_points']:
@@ -96,7 +98,8 @@ def test_slopes_of_synthetic_points_match_their_exponents():
       'points': [_point('bptt', t, 32, 5e3 * t, 1e-4, 0) for t in lengths]
                 + [_point('truncated_bptt', t, 32, 2e6, 1e-4, 0)
                    for t in lengths]
-                + [_point('oops', 100, 32, 1, 1, 0) | {'error': 'failed'}],
+                + [_point('oops', 100, 32, 1, 1, 0) | {'error': 'failed'}]
+                + [_point('dni', 100, 32, 1, 1, 0)],  # One point: no slope.
       'width_points': [_point('rtrl', 100, n, 40.0 * n**3, 1e-9 * n**4, n**3)
                        for n in widths]}
   rows = {(row['method'], row['sweep']): row
@@ -116,7 +119,10 @@ def test_slopes_of_synthetic_points_match_their_exponents():
 
 @pytest.mark.parametrize('flag, value', [('--scaling_time_cap', '0'),
                                          ('--scaling_memory_cap', '-5'),
-                                         ('--scaling_method', 'bogus')])
+                                         ('--scaling_method', 'bogus'),
+                                         ('--scaling_length', '0'),
+                                         ('--scaling_length', '2'),
+                                         ('--scaling_batch', '-2')])
 def test_a_bad_scaling_flag_exits_2_with_one_line(run_command, tmp_path, flag,
                                                   value):
   done = run_command('benchmark', '--scaling', f'{flag}={value}',
@@ -124,5 +130,6 @@ def test_a_bad_scaling_flag_exits_2_with_one_line(run_command, tmp_path, flag,
   assert done.returncode == 2
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1
-  assert flag in lines[0] and value in lines[0] and 'e.g.' in lines[0]
+  assert flag in lines[0] and value in lines[0]
+  assert 'e.g.' in lines[0] or 'set it to' in lines[0]  # The fix.
   assert not list(tmp_path.iterdir())  # Nothing measured or written.

@@ -45,6 +45,7 @@ FORWARD_LENGTH, QUICK_FORWARD_LENGTH = 100, 50
 CALLS, QUICK_CALLS = 2, 1  # Timed calls after the warm-up call.
 TIME_CAP, MEMORY_CAP = 60.0, 4000.0  # Seconds per call, MB: a sweep stops there.
 WINDOW, TARGET_PROP_BLOCK, COPY_SYMBOLS = 20, 10, 10
+MIN_LENGTH = 3  # The shortest copy task: a symbol, a blank, the delimiter.
 # Variants timed beside the registered methods: {row name: (method key, extra
 # constructor arguments)}; empty for now.
 EXTRA_ARGUMENTS: Dict[str, tuple] = {}
@@ -253,8 +254,8 @@ def _sweep_one(name: str, configurations: Sequence[tuple], options: ScalingOptio
 
 def describe_point(point: Dict) -> str:
   """One progress line."""
-  where = f'  {point.get("method", point.get("name"))} T={point["length"]} ' \
-          f'width={point["width"]}'
+  where = (f'  {point.get("method", point.get("name"))} T={point["length"]} '
+           f'width={point["width"]}')
   if 'error' in point:
     return f'{where}: {point["error"]}'
   return (f'{where}: {point["seconds_per_call"]:.3g} s/call, '

@@ -57,13 +57,16 @@ def _groups(points: List[Dict], key: str) -> Dict[tuple, List[Dict]]:
 
 def slopes(record: Dict) -> List[Dict]:
   """One row per method and width (T sweep) and per forward-mode method (width
-  sweep): the measured and expected slopes and the points fitted."""
+  sweep) with two or more points: the measured and expected slopes and the
+  points fitted."""
   rows = []
   for sweep, points, fixed, x_key, time_key in (
       ('length', record['points'], 'width', 'length', 'seconds_per_call'),
       ('width', record['width_points'], 'length', 'width', 'seconds_per_step')):
     for (method, value), group in _groups(points, fixed).items():
       xs = [p[x_key] for p in group]
+      if len(set(xs)) < 2:
+        continue  # No slope from one point.
       memory_expected, time_expected = expected(sweep, method)
       rows.append({
           'method': method, 'sweep': sweep, fixed: value,

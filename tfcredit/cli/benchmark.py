@@ -162,6 +162,17 @@ def define_flags() -> None:
          'peak memory: a method\'s sweep stops at the first point over it.')
   define(flags.DEFINE_multi_string, 'scaling_method', [], 'Methods of the '
          'scaling sweep (keys of tfcredit.methods.METHODS); default all.')
+  define(flags.DEFINE_multi_integer, 'scaling_length', [], 'Sequence lengths T '
+         f'of the scaling sweep; default {list(scaling.LENGTHS)} (quick '
+         f'{list(scaling.QUICK_LENGTHS)}).')
+  define(flags.DEFINE_multi_integer, 'scaling_width', [], 'LSTM widths of the '
+         f'T sweep; default {list(scaling.WIDTHS)} (quick '
+         f'{list(scaling.QUICK_WIDTHS)}).')
+  define(flags.DEFINE_multi_integer, 'scaling_forward_width', [], 'Widths of '
+         f'the RTRL/UORO/SnAp-1 sweep; default {list(scaling.FORWARD_WIDTHS)} '
+         f'(quick {list(scaling.QUICK_FORWARD_WIDTHS)}).')
+  define(flags.DEFINE_integer, 'scaling_batch', None, 'Sequences per call in the '
+         f'scaling sweep; default {scaling.BATCH} (quick {scaling.QUICK_BATCH}).')
 
 
 def options_from_flags(windows_per_call: Sequence[int]) -> suite.Options:
@@ -195,9 +206,23 @@ def scaling_options() -> scaling.ScalingOptions:
   for name in FLAGS.scaling_method:
     validation.one_of('--scaling_method', name, known,
                       hint=': name one of them, e.g. --scaling_method=rtrl')
+  counts = {}
+  for name in ('scaling_length', 'scaling_width', 'scaling_forward_width'):
+    counts[name] = tuple(validation.positive_int(f'--{name}', value)
+                         for value in FLAGS[name].value) or None
+  for length in counts['scaling_length'] or ():
+    if length < scaling.MIN_LENGTH:
+      raise ConfigurationError(
+          f'--scaling_length={length} is too short for the copy task: give at '
+          f'least {scaling.MIN_LENGTH}, e.g. --scaling_length=100')
+  batch = FLAGS.scaling_batch
+  if batch is not None:
+    batch = validation.positive_int('--scaling_batch', batch)
   return scaling.ScalingOptions(
       quick=FLAGS.quick, methods=tuple(FLAGS.scaling_method), time_cap=time_cap,
-      memory_cap=memory_cap, seed=FLAGS.seed)
+      memory_cap=memory_cap, seed=FLAGS.seed, lengths=counts['scaling_length'],
+      widths=counts['scaling_width'], batch=batch,
+      forward_widths=counts['scaling_forward_width'])
 
 
 def write_scaling(options: scaling.ScalingOptions, output_dir: str) -> None:
