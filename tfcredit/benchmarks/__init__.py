@@ -18,4 +18,8 @@ module here takes its settings as arguments, none reads flags.
   summary paragraph and the JSON record.
 * ``suite``: which rows a run has (``Options``), building and warming them up, and
   measuring them.
+* ``scaling``: ``--scaling``: every method's time per step, peak memory and own
+  state as the sequence length (and the forward-mode width) grows, each point in
+  a fresh process; ``scaling_report``: the log-log slopes beside theory, the
+  table, the figure and the files.
 """

@@ -2,7 +2,9 @@
 
 TensorBoard steps count training units (tokens for stream tasks, sequences for
 episodic ones), not parameter updates, so curves of methods that update at different
-rates line up on the data they have consumed.
+rates line up on the data they have consumed. Beside the throughput, both give the
+process's peak memory (``tfcredit.training.memory``: the allocator's peak where the
+device keeps one, else the peak RSS).
 """
 
 import datetime
@@ -16,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcredit import metrics as metrics_lib
+from tfcredit.training import memory
 
 EVENTS = 'events.out.tfevents.*'  # The names of TensorBoard's event files.
 
@@ -100,6 +103,7 @@ class Reporter:
         if window['updates'] > 0:
           tf.summary.scalar('grad_norm', window['grad_norm_sum'] / window['updates'])
         tf.summary.scalar(f'{self.unit_name}_per_second', window['units'] / elapsed)
+        tf.summary.scalar('memory/peak_bytes', float(memory.peak_memory()[0]))
         self._write_method_summaries()
     self._last_train_loss = (window['loss_sum'] / window['count']
                              if window['count'] else float('nan'))
@@ -130,7 +134,9 @@ class Reporter:
     metric = ('' if self.metric_name == 'loss'
               else f'{self.metric_name} {self.metric_fn(loss):.4g}  ')
     print(f'epoch {epoch + 1}/{epochs}  {100 * fraction:5.1f}%  loss {loss:.4f}  '
-          f'{metric}{rate:,.0f} {self.unit_name}/s  ETA {eta}', file=self.stream,
+          f'{metric}{rate:,.0f} {self.unit_name}/s  '
+          f'peak {memory.megabytes(memory.peak_memory()[0])}  ETA {eta}',
+          file=self.stream,
           flush=True)
     self._last_log = now
     self._log_window = {'units': units_done_overall, 'time': now}
