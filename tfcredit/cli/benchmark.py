@@ -152,6 +152,12 @@ def define_flags() -> None:
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
          'data.')
+  define_scaling_flags()
+
+
+def define_scaling_flags() -> None:
+  """The flags of the scaling sweep (``--scaling``)."""
+  define = common.define_flag
   define(flags.DEFINE_bool, 'scaling', False, 'Instead of the throughput rows, '
          'sweep the sequence length T (and the forward-mode methods\' width): '
          'time per step, peak memory and own state of every method, each point '
