@@ -269,3 +269,23 @@ def test_bad_checkpoint_every_is_refused(cls, value):
     cls(model=model, task=task, optimizer=built_optimizer(model),
         checkpoint_every=value)
   assert '\n' not in str(error.value)
+
+
+def test_two_replicas_train_as_one():
+  """Under ``MirroredStrategy`` (tests/conftest.py splits the CPU) each
+  replica checkpoints its own rows; the update is plain BPTT's on one."""
+  devices = tf.config.list_logical_devices('CPU')
+  assert len(devices) >= 2, 'tests/conftest.py should have split the CPU'
+  mirrored = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+  task = _task('markov')
+  segment = tuple(part[:2] for part in _segment(task))  # One row per replica.
+  results = []
+  for strategy, every in ((tf.distribute.get_strategy(), None), (mirrored, 3)):
+    with strategy.scope():
+      model = tiny_model(task)
+      method = TruncatedBPTT(model=model, task=task,
+                             optimizer=built_optimizer(model), window=WINDOW,
+                             windows_per_call=2, checkpoint_every=every)
+    state, _ = method.train_segment(segment, model.initial_state(2))
+    results.append(([v.numpy() for v in model.trainable_variables], state))
+  assert_nests_close(results[1], results[0], rtol=1e-5, atol=1e-6)

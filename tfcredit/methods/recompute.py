@@ -139,9 +139,12 @@ def window_gradients(method, inputs, targets, state, normalizer, every: int):
     totals = [tf.zeros_like(v) for v in variables]
     state_gradients, loss_sum = zero_state, tf.constant(0.0)
   first = count - 2 if terminal else count - 1
+  # One chunk at a time: a chunk's recomputation does not wait for the later
+  # chunk's state gradient, so parallel iterations would hold several chunks'
+  # activations at once (measured: the peak then grew with the chunk length).
   _, _, totals, loss_sum = tf.while_loop(
       lambda index, *_: index >= 0, body,
-      (first, state_gradients, totals, loss_sum))
+      (first, state_gradients, totals, loss_sum), parallel_iterations=1)
   for variable, value in zip(rng, after_forward):
     variable.assign(value)
   return totals, final_state, loss_sum
