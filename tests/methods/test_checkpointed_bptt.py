@@ -18,6 +18,7 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.methods import BPTT, TruncatedBPTT
 from tfcredit.methods import recompute
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
+from tfcredit.tasks.sequences import SequenceTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import (assert_nests_close, built_optimizer, max_abs_diff,
                               tiny_model)
@@ -289,3 +290,41 @@ def test_two_replicas_train_as_one():
     state, _ = method.train_segment(segment, model.initial_state(2))
     results.append(([v.numpy() for v in model.trainable_variables], state))
   assert_nests_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_window_pass_checkpoints_too():
+  """``jit_compile=True`` compiles the checkpointed window pass."""
+  task = _task('markov')
+  segment = _segment(task)
+  results = []
+  for every in (None, 3):
+    model = tiny_model(task)
+    method = TruncatedBPTT(model=model, task=task, optimizer=built_optimizer(model),
+                           window=WINDOW, windows_per_call=2,
+                           checkpoint_every=every, jit_compile=True)
+    results.append(method.estimate_gradients(segment, model.initial_state(ROWS)))
+  assert_nests_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('readout', ['per_step', 'terminal'])
+def test_padded_sequences(readout):
+  """Sequences of different lengths (``tfcredit.masking``): the chunks hold
+  the state through the padding as the whole window does."""
+  rng = np.random.default_rng(0)
+  lengths = np.array([9, 4, 7])
+  inputs = rng.integers(0, 5, (3, 9)).astype(np.int32)
+  targets = (rng.integers(0, 3, (3, 9)) if readout == 'per_step'
+             else rng.integers(0, 3, 3)).astype(np.int32)
+  task = SequenceTask(inputs=inputs, targets=targets, lengths=lengths,
+                      valid=(inputs, targets, lengths),
+                      test=(inputs, targets, lengths), num_classes=3,
+                      input_vocab_size=5, readout=readout)
+  segment = tuple(tf.constant(x) for x in task.batch('train', 0, 0, 3))
+  assert np.any(segment[0].numpy() < 0)  # Padded steps.
+  results = []
+  for every in (None, 4):
+    model = tiny_model(task, units=6)
+    method = BPTT(model=model, task=task, optimizer=built_optimizer(model),
+                  checkpoint_every=every)
+    results.append(method.estimate_gradients(segment, model.initial_state(3)))
+  assert_nests_close(results[1], results[0], rtol=1e-5, atol=1e-7)
