@@ -23,6 +23,12 @@ then fresh for its weights; the cost is one more forward window per update
 (``'previous_window'``) or ``j`` more (``'call_start'``). Gradient estimates
 (weights fixed) and terminal-loss tasks (one update per batch) are unchanged by
 it.
+
+``checkpoint_every`` (None by default: off): exact BPTT within each window in
+memory about ``sqrt(K)``: the state is kept only every ``checkpoint_every``
+steps and the steps between are run again in the backward pass
+(``tfcredit.methods.recompute``; Chen et al. 2016, Gruslys et al. 2016). Same
+gradient, about one more forward pass.
 """
 
 from typing import Optional
@@ -32,6 +38,7 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods import recompute
 from tfcredit.methods import registry
 from tfcredit.tasks import base as task_base
 
@@ -91,7 +98,8 @@ class TruncatedBPTT(base.Method):
 
   def __init__(self, *, model, task, optimizer, window: int = 35,
                windows_per_call: int = 10, clip_norm: Optional[float] = None,
-               recompute_state: str = 'never', use_tf_function: bool = True,
+               recompute_state: str = 'never',
+               checkpoint_every: Optional[int] = None, use_tf_function: bool = True,
                jit_compile: bool = False, name: Optional[str] = None):
     """Binds the method.
 
@@ -102,6 +110,11 @@ class TruncatedBPTT(base.Method):
       recompute_state: ``'never'``, ``'previous_window'`` or ``'call_start'``:
         where each window after a call's first recomputes its initial state
         from under the current weights (module docstring).
+      checkpoint_every: None (off), or keep the state only every this many
+        steps of a window and recompute the steps between in the backward pass
+        (``tfcredit.methods.recompute``): the same gradient in memory about
+        ``sqrt(window)`` with ``checkpoint_every ≈ sqrt(window)``, for about
+        one more forward pass. Larger than the window: one chunk.
       model, task, optimizer, clip_norm, use_tf_function, jit_compile, name:
         as in ``Method``.
     """
@@ -110,6 +123,9 @@ class TruncatedBPTT(base.Method):
         'TruncatedBPTT.windows_per_call', windows_per_call)
     self.recompute_state = validation.one_of(
         'TruncatedBPTT.recompute_state', recompute_state, RECOMPUTE_STATE)
+    self.checkpoint_every = None if checkpoint_every is None else (
+        validation.positive_int(f'{type(self).__name__}.checkpoint_every',
+                                checkpoint_every))
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      jit_compile=jit_compile, name=name or type(self).__name__)
@@ -175,6 +191,15 @@ class TruncatedBPTT(base.Method):
                                               body, (zero, zero, zero))
     return (state, *totals)
 
+  def _window_gradients_parts(self, inputs, targets, state, normalizer,
+                              state_grad_scale):
+    if self.checkpoint_every is None:
+      return super()._window_gradients_parts(inputs, targets, state, normalizer,
+                                             state_grad_scale)
+    assert state_grad_scale is None  # Truncated BPTT scales no state gradient.
+    return recompute.window_gradients(self, inputs, targets, state, normalizer,
+                                      self.checkpoint_every)
+
   def _estimate_gradients(self, segment, state):
     window_ends = self._window_ends(tf.shape(segment[0])[1])
     return self.estimate_windows(segment, state, window_ends,
@@ -193,13 +218,16 @@ class BPTT(TruncatedBPTT):
   EXAMPLE_ARGUMENTS = {'sequence_length': 5}
 
   def __init__(self, *, model, task, optimizer, sequence_length: Optional[int] = None,
-               clip_norm: Optional[float] = None, use_tf_function: bool = True,
+               clip_norm: Optional[float] = None,
+               checkpoint_every: Optional[int] = None, use_tf_function: bool = True,
                jit_compile: bool = False, name: Optional[str] = None):
     """Binds the method.
 
     Args:
       sequence_length: stream tasks only: steps per training sequence (required
         there); must be None for episodic tasks, whose sequences are whole.
+      checkpoint_every: as in ``TruncatedBPTT``: exact BPTT over the sequence
+        in memory about ``sqrt(T)`` (None: off).
       model, task, optimizer, clip_norm, use_tf_function, jit_compile, name:
         as in ``Method``.
     """
@@ -214,7 +242,8 @@ class BPTT(TruncatedBPTT):
     self.sequence_length = sequence_length
     super().__init__(model=model, task=task, optimizer=optimizer,
                      window=sequence_length, windows_per_call=1,
-                     clip_norm=clip_norm, use_tf_function=use_tf_function,
+                     clip_norm=clip_norm, checkpoint_every=checkpoint_every,
+                     use_tf_function=use_tf_function,
                      jit_compile=jit_compile, name=name or 'BPTT')
 
   def _check_window(self, window):
