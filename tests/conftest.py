@@ -14,6 +14,7 @@ distribution.split_cpu(2)
 import collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from tfcredit.testing import run_entry_point  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -32,3 +33,15 @@ def run_command(capfd):
     captured = capfd.readouterr()
     return Done(returncode, captured.out, captured.err)
   return run
+
+
+
+@pytest.fixture(scope='session')
+def mirrored():
+  """The one ``MirroredStrategy`` over ``/cpu:0`` and ``/cpu:1`` of the test
+  process. One per process: two strategies over the same devices number their
+  collectives alike, and TensorFlow then refuses the second one's gathers
+  ("Shape mismatch in the collective instance")."""
+  devices = tf.config.list_logical_devices('CPU')
+  assert len(devices) >= 2, 'tests/conftest.py should have split the CPU'
+  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])

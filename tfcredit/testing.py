@@ -289,3 +289,41 @@ def run_entry_point(command: str, *args: str) -> int:
     tf.get_logger().setLevel(tf_level)
     gin.clear_config()
   return 0
+
+
+class TwoStateCell(keras.layers.Layer):
+  """A custom cell with two state tensors of different sizes (``h`` ``units``,
+  ``m`` ``memory``): ``h' = tanh(x W + h U + m V + b)``, ``m' = ½ m + tanh(h' P)``;
+  output ``h'``."""
+
+  def __init__(self, units: int = 4, memory: int = 3, **kwargs):
+    super().__init__(**kwargs)
+    self.units = units
+    self.memory = memory
+    self.state_size = (units, memory)
+    self.output_size = units
+
+  def build(self, input_shape):
+    normal = keras.initializers.RandomNormal(stddev=0.5)
+    self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer=normal,
+                             name='w')
+    self.u = self.add_weight(shape=(self.units, self.units), initializer=normal,
+                             name='u')
+    self.v = self.add_weight(shape=(self.memory, self.units), initializer=normal,
+                             name='v')
+    self.p = self.add_weight(shape=(self.units, self.memory), initializer=normal,
+                             name='p')
+    self.b = self.add_weight(shape=(self.units,), initializer='zeros', name='b')
+    super().build(input_shape)
+
+  def call(self, inputs, states, training=False):
+    del training
+    h, m = states
+    h_new = tf.tanh(inputs @ self.w + h @ self.u + m @ self.v + self.b)
+    m_new = 0.5 * m + tf.tanh(h_new @ self.p)
+    return h_new, [h_new, m_new]
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({'units': self.units, 'memory': self.memory})
+    return config

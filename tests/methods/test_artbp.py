@@ -600,10 +600,8 @@ def _train_artbp(strategy, task, estimate_draws):
 @pytest.mark.parametrize('kind,estimate_draws', [
     ('stream', 'per_row'), ('adding', 'shared')])
 def test_two_replicas_draw_the_same_windows_and_train_the_same(kind,
-                                                               estimate_draws):
-  devices = tf.config.list_logical_devices('CPU')
-  assert len(devices) >= 2, 'tests/conftest.py should have split the CPU'
-  mirrored = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+                                                               estimate_draws,
+                                                               mirrored):
   task = (MarkovLanguageTask(vocabulary_size=6, seed=4) if kind == 'stream'
           else AddingTask(sequence_length=12, seed=2))
   one = _train_artbp(tf.distribute.get_strategy(), task, estimate_draws)

@@ -20,45 +20,26 @@ from tfcredit.methods import recompute
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.sequences import SequenceTask
 from tfcredit.tasks.synthetic import AddingTask
-from tfcredit.testing import (assert_nests_close, built_optimizer, max_abs_diff,
-                              tiny_model)
+from tfcredit.testing import (TwoStateCell, assert_nests_close, built_optimizer,
+                              max_abs_diff, tiny_model)
 
 ROWS = 3
 WINDOW = 10  # Stream windows; the adding task's sequences are 12 steps.
 EVERY = (1, 3, 7)  # 7 divides neither 10 nor 12.
 
 
-class CountingCell(keras.layers.Layer):
-  """Two state tensors of different sizes (``h`` 4, ``m`` 3); counts the steps
-  it runs in ``steps`` (a non-trainable weight)."""
-
-  def __init__(self, units: int = 4, memory: int = 3, **kwargs):
-    super().__init__(**kwargs)
-    self.units, self.memory = units, memory
-    self.state_size = (units, memory)
-    self.output_size = units
+class CountingCell(TwoStateCell):
+  """``tfcredit.testing.TwoStateCell`` (two state tensors of different sizes)
+  counting the steps it runs in ``steps`` (a non-trainable weight)."""
 
   def build(self, input_shape):
-    normal = keras.initializers.RandomNormal(stddev=0.5)
-    self.w = self.add_weight(shape=(input_shape[-1], self.units),
-                             initializer=normal, name='w')
-    self.u = self.add_weight(shape=(self.units, self.units), initializer=normal,
-                             name='u')
-    self.v = self.add_weight(shape=(self.memory, self.units), initializer=normal,
-                             name='v')
-    self.p = self.add_weight(shape=(self.units, self.memory), initializer=normal,
-                             name='p')
     self.steps = self.add_weight(shape=(), initializer='zeros', dtype='int64',
                                  trainable=False, name='steps')
     super().build(input_shape)
 
   def call(self, inputs, states, training=False):
-    del training
     self.steps.assign_add(1)
-    h, m = states
-    h_new = tf.tanh(inputs @ self.w + h @ self.u + m @ self.v)
-    m_new = 0.5 * m + tf.tanh(h_new @ self.p)
-    return h_new, [h_new, m_new]
+    return super().call(inputs, states, training=training)
 
 
 CELLS = {'lstm': lambda: {'cell': 'lstm'}, 'gru': lambda: {'cell': 'gru'},
@@ -272,12 +253,9 @@ def test_bad_checkpoint_every_is_refused(cls, value):
   assert '\n' not in str(error.value)
 
 
-def test_two_replicas_train_as_one():
+def test_two_replicas_train_as_one(mirrored):
   """Under ``MirroredStrategy`` (tests/conftest.py splits the CPU) each
   replica checkpoints its own rows; the update is plain BPTT's on one."""
-  devices = tf.config.list_logical_devices('CPU')
-  assert len(devices) >= 2, 'tests/conftest.py should have split the CPU'
-  mirrored = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
   task = _task('markov')
   segment = tuple(part[:2] for part in _segment(task))  # One row per replica.
   results = []

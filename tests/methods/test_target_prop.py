@@ -376,11 +376,8 @@ def test_episodic_tasks_need_whole_blocks_and_per_step_losses():
             batch_size=None)
 
 
-def test_several_replicas_are_refused_with_a_clear_message(task):
-  devices = [d.name for d in tf.config.list_logical_devices('CPU')[:2]]
-  assert len(devices) == 2, 'tests/conftest.py should have split the CPU'
-  strategy = tf.distribute.MirroredStrategy(devices)
-  with strategy.scope():
+def test_several_replicas_are_refused_with_a_clear_message(task, mirrored):
+  with mirrored.scope():
     model = tiny_model(task, units=4, seed=0)
     with pytest.raises(ConfigurationError, match='several replicas'):
       _method(task, model, block_size=3)

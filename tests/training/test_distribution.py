@@ -94,13 +94,6 @@ def _train(strategy, name, calls=2):
           metrics, [g.numpy() for g in gradients])
 
 
-@pytest.fixture(scope='module')
-def mirrored():
-  devices = tf.config.list_logical_devices('CPU')
-  assert len(devices) >= 2, 'tests/conftest.py should have split the CPU'
-  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-
-
 @pytest.mark.parametrize('name', sorted(METHODS))
 def test_two_replicas_give_the_same_training_as_one(mirrored, name):
   assert mirrored.num_replicas_in_sync == 2

@@ -104,8 +104,8 @@ def test_an_optimizer_instance_gives_the_base_learning_rate():
   assert same.learning_rate == 0.25
 
 
-def test_instances_made_in_the_strategys_scope_are_accepted():
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+def test_instances_made_in_the_strategys_scope_are_accepted(mirrored):
+  strategy = mirrored
   task = tfcredit.AddingTask(**TASK)
   with strategy.scope():
     model = tfcredit.RecurrentModel(units=8, **task.model_spec())
@@ -116,10 +116,9 @@ def test_instances_made_in_the_strategys_scope_are_accepted():
   assert parts.model is model and parts.optimizer is optimizer
 
 
-def _refusal(case):
+def _refusal(case, mirrored):
   """``(train's arguments, words the message must hold)`` of a refused case."""
   task = tfcredit.AddingTask(**TASK)
-  mirrored = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   model = lambda: tfcredit.RecurrentModel(units=8, **task.model_spec())
   if case == 'method instance':
     built = tiny_model(task)
@@ -169,8 +168,8 @@ def _refusal(case):
     'optimizer outside the strategy', 'model for another task',
     'two learning rates', 'keras schedule', 'built optimizer',
     'task instance with data_dir'])
-def test_refused_instances(tmp_path, case):
-  overrides, words = _refusal(case)
+def test_refused_instances(tmp_path, case, mirrored):
+  overrides, words = _refusal(case, mirrored)
   arguments = {**CLASSES, **SETTINGS, **overrides}
   with pytest.raises(ConfigurationError) as raised:
     tfcredit.train(str(tmp_path / 'run'), **arguments)
