@@ -154,10 +154,7 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                            optimizer=optimizer, learning_rate=learning_rate,
                            batch_size=batch_size, data_dir=data_dir,
                            strategy=strategy, precision=precision, seed=seed)
-  parts.method.check_task(parts.task)
-  task_base.check_splits(parts.task, batch_size, eval_batch_size,
-                         ('train', 'valid', 'test') if evaluate_test
-                         else ('train', 'valid'))
+  _check_data(parts, batch_size, eval_batch_size, evaluate_test)
   # Host-side bookkeeping: plain variables, outside the strategy's scope.
   schedule = components.call_factory(lr_schedule, 'lr_schedule',
                                      base=parts.learning_rate)
@@ -176,13 +173,8 @@ def train(model_dir: str, data_dir: Optional[str] = None,
       task=parts.task, model=parts.model, method=parts.method,
       optimizer=parts.optimizer, schedule=schedule, progress=progress,
       batch_size=batch_size)
-  reporter = reporting.Reporter(
-      model_dir, parts.task.metric_name, calls.unit_name,
-      parts.task.metric_from_loss, total_units=calls.units_per_epoch * epochs,
-      log_every_seconds=log_every_seconds, summary_every_calls=summary_every_calls,
-      write_summaries=distribution.is_chief(strategy),
-      metric_reductions=parts.method.metric_reductions,
-      method_summaries=parts.method.summaries)
+  reporter = _reporter(model_dir, parts, calls, epochs, strategy,
+                       log_every_seconds, summary_every_calls)
   evaluate = _evaluator(parts.task, parts.model, eval_batch_size)
   outcome = controller_lib.Controller(
       calls, progress=progress, checkpointer=checkpointer, reporter=reporter,
@@ -200,6 +192,29 @@ def train(model_dir: str, data_dir: Optional[str] = None,
                         strategy)
   return _write_final(final, parts.task, progress, calls.unit_name, model_dir,
                       write_dir, saved_model, session)
+
+
+def _check_data(parts, batch_size: int, eval_batch_size: int,
+                evaluate_test: bool) -> None:
+  """Before anything is written: the method fits the task, and every split
+  it reads holds a batch."""
+  parts.method.check_task(parts.task)
+  task_base.check_splits(parts.task, batch_size, eval_batch_size,
+                         ('train', 'valid', 'test') if evaluate_test
+                         else ('train', 'valid'))
+
+
+def _reporter(model_dir: str, parts, calls, epochs: int, strategy,
+              log_every_seconds: float, summary_every_calls: int
+              ) -> reporting.Reporter:
+  """The run's progress lines and summaries (the chief writes them)."""
+  return reporting.Reporter(
+      model_dir, parts.task.metric_name, calls.unit_name,
+      parts.task.metric_from_loss, total_units=calls.units_per_epoch * epochs,
+      log_every_seconds=log_every_seconds, summary_every_calls=summary_every_calls,
+      write_summaries=distribution.is_chief(strategy),
+      metric_reductions=parts.method.metric_reductions,
+      method_summaries=parts.method.summaries)
 
 
 def _write_final(final: Dict[str, Any], task: task_base.Task, progress,
