@@ -20,13 +20,15 @@ fits the slopes and draws the figure.
 Method arguments (``method_arguments``): windows of ``WINDOW`` steps (truncated
 BPTT, DNI, RTRL, UORO, SnAp-1), ARTBP's mean window ``WINDOW``, FPTT with
 ``T / WINDOW`` windows, TargetProp blocks of ``TARGET_PROP_BLOCK``, full BPTT
-over the whole sequence. ``EXTRA_ARGUMENTS`` is where a variant's row would go
-(e.g. a checkpointed truncated BPTT).
+over the whole sequence. ``EXTRA_ARGUMENTS`` holds the variants timed beside
+them: ``bptt_checkpointed``, full BPTT keeping the state every ``round(sqrt(T))``
+steps.
 """
 
 import dataclasses
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -46,9 +48,13 @@ CALLS, QUICK_CALLS = 2, 1  # Timed calls after the warm-up call.
 TIME_CAP, MEMORY_CAP = 60.0, 4000.0  # Seconds per call, MB: a sweep stops there.
 WINDOW, TARGET_PROP_BLOCK, COPY_SYMBOLS = 20, 10, 10
 MIN_LENGTH = 3  # The shortest copy task: a symbol, a blank, the delimiter.
-# Variants timed beside the registered methods: {row name: (method key, extra
-# constructor arguments)}; empty for now.
-EXTRA_ARGUMENTS: Dict[str, tuple] = {}
+# Variants timed beside the registered methods: {row name: (method key, a
+# function of T giving extra constructor arguments)}. Full BPTT with the state
+# kept every about sqrt(T) steps (``checkpoint_every``): memory about sqrt(T).
+EXTRA_ARGUMENTS: Dict[str, tuple] = {
+    'bptt_checkpointed': ('bptt', lambda length: {
+        'checkpoint_every': max(1, round(math.sqrt(length)))}),
+}
 RESULT_PREFIX = 'scaling point: '  # The child process's result line.
 
 
@@ -109,7 +115,7 @@ def method_arguments(name: str, length: int) -> Dict:
   """The constructor arguments of method ``name`` on sequences of ``length``
   steps (windows no longer than the sequence)."""
   window = min(WINDOW, length)
-  base_name, extra = EXTRA_ARGUMENTS.get(name, (name, {}))
+  base_name, extra = EXTRA_ARGUMENTS.get(name, (name, lambda _: {}))
   arguments = {
       'artbp': {'mean_length': window, 'seed': 0},
       'bptt': {},
@@ -122,7 +128,7 @@ def method_arguments(name: str, length: int) -> Dict:
       'truncated_bptt': {'window': window},
       'uoro': {'window': window, 'max_influence_floats': 2**62, 'seed': 0},
   }.get(base_name, {})
-  return {**arguments, **extra}
+  return {**arguments, **extra(length)}
 
 
 def copy_task(length: int, seed: int):
