@@ -6,8 +6,10 @@ for updates, its own ``variable.assign_sub``: the method's ``objective``,
 ``window_gradients`` and optimizer calls are never reused.
 """
 
+import re
 from typing import Any, Dict, Tuple
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,8 +18,8 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.methods import BPTT, TruncatedBPTT
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
-from tfcredit.testing import (assert_nests_close, built_optimizer, max_abs_diff,
-                              tiny_model)
+from tfcredit.testing import (TwoStateCell, assert_nests_close, built_optimizer,
+                              max_abs_diff, tiny_model)
 
 BATCH = 4
 
@@ -480,8 +482,39 @@ def test_jit_compile_trains_the_same_updates_to_float_tolerance():
   assert max_abs_diff(plain_weights, initial) > 1e-3
 
 
-def test_jit_compile_must_be_a_bool():
+def test_jit_compile_must_be_a_bool_or_auto():
   task = _TokenStream()
   model = tiny_model(task, cell='gru', units=4, seed=1)
-  with pytest.raises(ConfigurationError, match="jit_compile must be True or False, got 'yes'"):
-    _method(TruncatedBPTT, task, model, window=4, jit_compile='yes')
+  for value in ('yes', 1, None):
+    with pytest.raises(ConfigurationError, match=(
+        r"TruncatedBPTT.jit_compile must be True, False or 'auto', got "
+        + re.escape(repr(value)))):
+      _method(TruncatedBPTT, task, model, window=4, jit_compile=value)
+
+
+def test_jit_compile_auto_compiles_a_named_float32_core_on_a_cpu_only():
+  """``'auto'`` (the default) turns XLA on for a named core in float32 on a CPU,
+  and leaves it off for a custom cell, padded sequences, mixed precision and
+  checkpointed windows; an explicit True or False is kept."""
+  assert not tf.config.list_logical_devices('GPU')  # These machines have none.
+  task = _TokenStream()
+  named = tiny_model(task, cell='gru', units=4, seed=1)
+  assert _method(TruncatedBPTT, task, named, window=4).jit_compile is True
+  assert _method(TruncatedBPTT, task, named, window=4,
+                 jit_compile=False).jit_compile is False
+  assert _method(TruncatedBPTT, task, named, window=4,
+                 checkpoint_every=2).jit_compile is False
+  assert _method(TruncatedBPTT, task, named, window=4, checkpoint_every=2,
+                 jit_compile=True).jit_compile is True
+  custom = tiny_model(task, cell=TwoStateCell(4), units=4, seed=1)
+  assert _method(TruncatedBPTT, task, custom, window=4).jit_compile is False
+  masked = tiny_model(task, cell='gru', units=4, seed=1, masked=True)
+  assert _method(TruncatedBPTT, task, masked, window=4).jit_compile is False
+  episodic = AddingTask(sequence_length=6)
+  assert _method(BPTT, episodic, tiny_model(episodic, seed=1)).jit_compile is True
+  keras.mixed_precision.set_global_policy('mixed_float16')
+  try:
+    half = tiny_model(task, cell='gru', units=4, seed=1)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  assert _method(TruncatedBPTT, task, half, window=4).jit_compile is False

@@ -9,7 +9,7 @@ network and data (``keras_fit_runner``) and chained float32 matrix products
 """
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import gin
 import keras
@@ -25,6 +25,7 @@ from tfcredit.benchmarks.measure import timed
 from tfcredit.benchmarks.workloads import Workload
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods.artbp import ARTBP
+from tfcredit.methods import jit
 from tfcredit.methods.base import Method
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.models.recurrent import RecurrentModel
@@ -127,11 +128,11 @@ def method_runner(workload: Workload, config: str, make_method: MethodFactory,
 def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
                     strategy: Optional[tf.distribute.Strategy] = None,
                     unroll_implementation: Optional[str] = None,
-                    jit_compile: bool = False,
+                    jit_compile: Union[bool, str] = jit.AUTO,
                     precision: str = precision_lib.FLOAT32) -> Runner:
   """``TruncatedBPTT(window, windows_per_call, jit_compile)`` through
-  ``method_runner``; ``unroll_implementation`` (``RecurrentModel``'s) and
-  ``jit_compile`` are named in the row label when given."""
+  ``method_runner``; ``unroll_implementation`` (``RecurrentModel``'s) is named
+  in the row label when given, ``jit_compile`` when forced (True or False)."""
   stream = workload.task.regime == task_base.STREAM
   config = f'tfcredit TruncatedBPTT window={window}'
   if stream:
@@ -139,8 +140,8 @@ def tfcredit_runner(workload: Workload, window: int, windows_per_call: int = 1,
   if unroll_implementation is not None:
     workload = workloads_lib.with_unroll(workload, unroll_implementation)
     config += f', unroll_implementation={unroll_implementation}'
-  if jit_compile:
-    config += ', jit_compile=True'
+  if jit_compile != jit.AUTO:
+    config += f', jit_compile={jit_compile}'
   return method_runner(
       workload, config,
       lambda model, task, optimizer: TruncatedBPTT(

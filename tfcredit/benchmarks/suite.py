@@ -6,8 +6,9 @@ reference, truncated BPTT for each ``windows_per_call``) and the adding task (a
 Keras ``fit`` reference, full and truncated BPTT). The row switches add groups of
 rows, each with its own reference timed in the same rounds:
 
-* ``keras_unroll_rows``, ``jit_compile_rows``: full BPTT through the Keras layers,
-  or compiled by XLA, beside the default fused unroll.
+* ``keras_unroll_rows``: full BPTT through the Keras layers beside the default
+  fused unroll. ``jit_compile_rows``: the PTB and adding rows with XLA forced on
+  and forced off beside the default (``jit_compile='auto'``).
 * ``sequence_task_rows``: the adding batches as a ``SequenceTask`` (the user's own
   arrays), of one length and padded from lengths 150-200.
 * ``precision_rows``: mixed_bfloat16 and mixed_float16 against float32.
@@ -79,7 +80,7 @@ class Options:
     dni_row: also the DNI rows (layer- and neuron-wise) and their reference.
     target_prop_row: also the TargetProp rows and their references.
     keras_unroll_rows: also full BPTT through the Keras layers.
-    jit_compile_rows: also full BPTT with ``jit_compile=True``.
+    jit_compile_rows: also the PTB and adding rows with XLA forced on and off.
     precision_rows: also mixed_bfloat16 and mixed_float16 against float32.
     sequence_task_rows: also the adding batches as a ``SequenceTask``.
     methods: ``'NAME: gin bindings'`` rows on the PTB shape.
@@ -162,8 +163,9 @@ def _language_model_rows(rows: _Rows, options: Options,
     rows.add(runners_lib.tfcredit_runner, language_model, 20, largest,
              unroll_implementation='keras')
   if options.jit_compile_rows:
-    rows.add(runners_lib.tfcredit_runner, language_model, 20, largest,
-             jit_compile=True)
+    for forced in (True, False):
+      rows.add(runners_lib.tfcredit_runner, language_model, 20, largest,
+               jit_compile=forced)
 
 
 def _adding_rows(rows: _Rows, options: Options, adding_task: Workload) -> None:
@@ -175,7 +177,8 @@ def _adding_rows(rows: _Rows, options: Options, adding_task: Workload) -> None:
     rows.add(runners_lib.tfcredit_runner, adding_task, 200,
              unroll_implementation='keras')
   if options.jit_compile_rows:
-    rows.add(runners_lib.tfcredit_runner, adding_task, 200, jit_compile=True)
+    for forced in (True, False):
+      rows.add(runners_lib.tfcredit_runner, adding_task, 200, jit_compile=forced)
   rows.add(runners_lib.tfcredit_runner, adding_task, 20)
 
 

@@ -127,8 +127,9 @@ def define_flags() -> None:
          "the default ('auto': the fused unroll on a CPU), in the same rounds.")
   define(flags.DEFINE_bool, 'jit_compile_rows', True, 'Also time the PTB shape '
          '(largest --windows_per_call) and the adding task with full BPTT with '
-         'TruncatedBPTT.jit_compile=True (each window\'s pass compiled by XLA; '
-         'the warm-up includes the compilation).')
+         'TruncatedBPTT.jit_compile forced to True and to False, beside the '
+         "default 'auto' (XLA where it pays: tfcredit.methods.jit; the warm-up "
+         'includes the compilation).')
   define(flags.DEFINE_bool, 'precision_rows', True, 'Also time the PTB shape '
          'and the adding task under train.precision mixed_bfloat16 and '
          'mixed_float16 beside float32 (their ratios are against float32 in the '

@@ -31,13 +31,14 @@ steps and the steps between are run again in the backward pass
 gradient, about one more forward pass.
 """
 
-from typing import Optional
+from typing import Optional, Union
 
 import tensorflow as tf
 
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
+from tfcredit.methods import jit
 from tfcredit.methods import recompute
 from tfcredit.methods import registry
 from tfcredit.tasks import base as task_base
@@ -100,7 +101,8 @@ class TruncatedBPTT(base.Method):
                windows_per_call: int = 10, clip_norm: Optional[float] = None,
                recompute_state: str = 'never',
                checkpoint_every: Optional[int] = None, use_tf_function: bool = True,
-               jit_compile: bool = False, name: Optional[str] = None):
+               jit_compile: Union[bool, str] = jit.AUTO,
+               name: Optional[str] = None):
     """Binds the method.
 
     Args:
@@ -115,8 +117,10 @@ class TruncatedBPTT(base.Method):
         (``tfcredit.methods.recompute``): the same gradient in memory about
         ``sqrt(window)`` with ``checkpoint_every ≈ sqrt(window)``, for about
         one more forward pass. Larger than the window: one chunk.
-      model, task, optimizer, clip_norm, use_tf_function, jit_compile, name:
-        as in ``Method``.
+      jit_compile: True, False or ``'auto'`` (XLA where it pays and compiles:
+        ``tfcredit.methods.jit``); ``self.jit_compile`` holds the outcome.
+      model, task, optimizer, clip_norm, use_tf_function, name: as in
+        ``Method``.
     """
     self.window = self._check_window(window)
     self.windows_per_call = validation.positive_int(
@@ -126,6 +130,8 @@ class TruncatedBPTT(base.Method):
     self.checkpoint_every = None if checkpoint_every is None else (
         validation.positive_int(f'{type(self).__name__}.checkpoint_every',
                                 checkpoint_every))
+    jit_compile = jit.resolve(f'{type(self).__name__}.jit_compile', jit_compile,
+                              model, checkpointed=self.checkpoint_every is not None)
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      jit_compile=jit_compile, name=name or type(self).__name__)
@@ -220,7 +226,8 @@ class BPTT(TruncatedBPTT):
   def __init__(self, *, model, task, optimizer, sequence_length: Optional[int] = None,
                clip_norm: Optional[float] = None,
                checkpoint_every: Optional[int] = None, use_tf_function: bool = True,
-               jit_compile: bool = False, name: Optional[str] = None):
+               jit_compile: Union[bool, str] = jit.AUTO,
+               name: Optional[str] = None):
     """Binds the method.
 
     Args:
@@ -228,8 +235,9 @@ class BPTT(TruncatedBPTT):
         there); must be None for episodic tasks, whose sequences are whole.
       checkpoint_every: as in ``TruncatedBPTT``: exact BPTT over the sequence
         in memory about ``sqrt(T)`` (None: off).
-      model, task, optimizer, clip_norm, use_tf_function, jit_compile, name:
-        as in ``Method``.
+      jit_compile: as in ``TruncatedBPTT`` (``'auto'`` by default).
+      model, task, optimizer, clip_norm, use_tf_function, name: as in
+        ``Method``.
     """
     if task.regime == task_base.STREAM and sequence_length is None:
       raise ConfigurationError(

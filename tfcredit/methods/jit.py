@@ -1,0 +1,47 @@
+"""``jit_compile='auto'``: whether a method's window pass is compiled by XLA.
+
+``TruncatedBPTT`` and ``BPTT`` take ``jit_compile`` as ``True``, ``False`` or
+``'auto'`` (their default). ``'auto'`` turns XLA on where ``tools/benchmark.py``
+shows it pays and where it is known to compile: on a CPU (no GPU visible: there
+the named LSTM and GRU layers keep their cuDNN kernels), for a named core
+(``'lstm'``, ``'gru'``, ``'simple_rnn'``: a custom cell may hold an operation XLA
+cannot compile), in float32 (the benchmark measures no other precision), on
+unpadded sequences and without ``checkpoint_every`` (neither path is measured
+under XLA). Everywhere else it stays off. XLA compiles once per window shape,
+about a second for a small LSTM; results match the uncompiled pass to float
+tolerance, not bit for bit. docs/benchmark.md#xla-by-default.
+"""
+
+from typing import Union
+
+import tensorflow as tf
+
+from tfcredit import precision
+from tfcredit.errors import ConfigurationError
+from tfcredit.models import cells as cells_lib
+
+AUTO = 'auto'
+
+
+def pays(model) -> bool:
+  """Whether ``'auto'`` compiles ``model``'s windows (module docstring)."""
+  return (not tf.config.list_logical_devices('GPU')
+          and getattr(model, 'cell_type', None) in cells_lib.NAMED
+          and precision.compute_dtype(model) == tf.float32
+          and not getattr(model, 'masked', False))
+
+
+def resolve(parameter: str, value: Union[bool, str], model,
+            checkpointed: bool = False) -> bool:
+  """``value`` (``True``, ``False`` or ``'auto'``) as a bool for ``model``.
+
+  Raises:
+    ConfigurationError: ``value`` is none of the three.
+  """
+  if isinstance(value, bool):
+    return value
+  if isinstance(value, str) and value == AUTO:
+    return pays(model) and not checkpointed
+  raise ConfigurationError(
+      f"{parameter} must be True, False or '{AUTO}', got {value!r}: '{AUTO}' "
+      'compiles with XLA where the benchmark shows it pays')
