@@ -69,7 +69,21 @@ def test_a_point_in_a_fresh_process_reports_the_childs_error():
   point = scaling.point_in_fresh_process(
       dict(name='bptt', length=8, width=0, batch=2, calls=1, seed=0), timeout=300)
   assert 'RecurrentModel.units' in point['error']
+  assert point['error'].startswith('exit code 1: ')
   assert scaling.over_cap(point, SMALLEST.resolved())
+
+
+def test_a_failed_points_error_names_the_exception_line_not_log_noise():
+  stderr = ('Traceback (most recent call last):\n  File "x.py", line 1\n'
+            'tensorflow.python.framework.errors_impl.ResourceExhaustedError: OOM '
+            'when allocating tensor\nE0000 cuda_platform.cc:52] failed call to '
+            'cuInit: CUDA error: Failed call to cuInit\n')
+  assert scaling.child_error(1, stderr) == (
+      'exit code 1: tensorflow.python.framework.errors_impl.'
+      'ResourceExhaustedError: OOM when allocating tensor')
+  assert scaling.child_error(-9, 'E0000 failed call to cuInit\n') == (
+      'exit code -9: E0000 failed call to cuInit')
+  assert scaling.child_error(-9, '') == 'exit code -9'
 
 
 def test_the_slope_fit_recovers_known_exponents():

@@ -30,6 +30,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -228,8 +229,20 @@ def point_in_fresh_process(spec: Dict, timeout: float) -> Dict:
   for line in done.stdout.splitlines():
     if line.startswith(RESULT_PREFIX):
       return json.loads(line[len(RESULT_PREFIX):])
-  lines = (done.stderr.strip() or f'exit code {done.returncode}').splitlines()
-  return {**spec, 'error': lines[-1][:300]}
+  return {**spec, 'error': child_error(done.returncode, done.stderr)}
+
+
+_EXCEPTION_LINE = re.compile(r'^[\w.]*(Error|Exception|Exhausted)\b')
+
+
+def child_error(returncode: int, stderr: str) -> str:
+  """What ended a failed point: the exit code (a negative one is the signal
+  that killed it, e.g. -9 from the system's out-of-memory killer) and the last
+  Python exception line of its stderr, or else its last line."""
+  lines = stderr.strip().splitlines()
+  errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
+  last = (errors or lines or [''])[-1][:300]
+  return f'exit code {returncode}' + (f': {last}' if last else '')
 
 
 def over_cap(point: Dict, options: ScalingOptions) -> bool:
