@@ -38,17 +38,13 @@ class Method(windows.WindowLoop, tf.Module):
   def __init__(self, *, model: keras.Model, task: task_base.Task,
                optimizer: keras.optimizers.Optimizer,
                clip_norm: Optional[float] = None, use_tf_function: bool = True,
-               jit_compile: bool = False, name: Optional[str] = None):
+               name: Optional[str] = None):
     """Args:
       model: a built ``RecurrentModel``.
       task: the task whose ``losses`` define the objective.
       optimizer: a Keras optimizer, built on the model's trainable variables.
       clip_norm: global-norm gradient clipping threshold, or None for none.
       use_tf_function: compile the segment functions (turn off to debug eagerly).
-      jit_compile: compile each window's forward and backward pass
-        (``window_gradients``) with XLA, once per window shape: element-wise
-        gate arithmetic fused into few kernels. Results match the uncompiled
-        pass to float tolerance, not bit for bit.
       name: module name.
     """
     super().__init__(name=name)
@@ -75,10 +71,10 @@ class Method(windows.WindowLoop, tf.Module):
     # Several replicas: each device applies its own copy of the summed gradients.
     self._places_gradients = replicas_lib.applies_per_variable(
         optimizer, model.trainable_variables)
-    self.jit_compile = validation.boolean('jit_compile', jit_compile)
-    self._compiled_window_gradients = (
-        tf.function(self._window_gradients_parts, jit_compile=True)
-        if jit_compile else None)
+    # XLA for ``window_gradients`` (``compile_windows``); off unless a method
+    # turns it on.
+    self.jit_compile = False
+    self._compiled_window_gradients = None
     signature = [task.segment_spec(), model.state_spec()]
     self._train_fn = self.compile('train_segment', self._train_segment, signature)
     self._estimate_fn = self.compile('estimate_gradients',
@@ -191,6 +187,15 @@ class Method(windows.WindowLoop, tf.Module):
     if self.task.readout == task_base.TERMINAL:
       return total / batch
     return total / (batch * tf.cast(normalizer, tf.float32))
+
+  def compile_windows(self) -> None:
+    """From now on ``window_gradients`` runs its forward and backward pass as
+    one XLA function, compiled once per window shape: element-wise gate
+    arithmetic fused into few kernels; results match the uncompiled pass to
+    float tolerance, not bit for bit (``TruncatedBPTT.jit_compile``)."""
+    self.jit_compile = True
+    self._compiled_window_gradients = tf.function(
+        self._window_gradients_parts, jit_compile=True)
 
   def window_gradients(self, inputs, targets, state, normalizer,
                        state_grad_scale=None):

@@ -134,7 +134,9 @@ class TruncatedBPTT(base.Method):
                               model, checkpointed=self.checkpoint_every is not None)
     super().__init__(model=model, task=task, optimizer=optimizer,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
-                     jit_compile=jit_compile, name=name or type(self).__name__)
+                     name=name or type(self).__name__)
+    if jit_compile:
+      self.compile_windows()
 
   def _check_window(self, window):
     return validation.positive_int('TruncatedBPTT.window', window)
