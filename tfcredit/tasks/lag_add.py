@@ -64,13 +64,14 @@ class LagAddTask(base.Task):
   PLATEAU_FIRST_LAG = 0.519167  # (H(0.375) + H(0.875)) / 2
   PLATEAU_BOTH_LAGS = 0.454454  # (H(0.5) + H(1) + 2 H(0.75)) / 4
 
-  def __init__(self, *, t1: int = 5, t2: int = 9, deterministic: bool = False,
+  def __init__(self, *, t1: int = 6, t2: int = 10, deterministic: bool = False,
                train_steps: int = 100_000, eval_steps: int = 10_000,
                seed: int = 0):
     """Defines the process and the streams' lengths.
 
     Args:
-      t1: the first lag (the paper's ``t_1``).
+      t1: the first lag (the paper's ``t_1``; 6 and 10 are the lags the
+        authors' own tests of their code use).
       t2: the second lag, ``t2 > t1``.
       deterministic: targets ``p_t`` (soft labels) instead of Bernoulli draws.
       train_steps: scored steps of one training epoch, over all columns: each of
@@ -84,7 +85,7 @@ class LagAddTask(base.Task):
     if self.t2 <= self.t1:
       raise ConfigurationError(
           f'LagAddTask needs 0 < t1 < t2, got t1={t1}, t2={t2}: use a second lag '
-          'larger than the first, e.g. t1 = 5, t2 = 9')
+          'larger than the first, e.g. t1 = 6, t2 = 10')
     self.deterministic = validation.boolean('LagAddTask.deterministic',
                                             deterministic)
     self.steps = {
