@@ -159,14 +159,14 @@ def test_evaluate_scores_a_known_predictor_at_its_plateau():
 
 
 def test_truncated_bptt_learns_below_the_first_plateau(tmp_path):
-  task = LagAddTask(t1=2, t2=4, train_steps=8 * 600, eval_steps=8 * 250)
+  task = LagAddTask(t1=2, t2=4, train_steps=8 * 600, eval_steps=8 * 150)
   model = tfcredit.RecurrentModel(cell='lstm', units=16, **task.model_spec())
   result = tfcredit.train(
       str(tmp_path / 'run'), export_dir=None, task=task, model=model,
       method=functools.partial(tfcredit.TruncatedBPTT, window=8,
-                               windows_per_call=15),
+                               windows_per_call=25),
       optimizer=keras.optimizers.Adam, learning_rate=1e-2, epochs=1,
       batch_size=8, eval_batch_size=8, log_every_seconds=1e9,
       evaluate_test=False)
-  # Measured: 0.58 after this one epoch of 75 updates (0.48 after two).
+  # Measured: 0.584 after this one epoch of 75 updates (about 0.48 after a second).
   assert result['valid_cross_entropy'] < task.PLATEAU_NOTHING - 0.03
