@@ -36,6 +36,7 @@ from tfcredit.models import RecurrentModel
 from tfcredit.tasks.base import Task
 from tfcredit.tasks.images import SequentialImageTask
 from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
+from tfcredit.tasks.lag_add import LagAddTask
 from tfcredit.tasks.language_modeling import LanguageModelTask
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.sequences import SequenceTask
@@ -53,16 +54,17 @@ __version__ = '0.1.0'
 __all__ = [
     'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
     'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
-    'LanguageModelTask', 'LayerwiseSynthesizer', 'MarkovLanguageTask', 'METHODS',
-    'Method', 'NeuronwiseSynthesizer', 'RTRL', 'RecurrentModel',
-    'SequenceTask', 'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task',
-    'TextCorpusTask', 'TrainingError', 'TruncatedBPTT', 'UORO', 'train',
+    'LagAddTask', 'LanguageModelTask', 'LayerwiseSynthesizer',
+    'MarkovLanguageTask', 'METHODS', 'Method', 'NeuronwiseSynthesizer', 'RTRL',
+    'RecurrentModel', 'SequenceTask', 'SequentialImageTask', 'SnAp1',
+    'TargetProp', 'Task', 'TextCorpusTask', 'TrainingError', 'TruncatedBPTT',
+    'UORO', 'train',
 ]
 
 for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
                       MarkovLanguageTask, SequenceTask, TextCorpusTask,
                       SequentialImageTask,
-                      InfluenceBalancingTask,
+                      InfluenceBalancingTask, LagAddTask,
                       InfluenceBalancingCell, LayerwiseSynthesizer,
                       NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,

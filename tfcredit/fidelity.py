@@ -134,7 +134,8 @@ def _segment(task: task_base.Task, length: int, sequences: int):
           f'--lengths value {length} is longer than the training stream '
           f'({data.shape[1] - 1} steps per column at {sequences} columns): use '
           'shorter lengths or fewer --sequences')
-    return (tf.constant(data[:, :length]), tf.constant(data[:, 1:length + 1]))
+    inputs, targets = task.stream_window(data, 0, length)
+    return tf.constant(inputs), tf.constant(targets)
   inputs, targets = task.batch('train', 0, 0, sequences)
   return tf.constant(inputs), tf.constant(targets)
 

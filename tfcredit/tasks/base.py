@@ -105,6 +105,18 @@ class Task(abc.ABC):
     """Stream tasks: the split as ``[batch_size, N]`` int32 columns."""
     raise NotImplementedError(f'{type(self).__name__} is not a stream task')
 
+  def stream_window(self, data: np.ndarray, start: int, end: int) -> Segment:
+    """Stream tasks: steps ``start .. end - 1`` of the stream ``data`` (as returned
+    by ``stream``) as ``(inputs, targets)`` numpy arrays.
+
+    The default is next-token prediction: the inputs are ``data[:, start:end]``,
+    the targets the tokens that follow, ``data[:, start + 1:end + 1]``. A task
+    whose targets are not its next inputs stores both in the stream and decodes
+    them here (``tfcredit.tasks.lag_add``); the stream keeps one more position
+    than it has steps either way.
+    """
+    return data[:, start:end], data[:, start + 1:end + 1]
+
   def units_per_epoch(self, batch_size: int) -> int:
     """Tokens (stream) or sequences (episodic) in one training epoch."""
     if self.regime == STREAM:
@@ -178,10 +190,9 @@ def evaluate(task: Task, predict: PredictFn, initial_state: Callable[[int], Any]
     length = data.shape[1] - 1
     for start in range(0, length, chunk_length):
       end = min(start + chunk_length, length)
-      inputs = tf.constant(data[:, start:end])
-      targets = tf.constant(data[:, start + 1:end + 1])
-      outputs, state = predict(inputs, state)
-      accumulate(outputs, targets)
+      inputs, targets = task.stream_window(data, start, end)
+      outputs, state = predict(tf.constant(inputs), state)
+      accumulate(outputs, tf.constant(targets))
   else:
     for index in range(task.batches_per_epoch(split, batch_size)):
       inputs, targets = task.batch(split, 0, index, batch_size)

@@ -125,8 +125,8 @@ class Calls:
       while int(progress.position) < length:
         start = int(progress.position)
         end = min(start + self.method.segment_length(), length)
-        segment = (tf.constant(data[:, start:end]),
-                   tf.constant(data[:, start + 1:end + 1]))
+        inputs, targets = task.stream_window(data, start, end)
+        segment = (tf.constant(inputs), tf.constant(targets))
         yield segment, batch_size * (end - start), start / length
     else:
       count = task.batches_per_epoch('train', batch_size)
