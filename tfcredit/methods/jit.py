@@ -9,7 +9,8 @@ cannot compile), in float32 (the benchmark measures no other precision), on
 unpadded sequences and without ``checkpoint_every`` (neither path is measured
 under XLA). Everywhere else it stays off. XLA compiles once per window shape,
 about a second for a small LSTM; results match the uncompiled pass to float
-tolerance, not bit for bit. docs/benchmark.md#xla-by-default.
+tolerance, not bit for bit, and dropout draws other (equally random) masks
+under XLA than without it from the same seeds. docs/benchmark.md#xla-by-default.
 """
 
 from typing import Union
