@@ -14,7 +14,8 @@ from tfcredit import precision
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.testing import (built_optimizer, clean_gin, configure_tiny,  # noqa: F401
-                              small_methods, tiny_model)
+                              example_model_arguments, small_methods,
+                              tiny_model)
 from tfcredit.training import run_directory
 
 ROWS = 2
@@ -62,7 +63,8 @@ def test_a_bad_precision_names_the_setting():
 
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_every_method_trains_under_bfloat16_with_float32_state(task, method):
-  model = _model(task, precision.MIXED_BFLOAT16)
+  model = _model(task, precision.MIXED_BFLOAT16,
+                 **example_model_arguments(method))
   assert model.core[0].compute_dtype == 'bfloat16'
   assert all(tf.as_dtype(v.dtype) == tf.float32 for v in model.trainable_variables)
   trainer = METHODS[method](model, task, built_optimizer(model, learning_rate=0.5))
@@ -84,7 +86,7 @@ def test_bfloat16_estimates_agree_with_float32(task, method):
   norms agree within 5% (bfloat16 keeps 8 bits of mantissa)."""
   estimates = {}
   for policy in (precision.FLOAT32, precision.MIXED_BFLOAT16):
-    model = _model(task, policy)
+    model = _model(task, policy, **example_model_arguments(method))
     trainer = METHODS[method](model, task, built_optimizer(model))
     length = trainer.segment_length() or 20
     estimates[policy] = _flat(trainer.estimate_gradients(

@@ -100,6 +100,15 @@ def small_methods(rows: int) -> dict:
   return {name: factory(cls) for name, cls in methods.METHODS.items()}
 
 
+def example_model_arguments(name: str) -> dict:
+  """The ``RecurrentModel`` arguments the shared tests add to their small
+  model for the registered method ``name`` (its ``EXAMPLE_MODEL``: the cell it
+  needs); ``{}`` for any other name."""
+  from tfcredit import methods  # pylint: disable=g-import-not-at-top
+  cls = methods.METHODS.get(name)
+  return dict(cls.EXAMPLE_MODEL) if cls is not None else {}
+
+
 def built_optimizer(model: keras.Model, cls=keras.optimizers.SGD,
                     learning_rate: float = 0.1, **kwargs: Any
                     ) -> keras.optimizers.Optimizer:

@@ -17,7 +17,8 @@ import tensorflow as tf
 from tfcredit import methods
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks.sequences import SequenceTask
-from tfcredit.testing import assert_nests_close, built_optimizer, tiny_model, to_numpy
+from tfcredit.testing import (assert_nests_close, built_optimizer,
+                              example_model_arguments, tiny_model, to_numpy)
 from tfcredit.training import trainer
 
 LENGTHS = (9, 4, 7)
@@ -68,7 +69,7 @@ def _estimate(method, model, inputs, targets):
 def _built(name, readout):
   """``(task, model, method, restored_estimate)``."""
   task = _task(readout)
-  model = tiny_model(task, seed=0, units=6)
+  model = tiny_model(task, seed=0, units=6, **example_model_arguments(name))
   cls = methods.METHODS[name]
   arguments = dict(cls.EXAMPLE_ARGUMENTS)
   arguments.pop('sequence_length', None)  # Streams only.

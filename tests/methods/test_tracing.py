@@ -17,7 +17,8 @@ from tfcredit import methods
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import (assert_compiled_matches_eager, built_optimizer,
-                              small_methods, tiny_model, to_numpy)
+                              example_model_arguments, small_methods,
+                              tiny_model, to_numpy)
 from tfcredit.training import trainer
 
 ROWS = 3
@@ -29,9 +30,10 @@ def _arrays(nest):
   return tf.nest.map_structure(to_numpy, nest)
 
 
-def _build(factory, task):
+def _build(factory, task, name=None):
   def build():
-    model = tiny_model(task, seed=0, units=6)
+    model = tiny_model(task, seed=0, units=6,
+                       **example_model_arguments(name))
     optimizer = built_optimizer(model, keras.optimizers.Adam, learning_rate=0.02)
     return factory(model, task, optimizer), model
   return build
@@ -91,7 +93,8 @@ def _stream_calls(method, model):
 @pytest.mark.parametrize('name', sorted(small_methods(ROWS)))
 def test_one_trace_serves_stream_segments_of_any_length(name):
   factory = _factories()[name]
-  method = assert_compiled_matches_eager(_build(factory, STREAM), _stream_calls)
+  method = assert_compiled_matches_eager(_build(factory, STREAM, name),
+                                         _stream_calls)
   if _forward_mode(name):
     assert method.window == 2 and _stream_lengths(method) == [4, 3, 1]
   assert method.trace_counts['train_segment'] == 1

@@ -75,11 +75,16 @@ def _segment(task):
   return tf.constant(inputs), tf.constant(targets)
 
 
+def _model(task, name):
+  return testing.tiny_model(
+      task, seed=0, **testing.example_model_arguments(name.split('/')[0]))
+
+
 def _train(strategy, name, calls=2):
   make_task, make_method = METHODS[name]
   task = make_task()
   with strategy.scope():
-    model = testing.tiny_model(task, seed=0)
+    model = _model(task, name)
     optimizer = testing.built_optimizer(model, keras.optimizers.Adam,
                                         learning_rate=0.01)
     method = make_method(model=model, task=task, optimizer=optimizer)
@@ -109,7 +114,7 @@ def test_two_replicas_give_the_same_training_as_one(mirrored, name):
     np.testing.assert_allclose(a, b, atol=1e-5)
   # The weights really moved, so the comparison is not between two no-ops.
   task = METHODS[name][0]()
-  initial = testing.tiny_model(task, seed=0).trainable_variables
+  initial = _model(task, name).trainable_variables
   assert max(np.abs(a - v.numpy()).max() for a, v in zip(one[0], initial)) > 1e-3
 
 

@@ -33,6 +33,10 @@ class Method(windows.WindowLoop, tf.Module):
 
   # Constructor arguments of a small stream run (tfcredit.methods.registry).
   EXAMPLE_ARGUMENTS: Mapping[str, Any] = {}
+  # RecurrentModel arguments that run's model needs (a method that trains only
+  # some cells names one of them), and those cells' classes (None: any cell).
+  EXAMPLE_MODEL: Mapping[str, Any] = {}
+  CELLS: Optional[Tuple[type, ...]] = None
   supports_replicas = True  # Trains under MirroredStrategy.
 
   def __init__(self, *, model: keras.Model, task: task_base.Task,
