@@ -70,6 +70,23 @@ def boolean(name: str, value: Any) -> bool:
   return value
 
 
+def real(name: str, value: Any, fix: str) -> float:
+  """A finite real number; ``fix`` says what to pass instead."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not math.isfinite(value)):
+    raise ConfigurationError(f'{name}={value!r} is not a finite number; {fix}.')
+  return float(value)
+
+
+def require(ok: bool, name: str, value: Any, requirement: str,
+            fix: str) -> None:
+  """Raises unless ``ok``: ``value`` of ``name`` must be ``requirement``;
+  ``fix`` says what to pass instead."""
+  if not ok:
+    raise ConfigurationError(
+        f'{name}={value!r} is invalid: it must be {requirement}; {fix}.')
+
+
 def one_of(name: str, value: Any, choices: Sequence[Any], hint: str = '') -> Any:
   """One of ``choices``."""
   if value not in choices:

@@ -45,10 +45,9 @@ class TruncationSampler:
       ConfigurationError: unknown schedule, ``mean_length <= 0``, ``alpha <= 2``
         (power schedule), or a truncation probability ``c >= 1``.
     """
-    if schedule not in SCHEDULES:
-      raise ConfigurationError(
-          f'ARTBP.schedule must be one of {SCHEDULES}, got {schedule!r}: use '
-          "'power' (Eq. 14) or 'constant' (c = 1/L0, geometric lengths)")
+    validation.one_of(
+        'ARTBP.schedule', schedule, SCHEDULES,
+        ": use 'power' (Eq. 14) or 'constant' (c = 1/L0, geometric lengths)")
     self.mean_length = validation.finite_number('ARTBP.mean_length', mean_length)
     if self.mean_length <= 0:
       raise ConfigurationError(

@@ -188,17 +188,13 @@ def initializer(init_scale):
 def check_arguments(*, unroll_implementation, num_layers, output_dim, units,
                      readout, input_vocab_size, input_dim, dropout, init_scale):
   """Refuses out-of-range constructor arguments, naming the binding."""
-  if unroll_implementation not in UNROLLS:
-    raise ConfigurationError(
-        f'RecurrentModel.unroll_implementation must be one of {UNROLLS}, got '
-        f'{unroll_implementation!r}')
+  validation.one_of('RecurrentModel.unroll_implementation',
+                    unroll_implementation, UNROLLS)
   for arg, value in (('num_layers', num_layers), ('output_dim', output_dim)):
     validation.positive_int(f'RecurrentModel.{arg}', value)
   if units is not None:
     validation.positive_int('RecurrentModel.units', units)
-  if readout not in READOUTS:
-    raise ConfigurationError(
-        f'RecurrentModel.readout must be one of {READOUTS}, got {readout!r}')
+  validation.one_of('RecurrentModel.readout', readout, READOUTS)
   if (input_vocab_size is None) == (input_dim is None):
     raise ConfigurationError(
         'RecurrentModel needs exactly one of input_vocab_size (token inputs) and '

@@ -126,10 +126,7 @@ class NeuronwiseSynthesizer(keras.layers.Layer):
     super().__init__(name=name, **kwargs)
     self.hidden_units = validation.positive_int(
         'NeuronwiseSynthesizer.hidden_units', hidden_units)
-    if cell not in _NEURON_CELLS:
-      raise ConfigurationError(
-          f'NeuronwiseSynthesizer.cell must be one of {sorted(_NEURON_CELLS)}, got '
-          f'{cell!r}')
+    validation.one_of('NeuronwiseSynthesizer.cell', cell, sorted(_NEURON_CELLS))
     if (isinstance(noise_stddev, bool) or not isinstance(noise_stddev, (int, float))
         or not noise_stddev >= 0):
       raise ConfigurationError(

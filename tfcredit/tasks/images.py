@@ -38,6 +38,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import validation
 from tfcredit.errors import ConfigurationError, DataError
 from tfcredit.tasks import base
 from tfcredit.tasks import storage
@@ -269,12 +270,8 @@ class SequentialImageTask(base.Task):
       ConfigurationError: an argument is out of range.
       DataError: the data is missing or corrupt.
     """
-    if dataset not in DATASETS:
-      raise ConfigurationError(
-          f'SequentialImageTask.dataset must be one of {DATASETS}, got {dataset!r}')
-    if source not in SOURCES:
-      raise ConfigurationError(
-          f'SequentialImageTask.source must be one of {SOURCES}, got {source!r}')
+    validation.one_of('SequentialImageTask.dataset', dataset, DATASETS)
+    validation.one_of('SequentialImageTask.source', source, SOURCES)
     if not isinstance(validation_fraction, (int, float)) or not (
         0.0 < validation_fraction < 1.0):
       raise ConfigurationError(
@@ -339,8 +336,7 @@ class SequentialImageTask(base.Task):
     return len(self._split_indices(split))
 
   def _split_indices(self, split: str) -> np.ndarray:
-    if split not in _SPLITS:
-      raise ConfigurationError(f'split must be one of {_SPLITS}, got {split!r}')
+    validation.one_of('split', split, _SPLITS)
     return self._indices[split]
 
   def batches_per_epoch(self, split: str, batch_size: int) -> int:

@@ -91,8 +91,7 @@ class InfluenceBalancingTask(base.Task):
     return 0.5 * tf.square(outputs[..., 0] - tf.cast(targets, outputs.dtype))
 
   def stream(self, split: str, batch_size: int) -> np.ndarray:
-    if split not in _SPLITS:
-      raise ConfigurationError(f'split must be one of {_SPLITS}, got {split!r}')
+    validation.one_of('split', split, _SPLITS)
     return np.full([batch_size, self.lengths[split] + 1], self.target, np.float32)
 
   def get_config(self) -> Dict[str, Any]:

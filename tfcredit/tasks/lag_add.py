@@ -133,9 +133,7 @@ class LagAddTask(base.Task):
     return stored.astype(np.int32)
 
   def stream(self, split: str, batch_size: int) -> np.ndarray:
-    if split not in _SPLITS:
-      raise ConfigurationError(
-          f'split must be one of {sorted(_SPLITS)}, got {split!r}')
+    validation.one_of('split', split, sorted(_SPLITS))
     key = (split, batch_size)
     if key not in self._streams:
       steps = self.steps[split] // batch_size

@@ -65,8 +65,7 @@ class TokenStreamTask(base.Task):
     return math.exp(min(mean_loss, 700.0))
 
   def stream(self, split: str, batch_size: int) -> np.ndarray:
-    if split not in _SPLITS:
-      raise ConfigurationError(f'split must be one of {_SPLITS}, got {split!r}')
+    validation.one_of('split', split, _SPLITS)
     key = (split, batch_size)
     if key not in self._streams:
       self._streams[key] = corpora.batchify(self._ids(split), batch_size)

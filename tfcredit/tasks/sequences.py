@@ -266,9 +266,7 @@ class SequenceTask(base.Task):
     return inputs, targets
 
   def _split(self, split: str) -> data_lib.Split:
-    if split not in data_lib.SPLITS:
-      raise ConfigurationError(
-          f'split must be one of {data_lib.SPLITS}, got {split!r}')
+    validation.one_of('split', split, data_lib.SPLITS)
     return self._splits[split]
 
   def get_config(self) -> Dict[str, Any]:

@@ -44,9 +44,7 @@ class _SyntheticTask(base.Task):
     self.eval_batches = validation.positive_int('eval_batches', eval_batches)
 
   def _rng(self, split: str, epoch: int, index: int) -> np.random.Generator:
-    if split not in _SPLITS:
-      raise ConfigurationError(
-          f'split must be one of {sorted(_SPLITS)}, got {split!r}')
+    validation.one_of('split', split, sorted(_SPLITS))
     if split != 'train':
       epoch = 0
     return np.random.default_rng([self.seed, _SPLITS[split], epoch, index])
@@ -163,10 +161,7 @@ class CopyTask(_SyntheticTask):
       raise ConfigurationError(
           f'CopyTask.curriculum_threshold must be a positive number of bits or '
           f'None, got {curriculum_threshold!r}: e.g. 0.15')
-    if curriculum_on not in _CURRICULA:
-      raise ConfigurationError(
-          f'CopyTask.curriculum_on must be one of {_CURRICULA}, got '
-          f'{curriculum_on!r}')
+    validation.one_of('CopyTask.curriculum_on', curriculum_on, _CURRICULA)
     self.curriculum_threshold = curriculum_threshold
     self.curriculum_calls = validation.positive_int('CopyTask.curriculum_calls',
                                                     curriculum_calls)

@@ -28,30 +28,12 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tfcredit.errors import ConfigurationError
+from tfcredit import validation
 
 # Relative tolerance for cycle boundaries: the trainer's fractional epochs and
 # non-integer periods carry rounding error, and an epoch that is a boundary up
 # to rounding must count as the start of the new cycle, not the end of the old.
 _BOUNDARY_RTOL = 1e-12
-
-
-def _number(owner: str, name: str, value, fix: str) -> float:
-  """Returns `value` as a float, or raises if it is not a finite real number."""
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
-      not math.isfinite(value)):
-    raise ConfigurationError(
-        f'{owner}: {name}={value!r} is not a finite number; {fix}.')
-  return float(value)
-
-
-def _check(ok: bool, owner: str, name: str, value, requirement: str,
-           fix: str) -> None:
-  """Raises a `ConfigurationError` naming the parameter unless `ok`."""
-  if not ok:
-    raise ConfigurationError(
-        f'{owner}: {name}={value!r} is invalid: it must be {requirement}; '
-        f'{fix}.')
 
 
 class LearningRateSchedule(tf.Module):
@@ -73,8 +55,8 @@ class LearningRateSchedule(tf.Module):
     super().__init__()
     owner = type(self).__name__
     fix = 'pass a positive learning rate such as base=1.0'
-    self._base = _number(owner, 'base', base, fix)
-    _check(self._base > 0, owner, 'base', base, '> 0', fix)
+    self._base = validation.real(f'{owner}.base', base, fix)
+    validation.require(self._base > 0, f'{owner}.base', base, '> 0', fix)
 
   @property
   def base(self) -> float:
@@ -97,8 +79,8 @@ class LearningRateSchedule(tf.Module):
     """Returns `epoch` as a float, or raises unless it is finite and >= 0."""
     owner = type(self).__name__
     fix = 'pass completed epochs plus the fraction of the current epoch'
-    value = _number(owner, 'epoch', epoch, fix)
-    _check(value >= 0, owner, 'epoch', epoch, '>= 0', fix)
+    value = validation.real(f'{owner}.epoch', epoch, fix)
+    validation.require(value >= 0, f'{owner}.epoch', epoch, '>= 0', fix)
     return value
 
   def _rate(self, epoch: float) -> float:
@@ -108,8 +90,9 @@ class LearningRateSchedule(tf.Module):
 def _decay_factor(owner: str, factor: float, example: float) -> float:
   """Validates a multiplicative decay factor in (0, 1]."""
   fix = f'pass a decay factor in (0, 1] such as factor={example}'
-  value = _number(owner, 'factor', factor, fix)
-  _check(0 < value <= 1, owner, 'factor', factor, 'in (0, 1]', fix)
+  value = validation.real(f'{owner}.factor', factor, fix)
+  validation.require(0 < value <= 1, f'{owner}.factor', factor, 'in (0, 1]',
+                     fix)
   return value
 
 
@@ -139,10 +122,11 @@ class StepDecay(LearningRateSchedule):
     super().__init__(base=base)
     owner = type(self).__name__
     self._factor = _decay_factor(owner, factor, example=0.5)
-    _check(isinstance(start_epoch, numbers.Integral) and
-           not isinstance(start_epoch, bool) and start_epoch >= 1,
-           owner, 'start_epoch', start_epoch, 'an integer >= 1',
-           'pass the number of epochs to run at base, e.g. start_epoch=4')
+    validation.require(
+        isinstance(start_epoch, numbers.Integral) and
+        not isinstance(start_epoch, bool) and start_epoch >= 1,
+        f'{owner}.start_epoch', start_epoch, 'an integer >= 1',
+        'pass the number of epochs to run at base, e.g. start_epoch=4')
     self._start_epoch = int(start_epoch)
 
   def _rate(self, epoch: float) -> float:
@@ -169,13 +153,15 @@ class MultiStepDecay(LearningRateSchedule):
     owner = type(self).__name__
     self._factor = _decay_factor(owner, factor, example=0.5)
     fix = 'pass increasing positive epochs such as milestones=(60, 90, 120)'
-    _check(isinstance(milestones, Sequence) and not isinstance(milestones, str),
-           owner, 'milestones', milestones, 'a sequence of epochs', fix)
-    values = tuple(_number(owner, 'milestones', m, fix) for m in milestones)
-    _check(all(m > 0 for m in values), owner, 'milestones', milestones,
-           'positive', fix)
-    _check(all(a < b for a, b in zip(values, values[1:])), owner,
-           'milestones', milestones, 'strictly increasing', fix)
+    name = f'{owner}.milestones'
+    validation.require(
+        isinstance(milestones, Sequence) and not isinstance(milestones, str),
+        name, milestones, 'a sequence of epochs', fix)
+    values = tuple(validation.real(name, m, fix) for m in milestones)
+    validation.require(all(m > 0 for m in values), name, milestones,
+                       'positive', fix)
+    validation.require(all(a < b for a, b in zip(values, values[1:])), name,
+                       milestones, 'strictly increasing', fix)
     self._milestones = values
 
   def _rate(self, epoch: float) -> float:
@@ -205,8 +191,9 @@ class PlateauDecay(LearningRateSchedule):
     owner = type(self).__name__
     self._factor = _decay_factor(owner, factor, example=0.25)
     fix = 'pass the least loss decrease that counts, e.g. min_delta=0.0'
-    self._min_delta = _number(owner, 'min_delta', min_delta, fix)
-    _check(self._min_delta >= 0, owner, 'min_delta', min_delta, '>= 0', fix)
+    self._min_delta = validation.real(f'{owner}.min_delta', min_delta, fix)
+    validation.require(self._min_delta >= 0, f'{owner}.min_delta', min_delta,
+                       '>= 0', fix)
     # float64 so the best loss round-trips exactly through a checkpoint.
     self.scale = tf.Variable(1.0, dtype=tf.float64, trainable=False,
                              name='scale')
@@ -250,15 +237,17 @@ class CosineRestarts(LearningRateSchedule):
     super().__init__(base=base)
     owner = type(self).__name__
     fix = 'pass the first cycle length in epochs, e.g. period_epochs=1.0'
-    self._period = _number(owner, 'period_epochs', period_epochs, fix)
-    _check(self._period > 0, owner, 'period_epochs', period_epochs, '> 0', fix)
+    self._period = validation.real(f'{owner}.period_epochs', period_epochs, fix)
+    validation.require(self._period > 0, f'{owner}.period_epochs',
+                       period_epochs, '> 0', fix)
     fix = 'pass the cycle growth factor, e.g. t_mult=2.0 (1.0 for equal cycles)'
-    self._t_mult = _number(owner, 't_mult', t_mult, fix)
-    _check(self._t_mult >= 1, owner, 't_mult', t_mult, '>= 1', fix)
+    self._t_mult = validation.real(f'{owner}.t_mult', t_mult, fix)
+    validation.require(self._t_mult >= 1, f'{owner}.t_mult', t_mult, '>= 1',
+                       fix)
     fix = f'pass a floor between 0 and base={self._base}, e.g. minimum=0.0'
-    self._minimum = _number(owner, 'minimum', minimum, fix)
-    _check(0 <= self._minimum <= self._base, owner, 'minimum', minimum,
-           f'in [0, base={self._base}]', fix)
+    self._minimum = validation.real(f'{owner}.minimum', minimum, fix)
+    validation.require(0 <= self._minimum <= self._base, f'{owner}.minimum',
+                       minimum, f'in [0, base={self._base}]', fix)
 
   def _cycle_start(self, index: int) -> float:
     """The epoch at which cycle `index` starts."""
@@ -317,10 +306,11 @@ class InverseSqrtDecay(LearningRateSchedule):
     """
     super().__init__(base=base)
     owner = type(self).__name__
-    _check(isinstance(steps_per_epoch, numbers.Integral) and
-           not isinstance(steps_per_epoch, bool) and steps_per_epoch >= 1,
-           owner, 'steps_per_epoch', steps_per_epoch, 'an integer >= 1',
-           'pass the time steps of one epoch (the stream task\'s train_length)')
+    validation.require(
+        isinstance(steps_per_epoch, numbers.Integral) and
+        not isinstance(steps_per_epoch, bool) and steps_per_epoch >= 1,
+        f'{owner}.steps_per_epoch', steps_per_epoch, 'an integer >= 1',
+        'pass the time steps of one epoch (the stream task\'s train_length)')
     self._steps_per_epoch = int(steps_per_epoch)
 
   def _rate(self, epoch: float) -> float:
@@ -362,9 +352,10 @@ class AlternatingRestarts(CosineRestarts):
     """
     super().__init__(base=base, period_epochs=period_epochs, t_mult=t_mult,
                      minimum=minimum)
-    _check(start_phase in _PHASES, type(self).__name__, 'start_phase',
-           start_phase, f'one of {_PHASES}',
-           "pass start_phase='real' (the paper: real gradients first)")
+    validation.require(
+        start_phase in _PHASES, f'{type(self).__name__}.start_phase',
+        start_phase, f'one of {_PHASES}',
+        "pass start_phase='real' (the paper: real gradients first)")
     self._start_phase = start_phase
 
   @classmethod
@@ -380,8 +371,8 @@ class AlternatingRestarts(CosineRestarts):
     if isinstance(setting, type) and issubclass(setting, cls):
       setting = setting()
     if not isinstance(setting, cls):
-      raise ConfigurationError(
-          f'{name} must be True, False or @{cls.__name__}, got {setting!r}')
+      validation.require(False, name, setting, f'True, False or @{cls.__name__}',
+                         f'pass {name} = True or @{cls.__name__}()')
     return setting
 
   def same_phases(self, other, epochs: int = 100) -> bool:
