@@ -7,15 +7,14 @@ import os
 import numpy as np
 import pytest
 
+from checkout import run_tool
 from tfcredit import comparison
 from tfcredit import fidelity
 from tfcredit.errors import ConfigurationError
 from tfcredit.testing import hparams_sessions
-from tfcredit.testing import run_tool
+from tfcredit.testing import TINY_CONFIG
 from tfcredit.testing import tensorflow_startup_lines
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
 HAS_MATPLOTLIB = importlib.util.find_spec('matplotlib') is not None
 
 
@@ -27,7 +26,7 @@ def _table_rows(path):
 @pytest.mark.slow  # compare starts one training process per run.
 def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
   out = tmp_path / 'compare'
-  done = run_tool('compare.py', f'--gin_file={TINY}', f'--output_dir={out}',
+  done = run_tool('compare.py', f'--gin_file={TINY_CONFIG}', f'--output_dir={out}',
                  '--method=tbptt K=5: train.method = @TruncatedBPTT; '
                  'TruncatedBPTT.window = 5',
                  '--method=tbptt K=20: train.method = @TruncatedBPTT; '
@@ -69,14 +68,14 @@ def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
     (['--method=TruncatedBPTT.window = 4'], 'NAME: BINDINGS'),
 ], ids=['single-config', 'malformed-method'])
 def test_compare_rejects_bad_flags(tmp_path, run_command, extra, message):
-  done = run_command('compare', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
+  done = run_command('compare', f'--gin_file={TINY_CONFIG}', f'--output_dir={tmp_path}',
                   *extra)
   assert done.returncode == 2
   assert message in done.stderr and 'Traceback' not in done.stderr
 
 
 def test_compare_checks_every_config_before_training_any(tmp_path, run_command):
-  done = run_command('compare', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
+  done = run_command('compare', f'--gin_file={TINY_CONFIG}', f'--output_dir={tmp_path}',
                   '--method=good: train.method = @TruncatedBPTT',
                   '--method=typo: train.method = @TruncatedBPTT; '
                   'TruncatedBPTT.windoww = 5')
@@ -130,7 +129,7 @@ def test_a_failed_run_ends_the_comparison_naming_it(tmp_path, run_command,
     return None, 7
 
   monkeypatch.setattr(comparison, 'train', failing)
-  done = run_command('compare', f'--gin_file={TINY}', f'--output_dir={tmp_path}',
+  done = run_command('compare', f'--gin_file={TINY_CONFIG}', f'--output_dir={tmp_path}',
                      '--method=a: train.method = @TruncatedBPTT',
                      '--method=b: train.method = @TruncatedBPTT')
   assert done.returncode == 1  # Exit codes other than 1 and 2 read as 1.
@@ -142,7 +141,7 @@ def test_a_failed_run_ends_the_comparison_naming_it(tmp_path, run_command,
 
 def test_gradient_fidelity_end_to_end(tmp_path, run_command):
   out = tmp_path / 'fidelity'
-  done = run_command('gradient_fidelity', f'--gin_file={TINY}', f'--output_dir={out}',
+  done = run_command('gradient_fidelity', f'--gin_file={TINY_CONFIG}', f'--output_dir={out}',
                  '--method=full BPTT: train.method = @BPTT',
                  '--method=truncated BPTT K={window}: train.method = @TruncatedBPTT; '
                  'TruncatedBPTT.window = {window}',
@@ -168,7 +167,7 @@ def test_rtrl_is_the_same_reference_as_full_bptt():
   variants = [fidelity.Variant.parse('full BPTT: train.method = @BPTT'),
               fidelity.Variant.parse('truncated BPTT K={window}: train.method = '
                                      '@TruncatedBPTT; TruncatedBPTT.window = {window}')]
-  rows = {reference: fidelity.measure([TINY], [], variants, windows=[4],
+  rows = {reference: fidelity.measure([TINY_CONFIG], [], variants, windows=[4],
                                       lengths=[12], draws=1, sequences=6,
                                       reference=reference)
           for reference in ('bptt', 'rtrl')}
@@ -182,12 +181,12 @@ def test_rtrl_is_the_same_reference_as_full_bptt():
   assert rows['rtrl'][1]['relative_bias'] > 0.05  # Truncation's bias.
   assert 'RTRL' in fidelity.markdown_table(rows['rtrl']).splitlines()[2]
   with pytest.raises(ConfigurationError, match='--reference'):
-    fidelity.measure([TINY], [], variants[:1], windows=[4], lengths=[12],
+    fidelity.measure([TINY_CONFIG], [], variants[:1], windows=[4], lengths=[12],
                      draws=1, sequences=6, reference='uoro')
 
 
 def test_gradient_fidelity_rejects_a_malformed_method(tmp_path, run_command):
-  done = run_command('gradient_fidelity', f'--gin_file={TINY}',
+  done = run_command('gradient_fidelity', f'--gin_file={TINY_CONFIG}',
                  f'--output_dir={tmp_path}', '--method=TruncatedBPTT.window = 4')
   assert done.returncode == 2
   assert 'NAME: BINDINGS' in done.stderr and 'Traceback' not in done.stderr
@@ -235,7 +234,7 @@ def test_fidelity_restores_a_trained_synthesizer_only_when_asked(tmp_path):
   copy = ['train.task = @CopyTask', 'CopyTask.sequence_length = 10',
           'CopyTask.train_batches_per_epoch = 4']
   gin.clear_config()
-  tfcredit.config.parse([TINY], copy + [
+  tfcredit.config.parse([TINY_CONFIG], copy + [
       'train.method = @DNI', 'DNI.window = 5',
       'DNI.synthesizer_learning_rate = 0.05', 'train.log_every_seconds = 1e9'])
   run = str(tmp_path / 'dni_run')
@@ -248,7 +247,7 @@ def test_fidelity_restores_a_trained_synthesizer_only_when_asked(tmp_path):
                   'TruncatedBPTT.jit_compile = False')]
   try:
     measured = {
-        restore: fidelity.measure([TINY], copy, variants, windows=[5],
+        restore: fidelity.measure([TINY_CONFIG], copy, variants, windows=[5],
                                   lengths=[None], draws=1, sequences=8,
                                   checkpoint=run, restore_method_state=restore)
         for restore in (False, True)}
@@ -270,7 +269,7 @@ def test_fidelity_refuses_a_checkpoint_without_the_models_weights(tmp_path):
   path = tf.train.Checkpoint(step=tf.Variable(3)).write(str(tmp_path / 'ckpt'))
   variant = fidelity.Variant.parse('TBPTT: train.method = @TruncatedBPTT')
   with pytest.raises(ConfigurationError, match='does not hold every weight'):
-    fidelity.measure([TINY], [], [variant], windows=[5], lengths=[None], draws=1,
+    fidelity.measure([TINY_CONFIG], [], [variant], windows=[5], lengths=[None], draws=1,
                      sequences=4, checkpoint=path)
 
 

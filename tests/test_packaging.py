@@ -27,19 +27,19 @@ import venv
 
 import pytest
 
+from checkout import REPOSITORY
 from tfcredit.testing import tensorflow_startup_lines
 
 # A wheel built and installed in a clean environment, its commands run as processes.
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_FILES = ('setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE')
 
 
 def _console_scripts():
   """The console scripts declared in setup.cfg, the one list of them."""
   parser = configparser.ConfigParser()
-  parser.read(os.path.join(REPO, 'setup.cfg'))
+  parser.read(os.path.join(REPOSITORY, 'setup.cfg'))
   lines = parser['options.entry_points']['console_scripts'].strip().splitlines()
   return [line.split('=')[0].strip() for line in lines]
 
@@ -65,10 +65,10 @@ def installed(tmp_path_factory):
   """(virtual environment directory, its python, environment) with the wheel."""
   root = tmp_path_factory.mktemp('packaging')
   source = root / 'source'
-  shutil.copytree(os.path.join(REPO, 'tfcredit'), source / 'tfcredit',
+  shutil.copytree(os.path.join(REPOSITORY, 'tfcredit'), source / 'tfcredit',
                   ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
   for name in SOURCE_FILES:
-    shutil.copy(os.path.join(REPO, name), source / name)
+    shutil.copy(os.path.join(REPOSITORY, name), source / name)
   wheels = root / 'wheels'
   built = _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
                 '--no-build-isolation', '-q', '-w', str(wheels), str(source)],

@@ -12,12 +12,12 @@ import os
 
 import pytest
 
+from checkout import REPOSITORY
+from checkout import run_tool
 from tfcredit import _startup
-from tfcredit.testing import run_tool
+from tfcredit.testing import TINY_CONFIG
 from tfcredit.testing import tensorflow_startup_lines
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
 
 
 def _startup_lines(stderr, first=20):
@@ -25,7 +25,7 @@ def _startup_lines(stderr, first=20):
 
 
 def test_train_then_evaluate_the_export(tmp_path, run_command):
-  done = run_command('train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+  done = run_command('train', f'--gin_file={TINY_CONFIG}', f'--model_dir={tmp_path}/run',
               f'--export_dir={tmp_path}/exports')
   assert done.returncode == 0, done.stderr
   result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -57,7 +57,7 @@ def _ptb_bindings(data_dir, download=False):
         'missing-gin-file'])
 def test_configuration_errors_exit_2_with_a_message(tmp_path, run_command, extra,
                                                     code, words):
-  done = run_command('train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+  done = run_command('train', f'--gin_file={TINY_CONFIG}', f'--model_dir={tmp_path}/run',
               *extra)
   assert done.returncode == code, done.stderr
   assert any(line.startswith('error: ') for line in done.stderr.splitlines())
@@ -67,7 +67,7 @@ def test_configuration_errors_exit_2_with_a_message(tmp_path, run_command, extra
 
 
 def test_missing_data_exits_1_naming_files_and_folder(tmp_path, run_command):
-  done = run_command('train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+  done = run_command('train', f'--gin_file={TINY_CONFIG}', f'--model_dir={tmp_path}/run',
               *_ptb_bindings(tmp_path / 'data'))
   assert done.returncode == 1, done.stderr
   assert 'Traceback' not in done.stderr
@@ -79,7 +79,7 @@ def test_checksum_mismatch_exits_1_naming_the_path(tmp_path, run_command):
   folder.mkdir(parents=True)
   for split in ('train', 'valid', 'test'):
     (folder / f'ptb.{split}.txt').write_text(' the cat sat\n')
-  done = run_command('train', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+  done = run_command('train', f'--gin_file={TINY_CONFIG}', f'--model_dir={tmp_path}/run',
               *_ptb_bindings(tmp_path / 'data'))
   assert done.returncode == 1, done.stderr
   assert 'Traceback' not in done.stderr
@@ -109,7 +109,7 @@ def test_mirrored_without_gpus_is_said_once_in_our_words(tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if tf.config.list_physical_devices('GPU'):
     pytest.skip('this machine has a GPU')
-  done = run_tool('train.py', f'--gin_file={TINY}', f'--model_dir={tmp_path}/run',
+  done = run_tool('train.py', f'--gin_file={TINY_CONFIG}', f'--model_dir={tmp_path}/run',
                   '--strategy=mirrored', '--gin_bindings=TruncatedBPTT.windw = 3')
   assert done.returncode == 2 and 'windw' in done.stderr
   warnings = [line for line in done.stderr.splitlines() if 'GPU' in line]
@@ -119,7 +119,7 @@ def test_mirrored_without_gpus_is_said_once_in_our_words(tmp_path):
 
 
 def test_a_bad_flag_exits_2_naming_it(run_command):
-  done = run_command('train', f'--gin_file={TINY}', '--gin_fil=x')
+  done = run_command('train', f'--gin_file={TINY_CONFIG}', '--gin_fil=x')
   assert done.returncode == 2
   assert done.stderr.startswith('error: ') and 'gin_fil' in done.stderr
   assert 'Traceback' not in done.stderr
@@ -142,7 +142,7 @@ def test_which_processes_are_entry_points(argv, orig_argv, expected):
 def _console_scripts():
   """``{script: module}`` from setup.cfg, the one list of the commands."""
   parser = configparser.ConfigParser()
-  parser.read(os.path.join(REPO, 'setup.cfg'))
+  parser.read(os.path.join(REPOSITORY, 'setup.cfg'))
   scripts = {}
   for line in parser['options.entry_points']['console_scripts'].strip().splitlines():
     script, target = (part.strip() for part in line.split('='))
@@ -159,9 +159,9 @@ def test_every_console_script_is_a_cli_main_that_starts_quietly():
     assert module.startswith('tfcredit.cli.') and function == 'main', target
     modules.add(module[len('tfcredit.cli.'):])
     assert _startup.is_command([f'/venv/bin/{script}']), script
-    assert _startup.is_command([os.path.join(REPO, 'tools', module.split('.')[-1]
+    assert _startup.is_command([os.path.join(REPOSITORY, 'tools', module.split('.')[-1]
                                              + '.py')]), script
-    assert os.path.isfile(os.path.join(REPO, 'tools',
+    assert os.path.isfile(os.path.join(REPOSITORY, 'tools',
                                        module.split('.')[-1] + '.py')), script
   # Every entry-point module is installed as a script, and no other is.
   assert modules == set(_startup.command_modules())

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import os
 import re
-import subprocess
 import sys
 from typing import Any, Callable, Iterator, Optional
 
@@ -220,11 +219,8 @@ def tensorflow_startup_lines(text: str, first: Optional[int] = None) -> list:
           if TENSORFLOW_STARTUP_LINE.search(line)]
 
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-TINY_CONFIG = os.path.join(REPOSITORY, 'tfcredit', 'gin_configs', 'testing',
-                           'tiny.gin')
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'gin_configs', 'testing', 'tiny.gin')
 
 
 def configure_tiny(*bindings: str) -> None:
@@ -236,25 +232,11 @@ def configure_tiny(*bindings: str) -> None:
                                'train.log_every_seconds = 1e9', *bindings])
 
 
-def run_tool(script: str, *args: str, timeout: float = 900
-             ) -> subprocess.CompletedProcess:
-  """Runs ``tools/<script>`` (the checkout's thin wrapper of the
-  ``tfcredit.cli`` entry point) with ``args`` in a fresh interpreter from the
-  repository root; returns the completed process (text ``stdout`` and
-  ``stderr``). ``TF_CPP_MIN_LOG_LEVEL`` is left unset, as for a user, so the
-  entry point's own quiet start is what keeps TensorFlow's lines out."""
-  env = {key: value for key, value in os.environ.items()
-         if key != 'TF_CPP_MIN_LOG_LEVEL'}
-  return subprocess.run(
-      [sys.executable, os.path.join(REPOSITORY, 'tools', script), *args],
-      capture_output=True, text=True, env=env, cwd=REPOSITORY, timeout=timeout)
-
-
 def run_entry_point(command: str, *args: str) -> int:
   """Runs the ``tfcredit.cli.<command>`` entry point in this process, as
   ``tools/<command>.py args...`` would run it in a new one, and returns its exit
   code: for tests about messages and exit codes, without the seconds a new
-  interpreter spends importing TensorFlow. (Use ``run_tool`` for what only a
+  interpreter spends importing TensorFlow. (Run a process for what only a
   process shows: signals, TensorFlow's start-up lines, the installed scripts.)
 
   Its output goes to this process's stdout and stderr (read them with pytest's
@@ -277,7 +259,7 @@ def run_entry_point(command: str, *args: str) -> int:
   flags.FLAGS.unparse_flags()
   gin.clear_config()
   try:
-    module.main([os.path.join(REPOSITORY, 'tools', f'{command}.py'), *args])
+    module.main([os.path.join('tools', f'{command}.py'), *args])
   except SystemExit as exit_:
     if exit_.code is None:
       return 0

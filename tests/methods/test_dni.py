@@ -20,8 +20,8 @@ from tfcredit.tasks import base as task_base
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.training import schedules
 from tfcredit.training import trainer
-from tfcredit.testing import (built_optimizer, clean_gin, configure_tiny,  # noqa: F401
-                              tiny_model)
+from tfcredit.testing import (TINY_CONFIG, built_optimizer, clean_gin,  # noqa: F401
+                              configure_tiny, tiny_model)
 
 BATCH = 4
 
@@ -348,8 +348,6 @@ def test_the_trainer_refuses_an_alternation_with_another_lr_schedule(clean_gin,
 
 
 # --------------------------------------------------------------- with the trainer
-_TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs', 'testing',
-                     'tiny.gin')
 _ALTERNATING_STREAM = (
     'train.deterministic = True', 'train.log_every_seconds = 1e9',
     'train.task = @MarkovLanguageTask', 'MarkovLanguageTask.train_length = 300',
@@ -378,7 +376,7 @@ def _events(directory):
 def test_alternating_run_logs_the_synthesizer_and_checkpoints_its_state(
     tmp_path, clean_gin):
   # 4 calls per epoch; epoch 1 is synthetic, epochs 2-3 real (cycles of 1, 2).
-  tfcredit.config.parse([_TINY], list(_ALTERNATING_STREAM))
+  tfcredit.config.parse([TINY_CONFIG], list(_ALTERNATING_STREAM))
   model_dir = str(tmp_path / 'run')
   tfcredit.train(model_dir, export_dir=None, evaluate_test=False,
                  stop_after_calls=6)  # Stops mid-epoch 2, memory carried.

@@ -23,11 +23,9 @@ from tfcredit.methods.fptt import FPTT
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
-from tfcredit.testing import built_optimizer, tiny_model
+from tfcredit.testing import TINY_CONFIG, built_optimizer, tiny_model
 from tfcredit.training import reporting
 
-TINY = os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs', 'testing',
-                    'tiny.gin')
 
 
 class LinearReadoutCell(keras.layers.Layer):
@@ -404,7 +402,7 @@ def _events(directory):
 
 def _configure(*bindings):
   gin.clear_config()
-  tfcredit.config.parse([TINY], ['train.method = @FPTT', 'FPTT.windows = 4',
+  tfcredit.config.parse([TINY_CONFIG], ['train.method = @FPTT', 'FPTT.windows = 4',
                                  'FPTT.alpha = 0.5', 'train.deterministic = True',
                                  'train.log_every_seconds = 1e9'] + list(bindings))
 

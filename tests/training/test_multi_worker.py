@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from checkout import REPOSITORY
+from tfcredit.testing import TINY_CONFIG
 from tfcredit.testing import hparams_sessions
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join(REPO, 'tfcredit', 'gin_configs', 'testing', 'tiny.gin')
 # Two worker processes and a single-process reference: the processes are the test.
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def _free_ports(count):
 
 
 def _command(model_dir, *extra):
-  return [sys.executable, os.path.join(REPO, 'tools', 'train.py'), f'--gin_file={TINY}',
+  return [sys.executable, os.path.join(REPOSITORY, 'tools', 'train.py'), f'--gin_file={TINY_CONFIG}',
           f'--model_dir={model_dir}', '--export_dir=', *BINDINGS, *extra]
 
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from checkout import REPOSITORY
 import tfcredit
 from tfcredit.errors import TrainingError
 from tfcredit.metrics import NON_FINITE_METRIC
-from tfcredit.testing import (REPOSITORY, TINY_CONFIG, built_optimizer, clean_gin,  # noqa: F401
+from tfcredit.testing import (TINY_CONFIG, built_optimizer, clean_gin,  # noqa: F401
                               configure_tiny, run_entry_point,
                               tiny_model)
 
