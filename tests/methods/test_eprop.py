@@ -11,6 +11,8 @@ with recurrent weights and random feedback. On the leaky RNN e-prop is RFLO
 """
 
 import functools
+import pathlib
+import re
 
 import keras
 import numpy as np
@@ -261,3 +263,17 @@ def test_other_cores_are_refused_in_one_line(overrides, named):
   assert '\n' not in message and named in message
   if named != 'dropout':
     assert 'LeakyRNNCell or LSTMCell' in message
+
+
+PAGE = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'methods' / 'eprop.md'
+
+
+def test_the_pages_example_runs_and_learns():
+  """docs/methods/eprop.md's Python block as written: on the adding task the
+  mean squared error of the last ten calls is under half the first call's."""
+  block, = re.findall(r'```python\n(.*?)```', PAGE.read_text(encoding='utf-8'),
+                      flags=re.S)
+  namespace = {}
+  exec(compile(block, str(PAGE), 'exec'), namespace)  # pylint: disable=exec-used
+  losses = namespace['losses']
+  assert np.mean(losses[-10:]) < 0.5 * losses[0], losses

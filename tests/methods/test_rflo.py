@@ -9,6 +9,8 @@ W_outᵀ``) it is exact: its estimate equals full BPTT's and RTRL's; with
 """
 
 import functools
+import pathlib
+import re
 
 import keras
 import numpy as np
@@ -287,3 +289,17 @@ def test_trains_through_gin(clean_gin, tmp_path):
   result = tfcredit.train(str(tmp_path / 'run'), export_dir=None,
                           stop_after_calls=2)
   assert result['stopped_after_calls'] == 2
+
+
+PAGE = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'methods' / 'rflo.md'
+
+
+def test_the_pages_example_runs_and_learns():
+  """docs/methods/rflo.md's Python block as written: on the adding task the
+  mean squared error of the last ten calls is under half the first call's."""
+  block, = re.findall(r'```python\n(.*?)```', PAGE.read_text(encoding='utf-8'),
+                      flags=re.S)
+  namespace = {}
+  exec(compile(block, str(PAGE), 'exec'), namespace)  # pylint: disable=exec-used
+  losses = namespace['losses']
+  assert np.mean(losses[-10:]) < 0.5 * losses[0], losses
