@@ -1,19 +1,20 @@
 """The leaky RNN cell of Murray 2019 (eLife) and Marschall, Cho & Savin 2020 (JMLR).
 
-    h_t = (1 − α) h_{t−1} + α φ(W [h_{t−1}; x_t; 1]),
+    h_t = (1 − α) h_{t−1} + α φ(W_in x_t + W_rec h_{t−1} + b),
 
 a rate network whose state leaks at rate ``α ∈ (0, 1]`` (``α = dt/τ``; ``α = 1``
 is the vanilla RNN ``h_t = φ(W_rec h_{t−1} + W_in x_t + b)``) and ``φ = tanh`` by
-default. ``W = [W_rec, W_in, b]`` is kept as Keras keeps a ``SimpleRNNCell``'s,
-transposed and in three weights: ``recurrent_kernel`` (``W_recᵀ``, ``[units,
-units]``), ``kernel`` (``W_inᵀ``, ``[inputs, units]``) and ``bias`` (``b``). The
-default initializers are those of Marschall et al.'s code: ``W_in`` normal of
-variance ``1/inputs``, ``W_rec`` orthogonal, ``b`` zero.
+default. The weights are kept as Keras keeps a ``SimpleRNNCell``'s, transposed
+and in three variables (in this order): ``kernel`` (``W_inᵀ``, ``[inputs,
+units]``), ``recurrent_kernel`` (``W_recᵀ``, ``[units, units]``) and ``bias``
+(``b``). The default initializers are those of Marschall et al.'s code: ``W_in``
+normal of variance ``1/inputs``, ``W_rec`` orthogonal, ``b`` zero.
 
 A Keras RNN cell (``state_size``, ``call``, ``get_config``): ``RecurrentModel(cell=
 LeakyRNNCell(units=32, alpha=0.5))``, or with gin ``RecurrentModel.cell =
 @LeakyRNNCell`` (a class: built with ``units``) and ``LeakyRNNCell.alpha = 0.5``.
-Every method trains it; RFLO (``tfcredit.methods.rflo``) trains only it.
+Every method trains it; RFLO (``tfcredit.methods.rflo``) trains only it, and
+e-prop (``tfcredit.methods.eprop``) it and the LSTM.
 """
 
 from typing import Any, Dict
