@@ -22,7 +22,9 @@ from tfcredit.methods import METHODS
 from tfcredit.methods import Method
 from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.dni import DNI
+from tfcredit.methods.eprop import EProp
 from tfcredit.methods.fptt import FPTT
+from tfcredit.methods.rflo import RFLO
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
 from tfcredit.methods.target_prop import TargetProp
@@ -30,6 +32,7 @@ from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.methods.uoro import UORO
 from tfcredit.models import InfluenceBalancingCell
+from tfcredit.models import LeakyRNNCell
 from tfcredit.models import LayerwiseSynthesizer
 from tfcredit.models import NeuronwiseSynthesizer
 from tfcredit.models import RecurrentModel
@@ -53,19 +56,19 @@ __version__ = '0.1.0'
 # methods register with gin where they are defined.
 __all__ = [
     'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
-    'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
-    'LagAddTask', 'LanguageModelTask', 'LayerwiseSynthesizer',
-    'MarkovLanguageTask', 'METHODS', 'Method', 'NeuronwiseSynthesizer', 'RTRL',
-    'RecurrentModel', 'SequenceTask', 'SequentialImageTask', 'SnAp1',
-    'TargetProp', 'Task', 'TextCorpusTask', 'TrainingError', 'TruncatedBPTT',
-    'UORO', 'train',
+    'DataError', 'EProp', 'FPTT', 'InfluenceBalancingCell',
+    'InfluenceBalancingTask', 'LagAddTask', 'LanguageModelTask',
+    'LayerwiseSynthesizer', 'LeakyRNNCell', 'MarkovLanguageTask', 'METHODS',
+    'Method', 'NeuronwiseSynthesizer', 'RFLO', 'RTRL', 'RecurrentModel',
+    'SequenceTask', 'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task',
+    'TextCorpusTask', 'TrainingError', 'TruncatedBPTT', 'UORO', 'train',
 ]
 
 for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
                       MarkovLanguageTask, SequenceTask, TextCorpusTask,
                       SequentialImageTask,
                       InfluenceBalancingTask, LagAddTask,
-                      InfluenceBalancingCell, LayerwiseSynthesizer,
+                      InfluenceBalancingCell, LeakyRNNCell, LayerwiseSynthesizer,
                       NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,
                       schedules.CosineRestarts, schedules.InverseSqrtDecay,

@@ -19,6 +19,7 @@ import tfcredit
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import contract
+from tfcredit.models.leaky_rnn import LeakyRNNCell
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
@@ -57,19 +58,28 @@ METHODS = small_methods(ROWS)
 
 CELLS = {
     'two_state': lambda: TwoStateCell(),
+    'leaky': lambda: LeakyRNNCell(units=5, alpha=0.5),
     'lstm_cell': lambda: keras.layers.LSTMCell(5),
     'stacked_list': lambda: [keras.layers.GRUCell(3), TwoStateCell()],
     'stacked_keras': lambda: keras.layers.StackedRNNCells(
         [keras.layers.LSTMCell(3), keras.layers.SimpleRNNCell(4)]),
 }
-STATE_SIZES = {'two_state': ((H, M),), 'lstm_cell': ((5, 5),),
-               'stacked_list': ((3,), (H, M)), 'stacked_keras': ((3, 3), (4,))}
+STATE_SIZES = {'two_state': ((H, M),), 'leaky': ((5,),), 'lstm_cell': ((5, 5),),
+               'stacked_list': ((3,), (H, M)),
+               'stacked_keras': ((3, 3), (4,))}
 
-# The two-state cell with every method; the others with the methods that touch
-# the state nest (ARTBP scales it, DNI reads it, TargetProp frees it).
-CASES = ([('two_state', method) for method in METHODS] +
+# The two-state cell with every method that trains any cell, and the leaky RNN
+# with every method; the others with the methods that touch the state nest
+# (ARTBP scales it, DNI reads it, TargetProp frees it). Methods for some cells
+# only (``CELLS``: RFLO, e-prop) refuse the two-state cell; e-prop trains a
+# Keras LSTM cell.
+ANY_CELL = [method for method in METHODS
+            if tfcredit.METHODS[method].CELLS is None]
+CASES = ([('two_state', method) for method in ANY_CELL] +
+         [('leaky', method) for method in METHODS] +
          [(cell, method) for cell in ('lstm_cell', 'stacked_list', 'stacked_keras')
-          for method in ('artbp', 'dni', 'target_prop')])
+          for method in ('artbp', 'dni', 'target_prop')] +
+         [('lstm_cell', 'eprop')])
 
 
 @pytest.mark.parametrize('cell,method', CASES)
@@ -105,6 +115,16 @@ def test_every_method_trains_a_custom_core(task, cell, method):
     free = [v.numpy().shape for v in tf.nest.flatten(trainer_.minibatch_states)]
     assert [shape[1:] for shape in free] == [
         (ROWS, size) for sizes in STATE_SIZES[cell] for size in sizes]
+
+
+@pytest.mark.parametrize('method', sorted(set(METHODS) - set(ANY_CELL)))
+def test_methods_for_some_cells_refuse_another_in_one_line(task, method):
+  model = _model(task, TwoStateCell())
+  with pytest.raises(ConfigurationError) as raised:
+    METHODS[method](model, task, built_optimizer(model))
+  message = str(raised.value)
+  assert '\n' not in message and 'TwoStateCell' in message
+  assert all(cls.__name__ in message for cls in tfcredit.METHODS[method].CELLS)
 
 
 # ------------------------------------------------------------- ARTBP's scaled path

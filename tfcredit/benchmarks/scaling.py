@@ -121,7 +121,9 @@ def method_arguments(name: str, length: int) -> Dict:
       'artbp': {'mean_length': window, 'seed': 0},
       'bptt': {},
       'dni': {'window': window},
+      'eprop': {'window': window, 'max_influence_floats': 2**62},
       'fptt': {'windows': max(1, length // WINDOW), 'alpha': 0.01},
+      'rflo': {'window': window, 'max_influence_floats': 2**62},
       'rtrl': {'window': window, 'max_influence_floats': 2**62},
       'snap1': {'window': window, 'max_influence_floats': 2**62},
       'target_prop': {'block_size': min(TARGET_PROP_BLOCK, length),
@@ -156,9 +158,10 @@ def own_state_floats(method, model, optimizer, batch: int) -> int:
 
 def measure_point(name: str, length: int, width: int, batch: int, calls: int,
                   seed: int) -> Dict:
-  """Trains ``1 + calls`` calls of method ``name`` (an LSTM of ``width`` on the
-  copy task of ``length`` steps, batch ``batch``) in this process; the record
-  of one point (module docstring)."""
+  """Trains ``1 + calls`` calls of method ``name`` (an LSTM of ``width``, or
+  the cell the method needs, its ``EXAMPLE_MODEL``, on the copy task of
+  ``length`` steps, batch ``batch``) in this process; the record of one point
+  (module docstring)."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tfcredit import methods  # pylint: disable=g-import-not-at-top
@@ -167,13 +170,14 @@ def measure_point(name: str, length: int, width: int, batch: int, calls: int,
   from tfcredit.training import memory  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(seed)
   task = copy_task(length, seed)
-  model = RecurrentModel(**task.model_spec(), cell='lstm', units=width)
+  cls = methods.METHODS[EXTRA_ARGUMENTS.get(name, (name,))[0]]
+  cell = {'cell': 'lstm', **cls.EXAMPLE_MODEL}
+  model = RecurrentModel(**task.model_spec(), units=width, **cell)
   data = [tuple(tf.constant(part) for part in task.batch('train', 0, index, batch))
           for index in range(1 + calls)]
   model.build_for(data[0][0][:, :1])
   optimizer = keras.optimizers.Adam(1e-3)
   optimizer.build(model.trainable_variables)
-  cls = methods.METHODS[EXTRA_ARGUMENTS.get(name, (name,))[0]]
   method = components.build_method(
       functools.partial(cls, clip_norm=1.0, **method_arguments(name, length)),
       model, task, optimizer, batch, seed=seed)

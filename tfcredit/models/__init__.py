@@ -1,6 +1,7 @@
 """What computes: the recurrent model and its cell utilities."""
 
 from tfcredit.models.contract import check_model
+from tfcredit.models.leaky_rnn import LeakyRNNCell
 from tfcredit.models.linear_cell import InfluenceBalancingCell
 from tfcredit.models.cells import ForgetGateBias
 from tfcredit.models.recurrent import RecurrentModel
