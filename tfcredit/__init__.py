@@ -52,8 +52,10 @@ from tfcredit.training.trainer import train
 __version__ = '0.1.0'
 
 # Written out, so readers, IDEs and type checkers see the API; a test checks it
-# against what the package defines and against the method registry (METHODS). The
-# methods register with gin where they are defined.
+# against what the package defines and against the method registry (METHODS).
+# Every tfcredit class registers with gin where it is defined
+# (``config.configurable``); the Keras optimizers a config may name are
+# registered here.
 __all__ = [
     'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
     'DataError', 'EProp', 'FPTT', 'InfluenceBalancingCell',
@@ -63,17 +65,6 @@ __all__ = [
     'SequenceTask', 'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task',
     'TextCorpusTask', 'TrainingError', 'TruncatedBPTT', 'UORO', 'train',
 ]
-
-for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
-                      MarkovLanguageTask, SequenceTask, TextCorpusTask,
-                      SequentialImageTask,
-                      InfluenceBalancingTask, LagAddTask,
-                      InfluenceBalancingCell, LeakyRNNCell, LayerwiseSynthesizer,
-                      NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,
-                      schedules.MultiStepDecay, schedules.PlateauDecay,
-                      schedules.CosineRestarts, schedules.InverseSqrtDecay,
-                      schedules.AlternatingRestarts):
-  gin.external_configurable(_configurable, module='tfcredit')
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,
                    keras.optimizers.Adagrad, keras.optimizers.RMSprop,

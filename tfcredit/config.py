@@ -8,6 +8,13 @@ import gin
 
 from tfcredit.errors import ConfigurationError
 
+
+def configurable(cls):
+  """Registers ``cls`` with gin as ``tfcredit.<name>`` (``@Name`` in a config)
+  and returns it unchanged: how every tfcredit class becomes configurable (a
+  decorator at its definition; the method registry applies it to methods)."""
+  return gin.register(cls, module='tfcredit')
+
 # The configs shipped with the package (package data, installed with the wheel).
 GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                'gin_configs')

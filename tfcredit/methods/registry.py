@@ -10,7 +10,7 @@ configurations and the distribution test's table are assembled. Its
 import re
 from typing import Dict
 
-import gin
+from tfcredit import config
 
 REGISTRY: Dict[str, type] = {}
 
@@ -24,6 +24,6 @@ def key(cls: type) -> str:
 
 def register(cls: type) -> type:
   """Registers a ``Method`` subclass with gin and in ``REGISTRY``; returns it."""
-  gin.register(cls, module='tfcredit')
+  config.configurable(cls)
   REGISTRY[key(cls)] = cls
   return cls

@@ -22,6 +22,7 @@ from typing import Any, Dict
 import keras
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import validation
 
 
@@ -31,6 +32,7 @@ def _input_variance():
                                             distribution='untruncated_normal')
 
 
+@config.configurable
 @keras.saving.register_keras_serializable(package='tfcredit')
 class LeakyRNNCell(keras.layers.Layer):
   """``h_t = (1 − α) h_{t−1} + α φ(x_t W_in + h_{t−1} W_rec + b)`` (module

@@ -17,9 +17,11 @@ from typing import Any, Dict
 import keras
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit.errors import ConfigurationError
 
 
+@config.configurable
 class InfluenceBalancingCell(keras.layers.Layer):
   """Keras RNN cell of Eq. 15: state and output are the ``p + n`` agents' states."""
 

@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import keras
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import masking
 from tfcredit import precision
 from tfcredit import validation
@@ -55,6 +56,7 @@ State = Tuple[Tuple[tf.Tensor, ...], ...]
 CellSpec = Union[str, keras.layers.Layer, Sequence[keras.layers.Layer], Callable]
 
 
+@config.configurable
 @keras.saving.register_keras_serializable(package='tfcredit')
 class RecurrentModel(keras.Model):
   """Encoder (embedding or none) -> stacked recurrent cells -> per-step or terminal head.

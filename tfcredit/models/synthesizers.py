@@ -27,6 +27,7 @@ from typing import Optional, Tuple
 import keras
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 
@@ -49,6 +50,7 @@ def resolve(name: str, synthesizer):
   return synthesizer
 
 
+@config.configurable
 class LayerwiseSynthesizer(keras.layers.Layer):
   """An MLP of the whole flattened state; the last layer is zero-initialised."""
 
@@ -104,6 +106,7 @@ class LayerwiseSynthesizer(keras.layers.Layer):
     return self.output_layer(features), memory
 
 
+@config.configurable
 class NeuronwiseSynthesizer(keras.layers.Layer):
   """One shared per-neuron network with its own memory per neuron (Shang & Zhang)."""
 

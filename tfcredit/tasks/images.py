@@ -38,6 +38,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError, DataError
 from tfcredit.tasks import base
@@ -232,6 +233,7 @@ def draw_permutation(steps: int, seed: int) -> np.ndarray:
 
 
 # -------------------------------------------------------------------- task
+@config.configurable
 class SequentialImageTask(base.Task):
   """Images as pixel sequences, classified at the last step (module docstring)."""
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.models.linear_cell import InfluenceBalancingCell
@@ -28,6 +29,7 @@ from tfcredit.tasks import base
 _SPLITS = ('train', 'valid', 'test')
 
 
+@config.configurable
 class InfluenceBalancingTask(base.Task):
   """Eq. 15-16 as a stream task: ``p`` positive and ``n`` negative agents."""
 

@@ -39,6 +39,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks import base
@@ -51,6 +52,7 @@ def label_probability(first, second):
   return 0.5 + 0.5 * first - 0.25 * second
 
 
+@config.configurable
 class LagAddTask(base.Task):
   """The Add task as a stream: per-step two-class cross-entropy in nats."""
 

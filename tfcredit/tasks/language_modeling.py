@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks import base
@@ -72,6 +73,7 @@ class TokenStreamTask(base.Task):
     return self._streams[key]
 
 
+@config.configurable
 class LanguageModelTask(TokenStreamTask):
   """Next-token prediction on a corpus of ``tfcredit.tasks.corpora``."""
 
@@ -120,6 +122,7 @@ class LanguageModelTask(TokenStreamTask):
     return config
 
 
+@config.configurable
 class MarkovLanguageTask(TokenStreamTask):
   """A token stream from a random sparse first-order Markov chain.
 

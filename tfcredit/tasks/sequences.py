@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import masking
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
@@ -33,6 +34,7 @@ LOSSES = ('cross_entropy', 'mse')
 _READOUTS = (None, base.PER_STEP, base.TERMINAL)
 
 
+@config.configurable
 class SequenceTask(base.Task):
   """Labelled sequences of the user's own (see the module docstring)."""
 

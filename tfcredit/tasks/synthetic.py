@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks import base
@@ -59,6 +60,7 @@ class _SyntheticTask(base.Task):
             'eval_batches': self.eval_batches}
 
 
+@config.configurable
 class AddingTask(_SyntheticTask):
   """The adding problem: MSE of the sum of two marked values, read at the end."""
 
@@ -117,6 +119,7 @@ class _CurriculumState(tf.Module):
     self.error_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
 
 
+@config.configurable
 class CopyTask(_SyntheticTask):
   """The copy-memory problem: reproduce ``M`` symbols after ``T`` steps.
 

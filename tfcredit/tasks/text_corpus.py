@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from tfcredit import config
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError, DataError
 from tfcredit.tasks import corpora
@@ -270,6 +271,7 @@ def encode(tokens: Sequence[str], vocabulary: corpora.Vocabulary,
   return array
 
 
+@config.configurable
 class TextCorpusTask(TokenStreamTask):
   """Next-token prediction on the user's own text files (module docstring)."""
 

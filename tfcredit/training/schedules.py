@@ -28,6 +28,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit import validation
 
 # Relative tolerance for cycle boundaries: the trainer's fractional epochs and
@@ -96,6 +97,7 @@ def _decay_factor(owner: str, factor: float, example: float) -> float:
   return value
 
 
+@config.configurable
 class Constant(LearningRateSchedule):
   """The base learning rate at every epoch."""
 
@@ -103,6 +105,7 @@ class Constant(LearningRateSchedule):
     return self._base
 
 
+@config.configurable
 class StepDecay(LearningRateSchedule):
   """Zaremba et al. (2014): constant, then multiplied by `factor` each epoch.
 
@@ -134,6 +137,7 @@ class StepDecay(LearningRateSchedule):
     return self._base * self._factor**decays
 
 
+@config.configurable
 class MultiStepDecay(LearningRateSchedule):
   """Multiplies the rate by `factor` once per milestone epoch reached.
 
@@ -169,6 +173,7 @@ class MultiStepDecay(LearningRateSchedule):
     return self._base * self._factor**passed
 
 
+@config.configurable
 class PlateauDecay(LearningRateSchedule):
   """Multiplies the rate by `factor` after each non-improving validation.
 
@@ -219,6 +224,7 @@ class PlateauDecay(LearningRateSchedule):
     return self._base * float(self.scale.numpy())
 
 
+@config.configurable
 class CosineRestarts(LearningRateSchedule):
   """SGDR: cosine annealing from `base` to `minimum` with warm restarts.
 
@@ -289,6 +295,7 @@ class CosineRestarts(LearningRateSchedule):
     return self._minimum + (self._base - self._minimum) * cosine
 
 
+@config.configurable
 class InverseSqrtDecay(LearningRateSchedule):
   """`base / sqrt(1 + t)`, with `t = epoch * steps_per_epoch` the time step.
 
@@ -321,6 +328,7 @@ REAL, SYNTHETIC = 'real', 'synthetic'
 _PHASES = (REAL, SYNTHETIC)
 
 
+@config.configurable
 class AlternatingRestarts(CosineRestarts):
   """SGDR restarts whose every restart flips real and synthetic gradients.
 
