@@ -23,6 +23,7 @@ from tfcredit.methods import Method
 from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.dni import DNI
 from tfcredit.methods.fptt import FPTT
+from tfcredit.methods.kf_rtrl import KFRTRL
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
 from tfcredit.methods.target_prop import TargetProp
@@ -54,7 +55,7 @@ __version__ = '0.1.0'
 __all__ = [
     'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
     'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
-    'LagAddTask', 'LanguageModelTask', 'LayerwiseSynthesizer',
+    'KFRTRL', 'LagAddTask', 'LanguageModelTask', 'LayerwiseSynthesizer',
     'MarkovLanguageTask', 'METHODS', 'Method', 'NeuronwiseSynthesizer', 'RTRL',
     'RecurrentModel', 'SequenceTask', 'SequentialImageTask', 'SnAp1',
     'TargetProp', 'Task', 'TextCorpusTask', 'TrainingError', 'TruncatedBPTT',
