@@ -49,8 +49,6 @@ from tfcredit.methods import rtrl
 from tfcredit.methods import uoro
 from tfcredit.models.recurrent import RecurrentModel
 
-# Cells whose weights act on [x_t; h_{t−1}; 1] alone: z = x K + h R + b.
-CELLS = (keras.layers.LSTMCell, keras.layers.SimpleRNNCell)
 _WHY_NOT = {
     keras.layers.GRUCell: ', whose reset gate multiplies its recurrent product '
                           '(r ⊙ (h R)), so its weights do not act on [x; h; 1]',
@@ -120,6 +118,8 @@ class KFRTRL(rtrl.RTRL):
 
   KEY = 'kf_rtrl'
   EXAMPLE_ARGUMENTS = {'window': 5, 'windows_per_call': 2, 'seed': 1}
+  # Cells whose weights act on [x_t; h_{t−1}; 1] alone: z = x K + h R + b.
+  CELLS = (keras.layers.LSTMCell, keras.layers.SimpleRNNCell)
 
   def __init__(self, *, model, task, optimizer, window: int = 10,
                windows_per_call: int = 10, batch_size: Optional[int] = None,
@@ -162,7 +162,7 @@ class KFRTRL(rtrl.RTRL):
           f'{type(model).__name__}: use RTRL, UORO or SnAp1 for other models')
     for layer in model.core:
       cell = layer.cell
-      if type(cell) not in CELLS:  # pylint: disable=unidiomatic-typecheck
+      if type(cell) not in self.CELLS:  # pylint: disable=unidiomatic-typecheck
         raise ConfigurationError(
             f'{owner} needs cells whose weights act on [x_t; h_t-1; 1] alone '
             "(LSTMCell, SimpleRNNCell: RecurrentModel.cell = 'lstm' or "
