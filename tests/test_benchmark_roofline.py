@@ -132,7 +132,7 @@ def test_a_method_row_applies_its_bindings_and_names_what_is_wrong(short_ptb):
 
 
 # --------------------------------------------------- --forward_mode_units rows
-@pytest.mark.parametrize('name', ['RTRL', 'UORO', 'SnAp1'])
+@pytest.mark.parametrize('name', ['RTRL', 'UORO', 'SnAp1', 'KFRTRL'])
 def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
   from tfcredit import methods  # pylint: disable=g-import-not-at-top
   units, steps = 8, 20
@@ -148,6 +148,9 @@ def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
     floats = rows * (cell * 2 + embedding * state)
     assert (f'rows × weights × k = {rows} × ({cell} × 2 + {embedding} × '
             f'{state}) = ') in runner.config
+  if name == 'KFRTRL':  # The embedding's factor (one-hot ⊗ ∂s/∂x), the LSTM's.
+    floats = rows * ((vocabulary + state * units)
+                     + (2 * units + 1 + state * 4 * units))
   assert runner.config.endswith(f' = {floats:,} floats')
   assert runner.run()[0] == rows * steps  # One round: the whole stream.
   assert runner.traces() == 1

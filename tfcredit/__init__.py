@@ -24,6 +24,7 @@ from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.dni import DNI
 from tfcredit.methods.eprop import EProp
 from tfcredit.methods.fptt import FPTT
+from tfcredit.methods.kf_rtrl import KFRTRL
 from tfcredit.methods.rflo import RFLO
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
@@ -59,7 +60,7 @@ __version__ = '0.1.0'
 __all__ = [
     'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
     'DataError', 'EProp', 'FPTT', 'InfluenceBalancingCell',
-    'InfluenceBalancingTask', 'LagAddTask', 'LanguageModelTask',
+    'InfluenceBalancingTask', 'KFRTRL', 'LagAddTask', 'LanguageModelTask',
     'LayerwiseSynthesizer', 'LeakyRNNCell', 'MarkovLanguageTask', 'METHODS',
     'Method', 'NeuronwiseSynthesizer', 'RFLO', 'RTRL', 'RecurrentModel',
     'SequenceTask', 'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task',

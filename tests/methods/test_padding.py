@@ -42,6 +42,8 @@ def _task(readout):
 
 # FPTT's episodic windows are fractions of the episode.
 EPISODIC_ARGUMENTS = {'fptt': {'windows': 2, 'window_length': None}}
+# Methods whose draws are made for the whole batch (_check_batch_draws).
+BATCH_DRAWS = ('kf_rtrl', 'uoro')
 # Methods that refuse padded sequences (with the readout), naming themselves.
 REFUSE = {'per_step': {'fptt', 'target_prop'},
           'terminal': {'artbp', 'dni', 'fptt', 'target_prop', 'truncated_bptt'}}
@@ -109,8 +111,8 @@ def test_padded_batch_gives_the_one_by_one_estimate(name, readout):
     assert 'sequences' in message  # The task's name.
     assert type_name(name) in message
     return
-  if name == 'uoro':
-    _check_uoro(readout)
+  if name in BATCH_DRAWS:
+    _check_batch_draws(name, readout)
     return
   padded, one_by_one = _padded_and_one_by_one(name, readout)
   assert max(np.abs(g).max() for g in one_by_one) > 1e-4  # Not vacuous.
@@ -129,11 +131,12 @@ def _more_padding(inputs, targets, steps, readout):
   return inputs, targets
 
 
-def _check_uoro(readout):
-  """UORO draws its noise for the whole batch, so a row alone gets other draws
-  than in a batch; with the same rows, padding changes nothing: rows of one
-  length give their unpadded estimate, and more padding the same estimate."""
-  task, _, _, restored_estimate = _built('uoro', readout)
+def _check_batch_draws(name, readout):
+  """UORO and KF-RTRL draw their noise for the whole batch, so a row alone gets
+  other draws than in a batch; with the same rows, padding changes nothing:
+  rows of one length give their unpadded estimate, and more padding the same
+  estimate."""
+  task, _, _, restored_estimate = _built(name, readout)
   inputs, targets = task.batch('valid', 0, 0, len(LENGTHS))
   assert (inputs < 0).sum() == sum(STEPS - n for n in LENGTHS)  # Padded.
   shortest = min(LENGTHS)

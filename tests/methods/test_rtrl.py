@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
-from tfcredit.methods import BPTT, RTRL, UORO, SnAp1, TruncatedBPTT
+from tfcredit.methods import BPTT, KFRTRL, RTRL, UORO, SnAp1, TruncatedBPTT
 from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
@@ -202,7 +202,7 @@ def test_updates_carry_credit_across_windows_and_calls_where_truncation_does_not
   assert abs(norms['TruncatedBPTT'][1] - norms['RTRL'][1]) > 1e-3
 
 
-@pytest.mark.parametrize('cls', [RTRL, UORO, SnAp1])
+@pytest.mark.parametrize('cls', [RTRL, UORO, SnAp1, KFRTRL])
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path, cls):
   def build():
     model = tiny_model(STREAM, seed=0, units=5)

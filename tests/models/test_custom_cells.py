@@ -68,23 +68,39 @@ STATE_SIZES = {'two_state': ((H, M),), 'leaky': ((5,),), 'lstm_cell': ((5, 5),),
                'stacked_list': ((3,), (H, M)),
                'stacked_keras': ((3, 3), (4,))}
 
-# The two-state cell with every method that trains any cell, and the leaky RNN
-# with every method; the others with the methods that touch the state nest
-# (ARTBP scales it, DNI reads it, TargetProp frees it). Methods for some cells
-# only (``CELLS``: RFLO, e-prop) refuse the two-state cell; e-prop trains a
+# The two-state cell with every method that trains any cell, the leaky RNN with
+# every method that trains it; the other cells with the methods that touch the
+# state nest (ARTBP scales it, DNI reads it, TargetProp frees it) and with
+# KF-RTRL, which reads the cells' weights. Methods for some cells only
+# (``CELLS``: RFLO, e-prop, KF-RTRL) refuse the two-state cell; e-prop trains a
 # Keras LSTM cell.
 ANY_CELL = [method for method in METHODS
             if tfcredit.METHODS[method].CELLS is None]
+
+
+def _trains(method, cell_class):
+  cells = tfcredit.METHODS[method].CELLS
+  return cells is None or issubclass(cell_class, cells)
+
+
 CASES = ([('two_state', method) for method in ANY_CELL] +
-         [('leaky', method) for method in METHODS] +
+         [('leaky', method) for method in METHODS
+          if _trains(method, LeakyRNNCell)] +
          [(cell, method) for cell in ('lstm_cell', 'stacked_list', 'stacked_keras')
-          for method in ('artbp', 'dni', 'target_prop')] +
+          for method in ('artbp', 'dni', 'target_prop', 'kf_rtrl')] +
          [('lstm_cell', 'eprop')])
+# KF-RTRL needs cells whose weights act on [x; h; 1] alone (Keras's LSTM and
+# simple RNN cells): it refuses the others, naming the cell.
+REFUSED = {('stacked_list', 'kf_rtrl'): 'GRUCell'}
 
 
 @pytest.mark.parametrize('cell,method', CASES)
 def test_every_method_trains_a_custom_core(task, cell, method):
   model = _model(task, CELLS[cell]())
+  if (cell, method) in REFUSED:
+    with pytest.raises(ConfigurationError, match=REFUSED[cell, method]):
+      METHODS[method](model, task, built_optimizer(model))
+    return
   assert model.state_sizes == STATE_SIZES[cell]
   state = model.initial_state(ROWS)
   assert [tuple(int(d) for d in s.shape) for s in tf.nest.flatten(state)] == [

@@ -221,11 +221,12 @@ def test_a_resumed_run_continues_the_copy_curriculum(tmp_path):
 
 
 @pytest.mark.parametrize('method,variable', [
-    ('ARTBP', 'truncation_seed'), ('UORO', 'noise_seed'), ('DNI', 'noise_seed')])
+    ('ARTBP', 'truncation_seed'), ('UORO', 'noise_seed'), ('DNI', 'noise_seed'),
+    ('KFRTRL', 'noise_seed')])
 def test_train_seed_seeds_the_methods_draws_unless_gin_binds_one(method, variable):
   """Runs with different ``train.seed`` differ in a method's own draws
-  (ARTBP's truncations, UORO's and DNI's noise), not only in the weights; an
-  explicit ``<Method>.seed`` binding wins."""
+  (ARTBP's truncations, UORO's, DNI's and KF-RTRL's noise), not only in the
+  weights; an explicit ``<Method>.seed`` binding wins."""
   from tfcredit.training import trainer  # pylint: disable=g-import-not-at-top
   seeds = []
   for bindings in (['train.seed = 3'], ['train.seed = 4'],

@@ -18,7 +18,8 @@ rows, each with its own reference timed in the same rounds:
 * ``artbp_row``, ``fptt_row``, ``dni_row``, ``target_prop_row``: each method
   against truncated BPTT with the same windows.
 * ``methods``: ``'NAME: gin bindings'`` rows on the PTB shape.
-* ``forward_mode_units``: RTRL, UORO and SnAp-1 against truncated BPTT, per width.
+* ``forward_mode_units``: RTRL, UORO, SnAp-1 and KF-RTRL against truncated
+  BPTT, per width.
 
 ``build_runners`` returns the runners in table order with each workload's
 reference; ``harness.measure`` times them.
@@ -43,6 +44,7 @@ from tfcredit.benchmarks.workloads import forward_mode_stream
 from tfcredit.benchmarks.workloads import ptb_small
 from tfcredit.methods.dni import DNI
 from tfcredit.methods.fptt import FPTT
+from tfcredit.methods.kf_rtrl import KFRTRL
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
 from tfcredit.methods.target_prop import TargetProp
@@ -54,9 +56,9 @@ from tfcredit.tasks import base as task_base
 from tfcredit.tasks.sequences import SequenceTask
 
 QUICK_WINDOWS_PER_CALL = (1, 2)  # A quick run's default windows_per_call.
-# The forward-mode rows: RTRL, UORO and SnAp-1 against truncated BPTT with the
-# same window on a small symbol stream; a round is FORWARD_MODE_WINDOWS windows of
-# FORWARD_MODE_WINDOW steps (one call).
+# The forward-mode rows: RTRL, UORO, SnAp-1 and KF-RTRL against truncated BPTT
+# with the same window on a small symbol stream; a round is FORWARD_MODE_WINDOWS
+# windows of FORWARD_MODE_WINDOW steps (one call).
 FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS = 10, 2
 REPLICAS = 2  # Logical CPU devices, and replicas of the replicas row.
 REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration.
@@ -84,7 +86,8 @@ class Options:
     precision_rows: also mixed_bfloat16 and mixed_float16 against float32.
     sequence_task_rows: also the adding batches as a ``SequenceTask``.
     methods: ``'NAME: gin bindings'`` rows on the PTB shape.
-    forward_mode_units: RTRL, UORO and SnAp-1 rows on an LSTM of each width.
+    forward_mode_units: RTRL, UORO, SnAp-1 and KF-RTRL rows on an LSTM of each
+      width.
     bf16_row: also the bfloat16 1024³ matmul row; None: ``harness.measure``
       times it if the CPU has bf16 matrix instructions or ``precision_rows`` is
       on.
@@ -336,15 +339,16 @@ def _target_prop_rows(rows: _Rows, options: Options) -> None:
 
 
 def _forward_mode_rows(rows: _Rows, options: Options) -> None:
-  """RTRL (exact), UORO (rank one) and SnAp-1 (sparse), which carry an influence
-  forward, against truncated BPTT with the same window, per LSTM width."""
+  """RTRL (exact), UORO (rank one), SnAp-1 (sparse) and KF-RTRL (Kronecker
+  factors), which carry an influence forward, against truncated BPTT with the
+  same window, per LSTM width."""
   for units in options.forward_mode_units:
     forward = forward_mode_stream(
         units, steps=FORWARD_MODE_WINDOW * FORWARD_MODE_WINDOWS,
         seed=options.seed)
     rows.reference(runners_lib.tfcredit_runner, forward, FORWARD_MODE_WINDOW,
                    FORWARD_MODE_WINDOWS)
-    for method_class in (RTRL, UORO, SnAp1):
+    for method_class in (RTRL, UORO, SnAp1, KFRTRL):
       rows.add(runners_lib.forward_mode_runner, forward, method_class,
                FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS)
 

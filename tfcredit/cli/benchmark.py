@@ -51,10 +51,10 @@ configuration in float32 timed in the same rounds; the bfloat16 1024³ matmul is
 timed too, and the summary says whether the CPU has bf16 matrix instructions
 (without them TensorFlow emulates bfloat16 products, and the rows measure that).
 
-Forward mode (``--forward_mode_units``, off by default): ``RTRL``, ``UORO`` and
-``SnAp1`` against truncated BPTT with the same window, on a 1-layer LSTM of each
-given width (4 columns of 32 random symbols); each row names the floats its
-influence carries.
+Forward mode (``--forward_mode_units``, off by default): ``RTRL``, ``UORO``,
+``SnAp1`` and ``KFRTRL`` against truncated BPTT with the same window, on a
+1-layer LSTM of each given width (4 columns of 32 random symbols); each row
+names the floats its influence carries.
 
 Scaling (``--scaling``): instead of the rows above, every method's time per step,
 peak memory and own state as the sequence length T grows (and, for RTRL, UORO and
@@ -144,7 +144,7 @@ def define_flags() -> None:
          "--method='ARTBP L0=20: train.method = @ARTBP; ARTBP.mean_length = 20; "
          "ARTBP.clip_norm = 5.0'.")
   define(flags.DEFINE_multi_integer, 'forward_mode_units', [], 'Also time RTRL, '
-         'UORO and SnAp-1 against truncated BPTT (window '
+         'UORO, SnAp-1 and KF-RTRL against truncated BPTT (window '
          f'{FORWARD_MODE_WINDOW}) on a 1-layer LSTM of each of these widths, '
          f'{FORWARD_MODE_BATCH} columns of {FORWARD_MODE_VOCABULARY} random '
          'symbols; each row names the floats its influence carries. RTRL costs '

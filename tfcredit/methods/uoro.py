@@ -69,13 +69,7 @@ class UORO(rtrl.RTRL):
     """Rademacher ``ν`` for every row and step, drawn in the cross-replica
     context from ``(seed, counter)``; estimates draw from their own counter."""
     counter = self.training_draws if train else self.estimate_draws
-    seed = tf.stack([self.noise_seed, counter.read_value()])
-    counter.assign_add(1)
-    # Drawn time-major: step t's draws do not depend on how many steps follow,
-    # so padding a segment leaves the draws of its real steps unchanged.
-    uniform = tf.random.stateless_uniform(tf.stack([length, rows, self.width]),
-                                          seed=seed)
-    return tf.transpose(tf.where(uniform < 0.5, -1.0, 1.0), [1, 0, 2])
+    return rademacher(self.noise_seed, counter, rows, length, self.width)
 
   def _through_state(self, state_gradient, influence):
     state_tilde, theta_tilde = influence
@@ -110,3 +104,17 @@ class UORO(rtrl.RTRL):
     rho1 = tf.sqrt((norm(projected) + EPSILON) / (norm(noise) + EPSILON))
     return (rho0 * forward + rho1 * noise,
             theta_tilde / rho0 + projected / rho1)
+
+
+def rademacher(seed: tf.Variable, counter: tf.Variable, rows, length,
+               width) -> tf.Tensor:
+  """Entries ±1, ``[rows, length, width]``, drawn statelessly from ``(seed,
+  counter)``, which then advances: a checkpointed counter makes a resumed run
+  draw what the uninterrupted one would (UORO's ``ν``, KF-RTRL's signs)."""
+  key = tf.stack([seed, counter.read_value()])
+  counter.assign_add(1)
+  # Drawn time-major: step t's draws do not depend on how many steps follow,
+  # so padding a segment leaves the draws of its real steps unchanged.
+  uniform = tf.random.stateless_uniform(tf.stack([length, rows, width]),
+                                        seed=key)
+  return tf.transpose(tf.where(uniform < 0.5, -1.0, 1.0), [1, 0, 2])
