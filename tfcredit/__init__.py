@@ -25,6 +25,7 @@ from tfcredit.methods.dni import DNI
 from tfcredit.methods.fptt import FPTT
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
+from tfcredit.methods.snap import SnAp2
 from tfcredit.methods.target_prop import TargetProp
 from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
@@ -33,6 +34,7 @@ from tfcredit.models import InfluenceBalancingCell
 from tfcredit.models import LayerwiseSynthesizer
 from tfcredit.models import NeuronwiseSynthesizer
 from tfcredit.models import RecurrentModel
+from tfcredit.models import SparseGRUCell
 from tfcredit.tasks.base import Task
 from tfcredit.tasks.images import SequentialImageTask
 from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
@@ -56,16 +58,16 @@ __all__ = [
     'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
     'LagAddTask', 'LanguageModelTask', 'LayerwiseSynthesizer',
     'MarkovLanguageTask', 'METHODS', 'Method', 'NeuronwiseSynthesizer', 'RTRL',
-    'RecurrentModel', 'SequenceTask', 'SequentialImageTask', 'SnAp1',
-    'TargetProp', 'Task', 'TextCorpusTask', 'TrainingError', 'TruncatedBPTT',
-    'UORO', 'train',
+    'RecurrentModel', 'SequenceTask', 'SequentialImageTask', 'SnAp1', 'SnAp2',
+    'SparseGRUCell', 'TargetProp', 'Task', 'TextCorpusTask', 'TrainingError',
+    'TruncatedBPTT', 'UORO', 'train',
 ]
 
 for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
                       MarkovLanguageTask, SequenceTask, TextCorpusTask,
                       SequentialImageTask,
                       InfluenceBalancingTask, LagAddTask,
-                      InfluenceBalancingCell, LayerwiseSynthesizer,
+                      InfluenceBalancingCell, SparseGRUCell, LayerwiseSynthesizer,
                       NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,
                       schedules.CosineRestarts, schedules.InverseSqrtDecay,

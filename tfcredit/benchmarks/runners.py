@@ -169,9 +169,9 @@ def artbp_runner(workload: Workload, mean_length: int, alpha: float,
 
 def forward_mode_runner(workload: Workload, method_class: type, window: int,
                         windows_per_call: int) -> Runner:
-  """``RTRL`` or a subclass (``UORO``, ``SnAp1``) on a stream workload, with no
-  influence limit; the row label gives the floats its influence carries, the
-  memory it needs beyond truncated BPTT's."""
+  """``RTRL`` or a subclass (``UORO``, ``SnAp1``, ``SnAp2``) on a stream
+  workload, with no influence limit; the row label gives the floats its
+  influence carries, the memory it needs beyond truncated BPTT's."""
   built = []
 
   def make_method(model, task, optimizer):

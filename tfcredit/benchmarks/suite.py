@@ -19,6 +19,9 @@ rows, each with its own reference timed in the same rounds:
   against truncated BPTT with the same windows.
 * ``methods``: ``'NAME: gin bindings'`` rows on the PTB shape.
 * ``forward_mode_units``: RTRL, UORO and SnAp-1 against truncated BPTT, per width.
+* ``sparse_gru_units``: RTRL, SnAp-1 and SnAp-2 on a sparse GRU
+  (``SPARSE_GRU_SPARSITY`` of its recurrent connections cut) against truncated
+  BPTT, per width.
 
 ``build_runners`` returns the runners in table order with each workload's
 reference; ``harness.measure`` times them.
@@ -45,6 +48,7 @@ from tfcredit.methods.dni import DNI
 from tfcredit.methods.fptt import FPTT
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
+from tfcredit.methods.snap import SnAp2
 from tfcredit.methods.target_prop import TargetProp
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.methods.uoro import UORO
@@ -58,6 +62,7 @@ QUICK_WINDOWS_PER_CALL = (1, 2)  # A quick run's default windows_per_call.
 # same window on a small symbol stream; a round is FORWARD_MODE_WINDOWS windows of
 # FORWARD_MODE_WINDOW steps (one call).
 FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS = 10, 2
+SPARSE_GRU_SPARSITY = 0.75  # The sparse-GRU rows' share of connections cut.
 REPLICAS = 2  # Logical CPU devices, and replicas of the replicas row.
 REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration.
 ARTBP_MEAN_LENGTH, ARTBP_ALPHA = 20, 4.0  # The ARTBP row: L0 = the PTB window.
@@ -85,6 +90,8 @@ class Options:
     sequence_task_rows: also the adding batches as a ``SequenceTask``.
     methods: ``'NAME: gin bindings'`` rows on the PTB shape.
     forward_mode_units: RTRL, UORO and SnAp-1 rows on an LSTM of each width.
+    sparse_gru_units: RTRL, SnAp-1 and SnAp-2 rows on a sparse GRU of each
+      width.
     bf16_row: also the bfloat16 1024³ matmul row; None: ``harness.measure``
       times it if the CPU has bf16 matrix instructions or ``precision_rows`` is
       on.
@@ -103,6 +110,7 @@ class Options:
   sequence_task_rows: bool = True
   methods: Sequence[str] = ()
   forward_mode_units: Sequence[int] = ()
+  sparse_gru_units: Sequence[int] = ()
   bf16_row: Optional[bool] = None
 
 
@@ -337,14 +345,19 @@ def _target_prop_rows(rows: _Rows, options: Options) -> None:
 
 def _forward_mode_rows(rows: _Rows, options: Options) -> None:
   """RTRL (exact), UORO (rank one) and SnAp-1 (sparse), which carry an influence
-  forward, against truncated BPTT with the same window, per LSTM width."""
-  for units in options.forward_mode_units:
+  forward, against truncated BPTT with the same window, per LSTM width; RTRL,
+  SnAp-1 and SnAp-2 per sparse GRU width."""
+  groups = ([(units, None, (RTRL, UORO, SnAp1))
+             for units in options.forward_mode_units]
+            + [(units, SPARSE_GRU_SPARSITY, (RTRL, SnAp1, SnAp2))
+               for units in options.sparse_gru_units])
+  for units, sparsity, classes in groups:
     forward = forward_mode_stream(
         units, steps=FORWARD_MODE_WINDOW * FORWARD_MODE_WINDOWS,
-        seed=options.seed)
+        seed=options.seed, sparsity=sparsity)
     rows.reference(runners_lib.tfcredit_runner, forward, FORWARD_MODE_WINDOW,
                    FORWARD_MODE_WINDOWS)
-    for method_class in (RTRL, UORO, SnAp1):
+    for method_class in classes:
       rows.add(runners_lib.forward_mode_runner, forward, method_class,
                FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS)
 
