@@ -162,10 +162,43 @@ def test_bad_arguments_are_refused_with_the_parameter_named(kwargs, parameter):
     SparseGRUCell(**kwargs)
 
 
-def test_real_inputs_and_a_stack():
+def _numpy_gru(x, h, kernel, recurrent, bias, connections):
+  """One step of the masked GRU written from the equations (numpy)."""
+  sigmoid = lambda v: 1 / (1 + np.exp(-v))
+  masked = recurrent * np.tile(connections, [1, 3])
+  x_z, x_r, x_h = np.split(x @ kernel + bias[0], 3, axis=-1)
+  h_z, h_r, h_h = np.split(h @ masked + bias[1], 3, axis=-1)
+  z, r = sigmoid(x_z + h_z), sigmoid(x_r + h_r)
+  return z * h + (1 - z) * np.tanh(x_h + r * h_h)
+
+
+def test_a_stack_on_real_inputs_is_the_masked_gru_of_the_equations():
+  """Two layers with their own masks (seeds 0 and 1), every recurrent weight
+  set non-zero so only the mask cuts connections: the final states are those
+  of the GRU equations with ``U ⊙ C`` in numpy, and not those without it."""
   model = _model([SparseGRUCell(5, seed=0), SparseGRUCell(4, seed=1)],
                  task=AddingTask(sequence_length=6))
+  cells = [layer.cell for layer in model.core]
   assert model.state_sizes == ((5,), (4,))
-  outputs, state = model.unroll(tf.ones([2, 6, 2]), model.initial_state(2))
-  assert outputs.shape == (2, 1) and np.all(np.isfinite(outputs.numpy()))
-  assert [s.shape[-1] for s in tf.nest.flatten(state)] == [5, 4]
+  assert np.any(cells[0].connections()[:4, :4] != cells[1].connections())
+  for index, cell in enumerate(cells):
+    cell.recurrent_kernel.assign(np.random.default_rng(index).normal(
+        size=cell.recurrent_kernel.shape).astype(np.float32))
+  inputs = np.random.default_rng(0).normal(size=[2, 6, 2]).astype(np.float32)
+  _, state = model.unroll(tf.constant(inputs), model.initial_state(2))
+  for masked in (True, False):
+    layer_inputs = inputs
+    for cell, final in zip(cells, tf.nest.flatten(state)):
+      connections = (cell.connections() if masked
+                     else np.ones([cell.units] * 2, bool))
+      h, states = np.zeros([2, cell.units], np.float32), []
+      for t in range(inputs.shape[1]):
+        h = _numpy_gru(layer_inputs[:, t], h, cell.kernel.numpy(),
+                       cell.recurrent_kernel.numpy(), cell.bias.numpy(),
+                       connections)
+        states.append(h)
+      layer_inputs = np.stack(states, axis=1)
+      if masked:
+        np.testing.assert_allclose(final.numpy(), h, rtol=1e-5, atol=1e-5)
+    if not masked:
+      assert np.abs(tf.nest.flatten(state)[-1].numpy() - h).max() > 1e-3
