@@ -154,3 +154,29 @@ def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
   assert runner.config.endswith(f' = {floats:,} floats')
   assert runner.run()[0] == rows * steps  # One round: the whole stream.
   assert runner.traces() == 1
+
+
+def test_a_sparse_gru_row_counts_snap2s_reach_within_two_steps():
+  """SnAp-2 on the sparse GRU: each cell weight carries the most units one of
+  its variable's weights reaches in two steps (1 plus the units its unit
+  feeds), the embedding every unit; the floats are ``SnAp2.influence_size``'s,
+  between SnAp-1's and RTRL's."""
+  from tfcredit import methods  # pylint: disable=g-import-not-at-top
+  units, steps = 8, 20
+  workload = workloads.forward_mode_stream(units, steps=steps, seed=0,
+                                           sparsity=0.75)
+  assert workload.name == 'symbols (random ids), sparse GRU 8 (75% cut)'
+  rows = workloads.FORWARD_MODE_BATCH
+  floats = {}
+  for name in ('RTRL', 'SnAp1', 'SnAp2'):
+    runner = runners.forward_mode_runner(workload, getattr(methods, name), 10, 2)
+    floats[name] = int(runner.config.rsplit(' = ', 1)[1].split()[0]
+                       .replace(',', ''))
+    if name == 'SnAp2':
+      assert runner.run()[0] == rows * steps  # One round: the whole stream.
+      assert runner.traces() == 1
+  vocabulary = workloads.FORWARD_MODE_VOCABULARY
+  cell = 3 * units * (2 * units + 2)  # Kernel, recurrent kernel, two biases.
+  assert floats['RTRL'] == rows * units * (
+      vocabulary * units + cell + units * vocabulary + vocabulary)
+  assert floats['SnAp1'] < floats['SnAp2'] < floats['RTRL']

@@ -176,7 +176,8 @@ def test_verbose_on_the_command_line(args, expected):
   assert _startup.verbose_requested(['tfcredit-train', *args]) is expected
 
 
-@pytest.mark.parametrize('flag', ['--forward_mode_units=0', '--rounds=0'])
+@pytest.mark.parametrize('flag', ['--forward_mode_units=0', '--sparse_gru_units=0',
+                                  '--rounds=0'])
 def test_benchmark_refuses_a_non_positive_count_naming_the_flag(flag, tmp_path,
                                                                 run_command):
   done = run_command('benchmark', flag, '--replicas_row=false',

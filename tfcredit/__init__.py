@@ -28,6 +28,7 @@ from tfcredit.methods.kf_rtrl import KFRTRL
 from tfcredit.methods.rflo import RFLO
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
+from tfcredit.methods.snap import SnAp2
 from tfcredit.methods.target_prop import TargetProp
 from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
@@ -37,6 +38,7 @@ from tfcredit.models import LeakyRNNCell
 from tfcredit.models import LayerwiseSynthesizer
 from tfcredit.models import NeuronwiseSynthesizer
 from tfcredit.models import RecurrentModel
+from tfcredit.models import SparseGRUCell
 from tfcredit.tasks.base import Task
 from tfcredit.tasks.images import SequentialImageTask
 from tfcredit.tasks.influence_balancing import InfluenceBalancingTask
@@ -63,8 +65,9 @@ __all__ = [
     'InfluenceBalancingTask', 'KFRTRL', 'LagAddTask', 'LanguageModelTask',
     'LayerwiseSynthesizer', 'LeakyRNNCell', 'MarkovLanguageTask', 'METHODS',
     'Method', 'NeuronwiseSynthesizer', 'RFLO', 'RTRL', 'RecurrentModel',
-    'SequenceTask', 'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task',
-    'TextCorpusTask', 'TrainingError', 'TruncatedBPTT', 'UORO', 'train',
+    'SequenceTask', 'SequentialImageTask', 'SnAp1', 'SnAp2', 'SparseGRUCell',
+    'TargetProp', 'Task', 'TextCorpusTask', 'TrainingError', 'TruncatedBPTT',
+    'UORO', 'train',
 ]
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,

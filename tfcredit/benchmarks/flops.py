@@ -24,6 +24,12 @@ def lstm_step_flops(input_dim: int, units: int) -> float:
   return 2.0 * 4 * units * (input_dim + units)
 
 
+def gru_step_flops(input_dim: int, units: int) -> float:
+  """Forward FLOPs of one (dense) GRU step for one sequence: three gates' two
+  matmuls."""
+  return 2.0 * 3 * units * (input_dim + units)
+
+
 def dense_flops(input_dim: int, output_dim: int) -> float:
   """Forward FLOPs of a dense layer applied to one vector."""
   return 2.0 * input_dim * output_dim

@@ -169,7 +169,8 @@ def artbp_runner(workload: Workload, mean_length: int, alpha: float,
 
 def forward_mode_runner(workload: Workload, method_class: type, window: int,
                         windows_per_call: int) -> Runner:
-  """``RTRL`` or a subclass (``UORO``, ``SnAp1``, ``KFRTRL``) on a stream
+  """``RTRL`` or a subclass (``UORO``, ``SnAp1``, ``SnAp2``, ``KFRTRL``) on a
+  stream
   workload, with no influence limit; the row label gives the floats its
   influence carries, the memory it needs beyond truncated BPTT's."""
   built = []

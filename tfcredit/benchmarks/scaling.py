@@ -18,7 +18,8 @@ influence RTRL, UORO and SnAp-1 carry through an episode). ``scaling_report``
 fits the slopes and draws the figure.
 
 Method arguments (``method_arguments``): windows of ``WINDOW`` steps (truncated
-BPTT, DNI, RTRL, UORO, SnAp-1), ARTBP's mean window ``WINDOW``, FPTT with
+BPTT, DNI, RTRL, UORO, SnAp-1, SnAp-2: on the sweep's dense LSTM its pattern is
+full, so it costs what RTRL costs), ARTBP's mean window ``WINDOW``, FPTT with
 ``T / WINDOW`` windows, TargetProp blocks of ``TARGET_PROP_BLOCK``, full BPTT
 over the whole sequence. ``EXTRA_ARGUMENTS`` holds the variants timed beside
 them: ``bptt_checkpointed``, full BPTT keeping the state every ``round(sqrt(T))``
@@ -126,6 +127,7 @@ def method_arguments(name: str, length: int) -> Dict:
       'rflo': {'window': window, 'max_influence_floats': 2**62},
       'rtrl': {'window': window, 'max_influence_floats': 2**62},
       'snap1': {'window': window, 'max_influence_floats': 2**62},
+      'snap2': {'window': window, 'max_influence_floats': 2**62},
       'target_prop': {'block_size': min(TARGET_PROP_BLOCK, length),
                       'blocks_per_update': max(1, window // TARGET_PROP_BLOCK)},
       'truncated_bptt': {'window': window},

@@ -20,6 +20,9 @@ rows, each with its own reference timed in the same rounds:
 * ``methods``: ``'NAME: gin bindings'`` rows on the PTB shape.
 * ``forward_mode_units``: RTRL, UORO, SnAp-1 and KF-RTRL against truncated
   BPTT, per width.
+* ``sparse_gru_units``: RTRL, SnAp-1 and SnAp-2 on a sparse GRU
+  (``SPARSE_GRU_SPARSITY`` of its recurrent connections cut) against truncated
+  BPTT, per width.
 
 ``build_runners`` returns the runners in table order with each workload's
 reference; ``harness.measure`` times them.
@@ -47,6 +50,7 @@ from tfcredit.methods.fptt import FPTT
 from tfcredit.methods.kf_rtrl import KFRTRL
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
+from tfcredit.methods.snap import SnAp2
 from tfcredit.methods.target_prop import TargetProp
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.methods.uoro import UORO
@@ -60,6 +64,7 @@ QUICK_WINDOWS_PER_CALL = (1, 2)  # A quick run's default windows_per_call.
 # with the same window on a small symbol stream; a round is FORWARD_MODE_WINDOWS
 # windows of FORWARD_MODE_WINDOW steps (one call).
 FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS = 10, 2
+SPARSE_GRU_SPARSITY = 0.75  # The sparse-GRU rows' share of connections cut.
 REPLICAS = 2  # Logical CPU devices, and replicas of the replicas row.
 REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration.
 ARTBP_MEAN_LENGTH, ARTBP_ALPHA = 20, 4.0  # The ARTBP row: L0 = the PTB window.
@@ -88,6 +93,8 @@ class Options:
     methods: ``'NAME: gin bindings'`` rows on the PTB shape.
     forward_mode_units: RTRL, UORO, SnAp-1 and KF-RTRL rows on an LSTM of each
       width.
+    sparse_gru_units: RTRL, SnAp-1 and SnAp-2 rows on a sparse GRU of each
+      width.
     bf16_row: also the bfloat16 1024³ matmul row; None: ``harness.measure``
       times it if the CPU has bf16 matrix instructions or ``precision_rows`` is
       on.
@@ -106,6 +113,7 @@ class Options:
   sequence_task_rows: bool = True
   methods: Sequence[str] = ()
   forward_mode_units: Sequence[int] = ()
+  sparse_gru_units: Sequence[int] = ()
   bf16_row: Optional[bool] = None
 
 
@@ -341,14 +349,18 @@ def _target_prop_rows(rows: _Rows, options: Options) -> None:
 def _forward_mode_rows(rows: _Rows, options: Options) -> None:
   """RTRL (exact), UORO (rank one), SnAp-1 (sparse) and KF-RTRL (Kronecker
   factors), which carry an influence forward, against truncated BPTT with the
-  same window, per LSTM width."""
-  for units in options.forward_mode_units:
+  same window, per LSTM width; RTRL, SnAp-1 and SnAp-2 per sparse GRU width."""
+  groups = ([(units, None, (RTRL, UORO, SnAp1, KFRTRL))
+             for units in options.forward_mode_units]
+            + [(units, SPARSE_GRU_SPARSITY, (RTRL, SnAp1, SnAp2))
+               for units in options.sparse_gru_units])
+  for units, sparsity, classes in groups:
     forward = forward_mode_stream(
         units, steps=FORWARD_MODE_WINDOW * FORWARD_MODE_WINDOWS,
-        seed=options.seed)
+        seed=options.seed, sparsity=sparsity)
     rows.reference(runners_lib.tfcredit_runner, forward, FORWARD_MODE_WINDOW,
                    FORWARD_MODE_WINDOWS)
-    for method_class in (RTRL, UORO, SnAp1, KFRTRL):
+    for method_class in classes:
       rows.add(runners_lib.forward_mode_runner, forward, method_class,
                FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS)
 

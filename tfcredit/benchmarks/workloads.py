@@ -5,8 +5,9 @@
   random token ids (``RandomTokenStream``: no download, and throughput does not
   depend on which tokens are drawn).
 * ``adding``: the adding task (LSTM 128, batch 128, Adam 1e-3).
-* ``forward_mode_stream``: a 1-layer LSTM on ``FORWARD_MODE_BATCH`` columns of
-  ``FORWARD_MODE_VOCABULARY`` random symbols, for RTRL, UORO and SnAp-1.
+* ``forward_mode_stream``: a 1-layer LSTM (or sparse GRU) on
+  ``FORWARD_MODE_BATCH`` columns of ``FORWARD_MODE_VOCABULARY`` random symbols,
+  for RTRL, UORO, SnAp-1 and SnAp-2.
 
 A ``Workload`` also carries the same network as Keras layers with its data
 arrays (the Keras ``fit`` reference) and its FLOPs per unit trained
@@ -14,6 +15,7 @@ arrays (the Keras ``fit`` reference) and its FLOPs per unit trained
 """
 
 import dataclasses
+import functools
 from typing import Callable, Dict, List, Optional, Tuple
 
 import keras
@@ -21,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcredit.benchmarks import flops
+from tfcredit.models.sparse_gru import SparseGRUCell
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks import language_modeling
 from tfcredit.tasks import synthetic
@@ -96,9 +99,12 @@ class Workload:
 def token_stream(name: str, *, vocabulary: int, units: int, layers: int,
                  batch: int, steps: int, seed: int,
                  make_optimizer: Callable[[], keras.optimizers.Optimizer],
-                 clip_norm: Optional[float]) -> Workload:
+                 clip_norm: Optional[float],
+                 sparsity: Optional[float] = None) -> Workload:
   """A language model (embedding of ``units``, ``layers`` LSTMs of ``units``, a
-  dense head) on ``batch`` columns of ``steps`` random token ids."""
+  dense head) on ``batch`` columns of ``steps`` random token ids; with
+  ``sparsity``, ``SparseGRUCell``s instead of the LSTMs (the Keras twin and the
+  FLOP count then a dense GRU's)."""
   task = RandomTokenStream(vocabulary_size=vocabulary, length=batch * (steps + 1),
                            seed=seed)
   stream = task.stream('train', batch)
@@ -119,15 +125,19 @@ def token_stream(name: str, *, vocabulary: int, units: int, layers: int,
   def keras_layers(window):
     return ([keras.Input(batch_shape=(batch, window), dtype='int32'),
              keras.layers.Embedding(vocabulary, units)]
-            + [keras.layers.LSTM(units, stateful=True, return_sequences=True)
+            + [recurrent(units, stateful=True, return_sequences=True)
                for _ in range(layers)]
             + [keras.layers.Dense(vocabulary)])
 
-  core = layers * flops.lstm_step_flops(units, units)
+  recurrent, step_flops = keras.layers.LSTM, flops.lstm_step_flops
+  model_kwargs = dict(units=units, num_layers=layers, embedding_dim=units)
+  if sparsity is not None:
+    recurrent, step_flops = keras.layers.GRU, flops.gru_step_flops
+    model_kwargs['cell'] = functools.partial(SparseGRUCell, sparsity=sparsity)
+  core = layers * step_flops(units, units)
   head = flops.dense_flops(units, vocabulary)
   return Workload(
-      name=name, unit='tokens', task=task,
-      model_kwargs=dict(units=units, num_layers=layers, embedding_dim=units),
+      name=name, unit='tokens', task=task, model_kwargs=model_kwargs,
       make_optimizer=make_optimizer, clip_norm=clip_norm,
       batch_size=batch, segments=segments, keras_layers=keras_layers,
       keras_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -143,13 +153,19 @@ def ptb_small(steps: int, seed: int) -> Workload:
                       clip_norm=5.0)
 
 
-def forward_mode_stream(units: int, steps: int, seed: int) -> Workload:
-  """The forward-mode rows' model: LSTM ``units`` on ``FORWARD_MODE_VOCABULARY``
-  random symbols, ``FORWARD_MODE_BATCH`` columns, Adam 1e-3, clip 1."""
+def forward_mode_stream(units: int, steps: int, seed: int,
+                        sparsity: Optional[float] = None) -> Workload:
+  """The forward-mode rows' model: LSTM ``units`` (with ``sparsity``, a
+  ``SparseGRUCell`` of ``units`` with that share of its recurrent connections
+  cut) on ``FORWARD_MODE_VOCABULARY`` random symbols, ``FORWARD_MODE_BATCH``
+  columns, Adam 1e-3, clip 1."""
+  core = (f'LSTM {units}' if sparsity is None
+          else f'sparse GRU {units} ({sparsity:.0%} cut)')
   return token_stream(
-      f'symbols (random ids), LSTM {units}', vocabulary=FORWARD_MODE_VOCABULARY,
+      f'symbols (random ids), {core}', vocabulary=FORWARD_MODE_VOCABULARY,
       units=units, layers=1, batch=FORWARD_MODE_BATCH, steps=steps, seed=seed,
-      make_optimizer=lambda: keras.optimizers.Adam(1e-3), clip_norm=1.0)
+      make_optimizer=lambda: keras.optimizers.Adam(1e-3), clip_norm=1.0,
+      sparsity=sparsity)
 
 
 def adding(length: int, batches: int, seed: int) -> Workload:

@@ -54,7 +54,9 @@ timed too, and the summary says whether the CPU has bf16 matrix instructions
 Forward mode (``--forward_mode_units``, off by default): ``RTRL``, ``UORO``,
 ``SnAp1`` and ``KFRTRL`` against truncated BPTT with the same window, on a
 1-layer LSTM of each given width (4 columns of 32 random symbols); each row
-names the floats its influence carries.
+names the floats its influence carries. ``--sparse_gru_units``: ``RTRL``,
+``SnAp1`` and ``SnAp2`` the same way on a 1-layer ``SparseGRUCell`` of each
+width with 75% of its recurrent connections cut.
 
 Scaling (``--scaling``): instead of the rows above, every method's time per step,
 peak memory and own state as the sequence length T grows (and, for RTRL, UORO and
@@ -149,6 +151,11 @@ def define_flags() -> None:
          f'{FORWARD_MODE_BATCH} columns of {FORWARD_MODE_VOCABULARY} random '
          'symbols; each row names the floats its influence carries. RTRL costs '
          'O(state^2 x weights) per step: at 128 units a round takes minutes.')
+  define(flags.DEFINE_multi_integer, 'sparse_gru_units', [], 'Also time RTRL, '
+         'SnAp-1 and SnAp-2 against truncated BPTT the same way on a 1-layer '
+         'sparse GRU (SparseGRUCell, '
+         f'{suite.SPARSE_GRU_SPARSITY:.0%} of its recurrent connections cut) of '
+         'each of these widths.')
   define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
@@ -196,7 +203,8 @@ def options_from_flags(windows_per_call: Sequence[int]) -> suite.Options:
       jit_compile_rows=FLAGS.jit_compile_rows,
       precision_rows=FLAGS.precision_rows,
       sequence_task_rows=FLAGS.sequence_task_rows, methods=list(FLAGS.method),
-      forward_mode_units=list(FLAGS.forward_mode_units))
+      forward_mode_units=list(FLAGS.forward_mode_units),
+      sparse_gru_units=list(FLAGS.sparse_gru_units))
 
 
 def scaling_options() -> scaling.ScalingOptions:
@@ -262,8 +270,9 @@ def run(argv: List[str]) -> int:
   try:
     windows_per_call = [validation.positive_int('--windows_per_call', count)
                         for count in windows_per_call]
-    for units in FLAGS.forward_mode_units:
-      validation.positive_int('--forward_mode_units', units)
+    for name in ('forward_mode_units', 'sparse_gru_units'):
+      for units in FLAGS[name].value:
+        validation.positive_int(f'--{name}', units)
     rounds = validation.positive_int(
         '--rounds', FLAGS.rounds if FLAGS.rounds is not None else
         (1 if FLAGS.quick else 3))

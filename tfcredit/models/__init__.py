@@ -6,5 +6,6 @@ from tfcredit.models.linear_cell import InfluenceBalancingCell
 from tfcredit.models.cells import ForgetGateBias
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.models.recurrent import scale_gradient
+from tfcredit.models.sparse_gru import SparseGRUCell
 from tfcredit.models.synthesizers import LayerwiseSynthesizer
 from tfcredit.models.synthesizers import NeuronwiseSynthesizer
