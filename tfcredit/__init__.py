@@ -22,6 +22,7 @@ from tfcredit.methods import METHODS
 from tfcredit.methods import Method
 from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.dni import DNI
+from tfcredit.methods.elementwise_rtrl import ElementwiseRTRL
 from tfcredit.methods.fptt import FPTT
 from tfcredit.methods.rtrl import RTRL
 from tfcredit.methods.snap import SnAp1
@@ -30,6 +31,7 @@ from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.methods.uoro import UORO
 from tfcredit.models import InfluenceBalancingCell
+from tfcredit.models import LRUCell
 from tfcredit.models import LayerwiseSynthesizer
 from tfcredit.models import NeuronwiseSynthesizer
 from tfcredit.models import RecurrentModel
@@ -53,19 +55,19 @@ __version__ = '0.1.0'
 # methods register with gin where they are defined.
 __all__ = [
     'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
-    'DataError', 'FPTT', 'InfluenceBalancingCell', 'InfluenceBalancingTask',
-    'LagAddTask', 'LanguageModelTask', 'LayerwiseSynthesizer',
-    'MarkovLanguageTask', 'METHODS', 'Method', 'NeuronwiseSynthesizer', 'RTRL',
-    'RecurrentModel', 'SequenceTask', 'SequentialImageTask', 'SnAp1',
-    'TargetProp', 'Task', 'TextCorpusTask', 'TrainingError', 'TruncatedBPTT',
-    'UORO', 'train',
+    'DataError', 'ElementwiseRTRL', 'FPTT', 'InfluenceBalancingCell',
+    'InfluenceBalancingTask', 'LRUCell', 'LagAddTask', 'LanguageModelTask',
+    'LayerwiseSynthesizer', 'MarkovLanguageTask', 'METHODS', 'Method',
+    'NeuronwiseSynthesizer', 'RTRL', 'RecurrentModel', 'SequenceTask',
+    'SequentialImageTask', 'SnAp1', 'TargetProp', 'Task', 'TextCorpusTask',
+    'TrainingError', 'TruncatedBPTT', 'UORO', 'train',
 ]
 
 for _configurable in (RecurrentModel, AddingTask, CopyTask, LanguageModelTask,
                       MarkovLanguageTask, SequenceTask, TextCorpusTask,
                       SequentialImageTask,
                       InfluenceBalancingTask, LagAddTask,
-                      InfluenceBalancingCell, LayerwiseSynthesizer,
+                      InfluenceBalancingCell, LRUCell, LayerwiseSynthesizer,
                       NeuronwiseSynthesizer, schedules.Constant, schedules.StepDecay,
                       schedules.MultiStepDecay, schedules.PlateauDecay,
                       schedules.CosineRestarts, schedules.InverseSqrtDecay,

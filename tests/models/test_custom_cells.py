@@ -1,5 +1,6 @@
 """Your own recurrent cell or model: any Keras RNN cell as ``RecurrentModel.cell``,
-with every method, and the model contract the trainer checks.
+with every method, and the model contract the trainer checks. The LRU cell
+(``tfcredit.models.lru``) trains with every method too.
 
 The custom cell here is written for the tests: two state tensors of different
 sizes, ``h`` (4) and a slow memory ``m`` (3), so nothing that assumes one state
@@ -19,6 +20,7 @@ import tfcredit
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import contract
+from tfcredit.models.lru import LRUCell
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
@@ -57,19 +59,25 @@ METHODS = small_methods(ROWS)
 
 CELLS = {
     'two_state': lambda: TwoStateCell(),
+    'lru': lambda: LRUCell(units=H),
     'lstm_cell': lambda: keras.layers.LSTMCell(5),
     'stacked_list': lambda: [keras.layers.GRUCell(3), TwoStateCell()],
     'stacked_keras': lambda: keras.layers.StackedRNNCells(
         [keras.layers.LSTMCell(3), keras.layers.SimpleRNNCell(4)]),
 }
-STATE_SIZES = {'two_state': ((H, M),), 'lstm_cell': ((5, 5),),
+STATE_SIZES = {'two_state': ((H, M),), 'lru': ((H, H),), 'lstm_cell': ((5, 5),),
                'stacked_list': ((3,), (H, M)), 'stacked_keras': ((3, 3), (4,))}
 
-# The two-state cell with every method; the others with the methods that touch
-# the state nest (ARTBP scales it, DNI reads it, TargetProp frees it).
-CASES = ([('two_state', method) for method in METHODS] +
+# The two-state cell and the LRU with every method; the others with the
+# methods that touch the state nest (ARTBP scales it, DNI reads it, TargetProp
+# frees it).
+CASES = ([(cell, method) for cell in ('two_state', 'lru') for method in METHODS] +
          [(cell, method) for cell in ('lstm_cell', 'stacked_list', 'stacked_keras')
           for method in ('artbp', 'dni', 'target_prop')])
+
+
+# Methods that refuse a recurrence that is not diagonal per unit.
+DIAGONAL_ONLY = {'elementwise_rtrl'}
 
 
 @pytest.mark.parametrize('cell,method', CASES)
@@ -79,6 +87,10 @@ def test_every_method_trains_a_custom_core(task, cell, method):
   state = model.initial_state(ROWS)
   assert [tuple(int(d) for d in s.shape) for s in tf.nest.flatten(state)] == [
       (ROWS, size) for sizes in STATE_SIZES[cell] for size in sizes]
+  if method in DIAGONAL_ONLY and cell != 'lru':
+    with pytest.raises(ConfigurationError, match='diagonal per unit'):
+      METHODS[method](model, task, built_optimizer(model))
+    return
   trainer_ = METHODS[method](model, task, built_optimizer(model, learning_rate=0.5))
   core_weights = [v for layer in model.core for v in layer.trainable_variables]
   assert core_weights

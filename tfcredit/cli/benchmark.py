@@ -56,6 +56,11 @@ Forward mode (``--forward_mode_units``, off by default): ``RTRL``, ``UORO`` and
 given width (4 columns of 32 random symbols); each row names the floats its
 influence carries.
 
+Element-wise RTRL (``--elementwise_rtrl_units``, off by default):
+``ElementwiseRTRL`` against truncated BPTT with the same window on the same
+1-layer LRU of each given width, its symbols embedded in 32 and in the width;
+each row names the floats its influence carries.
+
 Scaling (``--scaling``): instead of the rows above, every method's time per step,
 peak memory and own state as the sequence length T grows (and, for RTRL, UORO and
 SnAp-1, as the width grows), each point in a fresh process
@@ -149,6 +154,13 @@ def define_flags() -> None:
          f'{FORWARD_MODE_BATCH} columns of {FORWARD_MODE_VOCABULARY} random '
          'symbols; each row names the floats its influence carries. RTRL costs '
          'O(state^2 x weights) per step: at 128 units a round takes minutes.')
+  define(flags.DEFINE_multi_integer, 'elementwise_rtrl_units', [], 'Also time '
+         'ElementwiseRTRL against truncated BPTT (window '
+         f'{FORWARD_MODE_WINDOW}) on the same 1-layer LRU of each of these '
+         f'widths, {FORWARD_MODE_BATCH} columns of {FORWARD_MODE_VOCABULARY} '
+         f'random symbols embedded in {suite.ELEMENTWISE_INPUTS} and in the '
+         'width (approximate=True: the embedding gets one step\'s gradient); '
+         'each row names the floats its influence carries.')
   define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
@@ -196,7 +208,8 @@ def options_from_flags(windows_per_call: Sequence[int]) -> suite.Options:
       jit_compile_rows=FLAGS.jit_compile_rows,
       precision_rows=FLAGS.precision_rows,
       sequence_task_rows=FLAGS.sequence_task_rows, methods=list(FLAGS.method),
-      forward_mode_units=list(FLAGS.forward_mode_units))
+      forward_mode_units=list(FLAGS.forward_mode_units),
+      elementwise_rtrl_units=list(FLAGS.elementwise_rtrl_units))
 
 
 def scaling_options() -> scaling.ScalingOptions:
@@ -264,6 +277,8 @@ def run(argv: List[str]) -> int:
                         for count in windows_per_call]
     for units in FLAGS.forward_mode_units:
       validation.positive_int('--forward_mode_units', units)
+    for units in FLAGS.elementwise_rtrl_units:
+      validation.positive_int('--elementwise_rtrl_units', units)
     rounds = validation.positive_int(
         '--rounds', FLAGS.rounds if FLAGS.rounds is not None else
         (1 if FLAGS.quick else 3))
