@@ -13,6 +13,8 @@ above each weight's layer stopped.
 
 import functools
 import math
+import pathlib
+import re
 
 import keras
 import numpy as np
@@ -21,7 +23,7 @@ import tensorflow as tf
 
 import tfcredit
 from tfcredit.errors import ConfigurationError
-from tfcredit.methods import BPTT, RTRL, ElementwiseRTRL
+from tfcredit.methods import RTRL, ElementwiseRTRL
 from tfcredit.models.lru import LRUCell
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
@@ -71,6 +73,8 @@ def _model(task=STREAM, seed=0, units=UNITS, **kwargs):
 
 def _method(model, task=STREAM, cls=ElementwiseRTRL, optimizer=None, **kwargs):
   kwargs.setdefault('window', 4)
+  if cls is ElementwiseRTRL:  # XLA's compile takes seconds: one test has it.
+    kwargs.setdefault('jit_compile', False)
   return cls(model=model, task=task,
              optimizer=optimizer or built_optimizer(model),
              batch_size=ROWS, **kwargs)
@@ -258,15 +262,16 @@ def test_each_lru_weight_is_stored_with_its_unit_and_the_readout_is_not():
 
 
 def test_the_step_variants_agree():
-  """Without XLA, and without the per-row pass (the whole batch's tape, as for
-  a model with dropout): the same estimate."""
+  """With XLA (the default), and without the per-row pass (the whole batch's
+  tape, as for a model with dropout): the same estimate."""
   segment = _stream(0, 7)
   model = _model()
   state = model.initial_state(ROWS)
   reference = _dense(_method(model).estimate_gradients(segment, state)[0])
-  plain = _method(model, jit_compile=False)
-  _close(plain.estimate_gradients(segment, state)[0], reference)
-  whole_batch = _method(model, jit_compile=False)
+  compiled = _method(model, jit_compile=True)
+  assert compiled.jit_compile
+  _close(compiled.estimate_gradients(segment, state)[0], reference)
+  whole_batch = _method(model)
   assert whole_batch.per_row
   whole_batch.per_row = False
   _close(whole_batch.estimate_gradients(segment, state)[0], reference)
@@ -396,3 +401,18 @@ def test_trains_and_exports_through_tfcredit_train_with_gin(clean_gin, tmp_path)
   assert math.isfinite(result['valid_loss'])
   assert 'serving_default' in tf.saved_model.load(
       result['saved_model']).signatures
+
+
+def test_the_pages_python_example_runs_and_is_exact():
+  """docs/methods/elementwise_rtrl.md's python block, as written: it asserts
+  the estimate is full BPTT's, and its ``train_segment`` moves the weights."""
+  page = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'methods' / (
+      'elementwise_rtrl.md')
+  blocks = re.findall(r'```python\n(.*?)```', page.read_text(encoding='utf-8'),
+                      flags=re.S)
+  assert len(blocks) == 1
+  namespace = {}
+  exec(compile(blocks[0], str(page), 'exec'), namespace)  # pylint: disable=exec-used
+  assert namespace['floats'] == 4 * 2 * (2 * 2 + 3) * 8
+  assert float(namespace['metrics']['updates']) == 1
+  assert max(np.abs(np.asarray(g)).max() for g in namespace['full']) > 1e-4
