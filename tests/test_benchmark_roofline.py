@@ -180,3 +180,18 @@ def test_a_sparse_gru_row_counts_snap2s_reach_within_two_steps():
   assert floats['RTRL'] == rows * units * (
       vocabulary * units + cell + units * vocabulary + vocabulary)
   assert floats['SnAp1'] < floats['SnAp2'] < floats['RTRL']
+
+
+def test_an_elementwise_rtrl_row_names_the_floats_its_influence_carries():
+  """The LRU row: each of the LRU's 2·inputs + 3 weights per unit carries its
+  unit's 2 entries per row (the embedding, under approximate, none)."""
+  from tfcredit import methods  # pylint: disable=g-import-not-at-top
+  units, inputs, steps = 8, 6, 20
+  workload = workloads.lru_stream(units, inputs, steps=steps, seed=0)
+  runner = runners.forward_mode_runner(workload, methods.ElementwiseRTRL, 10, 2,
+                                       approximate=True)
+  rows = workloads.FORWARD_MODE_BATCH
+  floats = rows * 2 * (2 * inputs + 3) * units
+  assert 'approximate=True' in runner.config
+  assert runner.config.endswith(f' = {floats:,} floats')
+  assert runner.run()[0] == rows * steps  # One round: the whole stream.

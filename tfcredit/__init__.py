@@ -22,6 +22,7 @@ from tfcredit.methods import METHODS
 from tfcredit.methods import Method
 from tfcredit.methods.artbp import ARTBP
 from tfcredit.methods.dni import DNI
+from tfcredit.methods.elementwise_rtrl import ElementwiseRTRL
 from tfcredit.methods.eprop import EProp
 from tfcredit.methods.fptt import FPTT
 from tfcredit.methods.kf_rtrl import KFRTRL
@@ -34,6 +35,7 @@ from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.methods.uoro import UORO
 from tfcredit.models import InfluenceBalancingCell
+from tfcredit.models import LRUCell
 from tfcredit.models import LeakyRNNCell
 from tfcredit.models import LayerwiseSynthesizer
 from tfcredit.models import NeuronwiseSynthesizer
@@ -61,13 +63,13 @@ __version__ = '0.1.0'
 # registered here.
 __all__ = [
     'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
-    'DataError', 'EProp', 'FPTT', 'InfluenceBalancingCell',
-    'InfluenceBalancingTask', 'KFRTRL', 'LagAddTask', 'LanguageModelTask',
-    'LayerwiseSynthesizer', 'LeakyRNNCell', 'MarkovLanguageTask', 'METHODS',
-    'Method', 'NeuronwiseSynthesizer', 'RFLO', 'RTRL', 'RecurrentModel',
-    'SequenceTask', 'SequentialImageTask', 'SnAp1', 'SnAp2', 'SparseGRUCell',
-    'TargetProp', 'Task', 'TextCorpusTask', 'TrainingError', 'TruncatedBPTT',
-    'UORO', 'train',
+    'DataError', 'EProp', 'ElementwiseRTRL', 'FPTT', 'InfluenceBalancingCell',
+    'InfluenceBalancingTask', 'KFRTRL', 'LRUCell', 'LagAddTask',
+    'LanguageModelTask', 'LayerwiseSynthesizer', 'LeakyRNNCell',
+    'MarkovLanguageTask', 'METHODS', 'Method', 'NeuronwiseSynthesizer', 'RFLO',
+    'RTRL', 'RecurrentModel', 'SequenceTask', 'SequentialImageTask', 'SnAp1',
+    'SnAp2', 'SparseGRUCell', 'TargetProp', 'Task', 'TextCorpusTask',
+    'TrainingError', 'TruncatedBPTT', 'UORO', 'train',
 ]
 
 for _optimizer in (keras.optimizers.SGD, keras.optimizers.Adam,

@@ -1,5 +1,6 @@
 """Your own recurrent cell or model: any Keras RNN cell as ``RecurrentModel.cell``,
-with every method, and the model contract the trainer checks.
+with every method, and the model contract the trainer checks. The LRU cell
+(``tfcredit.models.lru``) trains with every method too.
 
 The custom cell here is written for the tests: two state tensors of different
 sizes, ``h`` (4) and a slow memory ``m`` (3), so nothing that assumes one state
@@ -20,6 +21,7 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import contract
 from tfcredit.models.leaky_rnn import LeakyRNNCell
+from tfcredit.models.lru import LRUCell
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
@@ -59,21 +61,22 @@ METHODS = small_methods(ROWS)
 CELLS = {
     'two_state': lambda: TwoStateCell(),
     'leaky': lambda: LeakyRNNCell(units=5, alpha=0.5),
+    'lru': lambda: LRUCell(units=H),
     'lstm_cell': lambda: keras.layers.LSTMCell(5),
     'stacked_list': lambda: [keras.layers.GRUCell(3), TwoStateCell()],
     'stacked_keras': lambda: keras.layers.StackedRNNCells(
         [keras.layers.LSTMCell(3), keras.layers.SimpleRNNCell(4)]),
 }
-STATE_SIZES = {'two_state': ((H, M),), 'leaky': ((5,),), 'lstm_cell': ((5, 5),),
-               'stacked_list': ((3,), (H, M)),
+STATE_SIZES = {'two_state': ((H, M),), 'leaky': ((5,),), 'lru': ((H, H),),
+               'lstm_cell': ((5, 5),), 'stacked_list': ((3,), (H, M)),
                'stacked_keras': ((3, 3), (4,))}
 
-# The two-state cell with every method that trains any cell, the leaky RNN with
-# every method that trains it; the other cells with the methods that touch the
-# state nest (ARTBP scales it, DNI reads it, TargetProp frees it) and with
-# KF-RTRL, which reads the cells' weights. Methods for some cells only
-# (``CELLS``: RFLO, e-prop, KF-RTRL) refuse the two-state cell; e-prop trains a
-# Keras LSTM cell.
+# The two-state cell with every method that trains any cell, the leaky RNN and
+# the LRU with every method that trains them; the other cells with the methods
+# that touch the state nest (ARTBP scales it, DNI reads it, TargetProp frees it)
+# and with KF-RTRL, which reads the cells' weights. Methods for some cells only
+# (``CELLS``: RFLO, e-prop, KF-RTRL, element-wise RTRL) refuse the two-state
+# cell; e-prop trains a Keras LSTM cell.
 ANY_CELL = [method for method in METHODS
             if tfcredit.METHODS[method].CELLS is None]
 
@@ -84,8 +87,9 @@ def _trains(method, cell_class):
 
 
 CASES = ([('two_state', method) for method in ANY_CELL] +
-         [('leaky', method) for method in METHODS
-          if _trains(method, LeakyRNNCell)] +
+         [(name, method) for name, cell_class in (('leaky', LeakyRNNCell),
+                                                  ('lru', LRUCell))
+          for method in METHODS if _trains(method, cell_class)] +
          [(cell, method) for cell in ('lstm_cell', 'stacked_list', 'stacked_keras')
           for method in ('artbp', 'dni', 'target_prop', 'kf_rtrl')] +
          [('lstm_cell', 'eprop')])
@@ -139,8 +143,12 @@ def test_methods_for_some_cells_refuse_another_in_one_line(task, method):
   with pytest.raises(ConfigurationError) as raised:
     METHODS[method](model, task, built_optimizer(model))
   message = str(raised.value)
-  assert '\n' not in message and 'TwoStateCell' in message
-  assert all(cls.__name__ in message for cls in tfcredit.METHODS[method].CELLS)
+  assert '\n' not in message
+  if method == 'elementwise_rtrl':  # Refuses by structure: any diagonal cell.
+    assert 'diagonal per unit' in message
+  else:
+    assert 'TwoStateCell' in message
+    assert all(cls.__name__ in message for cls in tfcredit.METHODS[method].CELLS)
 
 
 # ------------------------------------------------------------- ARTBP's scaled path

@@ -30,6 +30,13 @@ def gru_step_flops(input_dim: int, units: int) -> float:
   return 2.0 * 3 * units * (input_dim + units)
 
 
+def lru_step_flops(input_dim: int, units: int, output_dim: int) -> float:
+  """Forward FLOPs of one LRU step (``tfcredit.models.lru``) for one sequence:
+  the complex ``B x`` and ``Re(C h)`` (two real products each), the
+  element-wise ``D ⊙ x`` ignored."""
+  return 2.0 * 2 * units * (input_dim + output_dim)
+
+
 def dense_flops(input_dim: int, output_dim: int) -> float:
   """Forward FLOPs of a dense layer applied to one vector."""
   return 2.0 * input_dim * output_dim

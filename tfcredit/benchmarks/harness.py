@@ -72,7 +72,8 @@ def markdown(measurement: report.Measurement, options: Options) -> str:
       measurement, replicas_row=options.replicas_row,
       artbp_row=options.artbp_row, precision_rows=options.precision_rows,
       forward_mode_rows=bool(options.forward_mode_units
-                             or options.sparse_gru_units))
+                             or options.sparse_gru_units
+                             or options.elementwise_rtrl_units))
   return f'{report.markdown_table(measurement.rows)}\n\n{summary}\n'
 
 

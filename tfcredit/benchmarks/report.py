@@ -152,9 +152,9 @@ def summary_text(measurement: Measurement, *, replicas_row: bool,
   summary += (', or for the precision rows the same configuration in float32'
               if precision_rows else '')
   summary += (', or for the forward-mode rows (RTRL, UORO, SnAp-1, KF-RTRL, '
-              'SnAp-2) truncated BPTT with the same window; their FLOP counts '
-              'are truncated BPTT\'s (the influence arithmetic is not counted).'
-              if forward_mode_rows else '.')
+              'SnAp-2, element-wise RTRL) truncated BPTT with the same window; '
+              'their FLOP counts are truncated BPTT\'s (the influence arithmetic '
+              'is not counted).' if forward_mode_rows else '.')
   return summary
 
 

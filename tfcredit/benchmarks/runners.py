@@ -168,23 +168,24 @@ def artbp_runner(workload: Workload, mean_length: int, alpha: float,
 
 
 def forward_mode_runner(workload: Workload, method_class: type, window: int,
-                        windows_per_call: int) -> Runner:
-  """``RTRL`` or a subclass (``UORO``, ``SnAp1``, ``SnAp2``, ``KFRTRL``) on a
-  stream
-  workload, with no influence limit; the row label gives the floats its
-  influence carries, the memory it needs beyond truncated BPTT's."""
+                        windows_per_call: int, **arguments) -> Runner:
+  """``RTRL`` or a subclass (``UORO``, ``SnAp1``, ``SnAp2``, ``KFRTRL``,
+  ``ElementwiseRTRL``) on a stream workload, with no influence limit and the
+  method's other ``arguments``; the row label gives the floats its influence
+  carries, the memory it needs beyond truncated BPTT's."""
   built = []
 
   def make_method(model, task, optimizer):
     built.append(method_class(
         model=model, task=task, optimizer=optimizer, window=window,
         windows_per_call=windows_per_call, batch_size=workload.batch_size,
-        max_influence_floats=2**62, clip_norm=workload.clip_norm))
+        max_influence_floats=2**62, clip_norm=workload.clip_norm, **arguments))
     return built[-1]
 
+  named = ''.join(f', {key}={value}' for key, value in arguments.items())
   runner = method_runner(
       workload, f'tfcredit {method_class.__name__} window={window}, '
-      f'windows_per_call={windows_per_call}', make_method,
+      f'windows_per_call={windows_per_call}{named}', make_method,
       segment_length=window * windows_per_call, flops_window=window)
   floats, formula = built[-1].influence_size(workload.batch_size)
   runner.config += f', influence {formula} = {floats:,} floats'

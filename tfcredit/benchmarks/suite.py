@@ -23,6 +23,9 @@ rows, each with its own reference timed in the same rounds:
 * ``sparse_gru_units``: RTRL, SnAp-1 and SnAp-2 on a sparse GRU
   (``SPARSE_GRU_SPARSITY`` of its recurrent connections cut) against truncated
   BPTT, per width.
+* ``elementwise_rtrl_units``: element-wise RTRL on a 1-layer LRU against truncated
+  BPTT on the same model, per width, with inputs of ``ELEMENTWISE_INPUTS`` and
+  of the width.
 
 ``build_runners`` returns the runners in table order with each workload's
 reference; ``harness.measure`` times them.
@@ -44,8 +47,10 @@ from tfcredit.benchmarks.measure import Runner
 from tfcredit.benchmarks.workloads import Workload
 from tfcredit.benchmarks.workloads import adding
 from tfcredit.benchmarks.workloads import forward_mode_stream
+from tfcredit.benchmarks.workloads import lru_stream
 from tfcredit.benchmarks.workloads import ptb_small
 from tfcredit.methods.dni import DNI
+from tfcredit.methods.elementwise_rtrl import ElementwiseRTRL
 from tfcredit.methods.fptt import FPTT
 from tfcredit.methods.kf_rtrl import KFRTRL
 from tfcredit.methods.rtrl import RTRL
@@ -65,6 +70,9 @@ QUICK_WINDOWS_PER_CALL = (1, 2)  # A quick run's default windows_per_call.
 # windows of FORWARD_MODE_WINDOW steps (one call).
 FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS = 10, 2
 SPARSE_GRU_SPARSITY = 0.75  # The sparse-GRU rows' share of connections cut.
+# The element-wise RTRL rows: the same stream and windows through an LRU, its
+# symbols embedded in ELEMENTWISE_INPUTS and in the LRU's width.
+ELEMENTWISE_INPUTS = 32
 REPLICAS = 2  # Logical CPU devices, and replicas of the replicas row.
 REPLICAS_WINDOWS_PER_CALL = 10  # The replicas row's TruncatedBPTT configuration.
 ARTBP_MEAN_LENGTH, ARTBP_ALPHA = 20, 4.0  # The ARTBP row: L0 = the PTB window.
@@ -95,6 +103,7 @@ class Options:
       width.
     sparse_gru_units: RTRL, SnAp-1 and SnAp-2 rows on a sparse GRU of each
       width.
+    elementwise_rtrl_units: element-wise RTRL rows on an LRU of each width.
     bf16_row: also the bfloat16 1024³ matmul row; None: ``harness.measure``
       times it if the CPU has bf16 matrix instructions or ``precision_rows`` is
       on.
@@ -114,6 +123,7 @@ class Options:
   methods: Sequence[str] = ()
   forward_mode_units: Sequence[int] = ()
   sparse_gru_units: Sequence[int] = ()
+  elementwise_rtrl_units: Sequence[int] = ()
   bf16_row: Optional[bool] = None
 
 
@@ -365,6 +375,24 @@ def _forward_mode_rows(rows: _Rows, options: Options) -> None:
                FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS)
 
 
+def _elementwise_rtrl_rows(rows: _Rows, options: Options) -> None:
+  """Element-wise RTRL against truncated BPTT with the same window on the same
+  1-layer LRU, per width, its symbols embedded in ``ELEMENTWISE_INPUTS`` and in
+  the width (the influence: ``rows × 2 × (2·inputs + 3) × units`` floats). The
+  embedding is not per unit: ``approximate=True`` gives it one step's gradient
+  (the LRU's own weights are exact); the cost is a model fed real inputs of
+  that width."""
+  for units in options.elementwise_rtrl_units:
+    for inputs in sorted({ELEMENTWISE_INPUTS, units}):
+      workload = lru_stream(
+          units, inputs, steps=FORWARD_MODE_WINDOW * FORWARD_MODE_WINDOWS,
+          seed=options.seed)
+      rows.reference(runners_lib.tfcredit_runner, workload, FORWARD_MODE_WINDOW,
+                     FORWARD_MODE_WINDOWS)
+      rows.add(runners_lib.forward_mode_runner, workload, ElementwiseRTRL,
+               FORWARD_MODE_WINDOW, FORWARD_MODE_WINDOWS, approximate=True)
+
+
 def build_runners(options: Options,
                   log: Callable[[str], None] = measure_lib.print_flushed
                   ) -> Tuple[List[Runner], Dict[str, Runner], Dict[str, Runner]]:
@@ -405,4 +433,5 @@ def build_runners(options: Options,
   if options.target_prop_row:
     _target_prop_rows(rows, options)
   _forward_mode_rows(rows, options)
+  _elementwise_rtrl_rows(rows, options)
   return rows.runners, rooflines, rows.references

@@ -7,7 +7,9 @@
 * ``adding``: the adding task (LSTM 128, batch 128, Adam 1e-3).
 * ``forward_mode_stream``: a 1-layer LSTM (or sparse GRU) on
   ``FORWARD_MODE_BATCH`` columns of ``FORWARD_MODE_VOCABULARY`` random symbols,
-  for RTRL, UORO, SnAp-1 and SnAp-2.
+  for RTRL, UORO, SnAp-1, KF-RTRL and SnAp-2.
+* ``lru_stream``: the same stream through a 1-layer LRU (``tfcredit.models.lru``),
+  for element-wise RTRL.
 
 A ``Workload`` also carries the same network as Keras layers with its data
 arrays (the Keras ``fit`` reference) and its FLOPs per unit trained
@@ -23,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcredit.benchmarks import flops
+from tfcredit.models.lru import LRUCell
 from tfcredit.models.sparse_gru import SparseGRUCell
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks import language_modeling
@@ -166,6 +169,25 @@ def forward_mode_stream(units: int, steps: int, seed: int,
       units=units, layers=1, batch=FORWARD_MODE_BATCH, steps=steps, seed=seed,
       make_optimizer=lambda: keras.optimizers.Adam(1e-3), clip_norm=1.0,
       sparsity=sparsity)
+
+
+def lru_stream(units: int, inputs: int, steps: int, seed: int) -> Workload:
+  """The element-wise RTRL rows' model: ``forward_mode_stream``'s symbols
+  through an embedding of ``inputs`` and a 1-layer LRU of ``units``
+  (``tfcredit.models.lru``) with its default ring, Adam 1e-3, clip 1. Its
+  Keras ``fit`` twin is the LSTM's (the LRU rows are against truncated BPTT
+  on the same model, not against Keras)."""
+  workload = token_stream(
+      f'symbols (random ids), LRU {units}, inputs {inputs}',
+      vocabulary=FORWARD_MODE_VOCABULARY, units=units, layers=1,
+      batch=FORWARD_MODE_BATCH, steps=steps, seed=seed,
+      make_optimizer=lambda: keras.optimizers.Adam(1e-3), clip_norm=1.0)
+  core = flops.lru_step_flops(inputs, units, units)
+  head = flops.dense_flops(units, FORWARD_MODE_VOCABULARY)
+  return dataclasses.replace(
+      workload, model_kwargs=dict(cell=LRUCell, units=units, num_layers=1,
+                                  embedding_dim=inputs),
+      flops_per_unit=lambda _: flops.training_flops(core, head, 1, 1, 1))
 
 
 def adding(length: int, batches: int, seed: int) -> Workload:

@@ -58,6 +58,11 @@ names the floats its influence carries. ``--sparse_gru_units``: ``RTRL``,
 ``SnAp1`` and ``SnAp2`` the same way on a 1-layer ``SparseGRUCell`` of each
 width with 75% of its recurrent connections cut.
 
+Element-wise RTRL (``--elementwise_rtrl_units``, off by default):
+``ElementwiseRTRL`` against truncated BPTT with the same window on the same
+1-layer LRU of each given width, its symbols embedded in 32 and in the width;
+each row names the floats its influence carries.
+
 Scaling (``--scaling``): instead of the rows above, every method's time per step,
 peak memory and own state as the sequence length T grows (and, for RTRL, UORO and
 SnAp-1, as the width grows), each point in a fresh process
@@ -156,6 +161,13 @@ def define_flags() -> None:
          'sparse GRU (SparseGRUCell, '
          f'{suite.SPARSE_GRU_SPARSITY:.0%} of its recurrent connections cut) of '
          'each of these widths.')
+  define(flags.DEFINE_multi_integer, 'elementwise_rtrl_units', [], 'Also time '
+         'ElementwiseRTRL against truncated BPTT (window '
+         f'{FORWARD_MODE_WINDOW}) on the same 1-layer LRU of each of these '
+         f'widths, {FORWARD_MODE_BATCH} columns of {FORWARD_MODE_VOCABULARY} '
+         f'random symbols embedded in {suite.ELEMENTWISE_INPUTS} and in the '
+         'width (approximate=True: the embedding gets one step\'s gradient); '
+         'each row names the floats its influence carries.')
   define(flags.DEFINE_integer, 'rounds', None, 'Interleaved measurement rounds; '
          'default 3 (1 with --quick).')
   define(flags.DEFINE_integer, 'seed', 0, 'Seeds the weights and the synthetic '
@@ -204,7 +216,8 @@ def options_from_flags(windows_per_call: Sequence[int]) -> suite.Options:
       precision_rows=FLAGS.precision_rows,
       sequence_task_rows=FLAGS.sequence_task_rows, methods=list(FLAGS.method),
       forward_mode_units=list(FLAGS.forward_mode_units),
-      sparse_gru_units=list(FLAGS.sparse_gru_units))
+      sparse_gru_units=list(FLAGS.sparse_gru_units),
+      elementwise_rtrl_units=list(FLAGS.elementwise_rtrl_units))
 
 
 def scaling_options() -> scaling.ScalingOptions:
@@ -270,7 +283,8 @@ def run(argv: List[str]) -> int:
   try:
     windows_per_call = [validation.positive_int('--windows_per_call', count)
                         for count in windows_per_call]
-    for name in ('forward_mode_units', 'sparse_gru_units'):
+    for name in ('forward_mode_units', 'sparse_gru_units',
+                 'elementwise_rtrl_units'):
       for units in FLAGS[name].value:
         validation.positive_int(f'--{name}', units)
     rounds = validation.positive_int(
