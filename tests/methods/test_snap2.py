@@ -51,12 +51,13 @@ def _segment(task, length=8):
 
 def _estimates(model, task, classes=(RTRL, SnAp1, SnAp2)):
   """``{name: (method, flat gradient)}`` on the task's first segment from the
-  zero state, windows of 4."""
+  zero state, windows of 4; eager (one call each: a trace would cost more than
+  the call, and the compiled path is the shared tracing test's)."""
   segment, state = _segment(task), model.initial_state(ROWS)
   found = {}
   for cls in classes:
     method = cls(model=model, task=task, optimizer=built_optimizer(model),
-                 window=4, batch_size=ROWS)
+                 window=4, batch_size=ROWS, use_tf_function=False)
     found[cls.__name__] = (method, _flat(method.estimate_gradients(
         segment, state)[0]))
   return found
