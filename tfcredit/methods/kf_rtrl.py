@@ -142,12 +142,7 @@ class KFRTRL(rtrl.RTRL):
                      max_influence_floats=max_influence_floats,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      name=name)
-    variable = lambda value, name: tf.Variable(
-        value, dtype=tf.int64, trainable=False, name=name,
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    self.noise_seed = variable(seed, 'noise_seed')
-    self.training_draws = variable(0, 'training_draws')
-    self.estimate_draws = variable(0, 'estimate_draws')
+    uoro.add_draw_counters(self, seed)
 
   # ------------------------------------------------------------ structure
   def _prepare_influence(self):

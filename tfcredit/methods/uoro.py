@@ -49,12 +49,7 @@ class UORO(rtrl.RTRL):
                      max_influence_floats=max_influence_floats,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      name=name)
-    variable = lambda value, name: tf.Variable(
-        value, dtype=tf.int64, trainable=False, name=name,
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    self.noise_seed = variable(seed, 'noise_seed')
-    self.training_draws = variable(0, 'training_draws')
-    self.estimate_draws = variable(0, 'estimate_draws')
+    add_draw_counters(self, seed)
 
   def _influence_size(self, rows):
     return (rows * (self.width + self.num_parameters),
@@ -104,6 +99,17 @@ class UORO(rtrl.RTRL):
     rho1 = tf.sqrt((norm(projected) + EPSILON) / (norm(noise) + EPSILON))
     return (rho0 * forward + rho1 * noise,
             theta_tilde / rho0 + projected / rho1)
+
+
+def add_draw_counters(method, seed: int) -> None:
+  """Gives ``method`` the checkpointed state of its random draws: ``noise_seed``
+  and the draws taken so far by training and by ``estimate_gradients``."""
+  variable = lambda value, name: tf.Variable(
+      value, dtype=tf.int64, trainable=False, name=name,
+      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+  method.noise_seed = variable(seed, 'noise_seed')
+  method.training_draws = variable(0, 'training_draws')
+  method.estimate_draws = variable(0, 'estimate_draws')
 
 
 def rademacher(seed: tf.Variable, counter: tf.Variable, rows, length,
