@@ -26,6 +26,9 @@ from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import TwoStateCell, built_optimizer, tiny_model
 
+# RFLO's segment and comparison helpers: e-prop runs on RFLO's machinery.
+from test_rflo import _close, _dense, _segment  # pylint: disable=g-bad-import-order
+
 ROWS, UNITS = 3, 5
 STREAM = MarkovLanguageTask(vocabulary_size=5, branching=2, train_length=80,
                             eval_length=10, seed=2)
@@ -42,24 +45,6 @@ def _model(task, cell='lstm', recurrent=True, seed=0):
   if not recurrent:
     kernel.assign(tf.zeros_like(kernel))
   return model
-
-
-def _segment(task, start=0, length=11):
-  if task.regime == 'stream':
-    data = task.stream('train', ROWS)
-    return (tf.constant(data[:, start:start + length]),
-            tf.constant(data[:, start + 1:start + length + 1]))
-  inputs, targets = task.batch('train', 0, 0, ROWS)
-  return tf.constant(inputs), tf.constant(targets)
-
-
-def _dense(gradients):
-  return [tf.convert_to_tensor(g).numpy() for g in gradients]
-
-
-def _close(a, b, atol=1e-6):
-  for x, y in zip(a, b):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol)
 
 
 def _against_bptt(task, model, **kwargs):
