@@ -11,8 +11,7 @@ LSTM, a GRU) and the method refuses. Which unit each weight writes is read from
 cotangents are random on the units whose index has bit ``j`` set: a weight that
 writes one unit gets either nothing or all of the full product in each, and
 the bits spell its unit; a weight that writes several gets a part. Both probes
-take one step through the cells (``model.state_step``) where the model has it:
-differentiating the looped unroll costs seconds of graph conversion.
+take one step through the cells (``RTRL._probe_step``).
 """
 
 import numpy as np
@@ -236,15 +235,6 @@ class UnitProbe:
       return tf.tile(tf.range(vocabulary)[:, None],
                      [max(1, -(-rows // vocabulary)), 1])
     return tf.random.stateless_normal([rows, 1, spec['input_dim']], seed=seed)
-
-  def _probe_step(self, inputs, flat):
-    """The flat state after one step of ``inputs`` from ``flat``: through the
-    cells (``model.state_step``) where the model has it, else ``unroll``."""
-    if callable(getattr(self.model, 'state_step', None)):
-      return self._flat(self.model.state_step(inputs, self._nest(flat)))
-    _, state = self.model.unroll(inputs, self._nest(flat), training=False,
-                                 readout=False)
-    return self._flat(state)
 
   def _state_pattern(self):
     """``[|s|, |s|]`` bool: where ``J`` is non-zero for some probe row (random

@@ -142,9 +142,7 @@ class ElementwiseRTRL(diagonal.UnitProbe, rtrl.RTRL):
     variables = self.model_variables
     with tf.GradientTape(persistent=not self.per_row) as tape:
       tape.watch(flat)
-      outputs, state = self.model.unroll(inputs, self._nest(flat),
-                                         training=True)
-      new_flat = self._flat(state)
+      outputs, new_flat = self._one_step(inputs, flat)
       probes = None if self.per_row else self._probes(new_flat, noise)
       objective, loss_sum = self.objective(outputs, targets, normalizer,
                                            weights=has_loss)

@@ -128,6 +128,29 @@ class RTRL(base.Method):
   def _nest(self, flat):
     return unflatten_state(flat, self.model.state_spec(), self.sizes)
 
+  def _one_step(self, inputs, flat, training=True):
+    """``(outputs, new flat state)`` of a one-step window from ``flat``: through
+    the cells without a loop (``model.one_step``) where the model has it, else
+    ``unroll``. Every Jacobian of a step through a loop converts that loop
+    (``pfor``), seconds of graph building per trace."""
+    if callable(getattr(self.model, 'one_step', None)):
+      outputs, state = self.model.one_step(inputs, self._nest(flat),
+                                           training=training)
+    else:
+      outputs, state = self.model.unroll(inputs, self._nest(flat),
+                                         training=training)
+    return outputs, self._flat(state)
+
+  def _probe_step(self, inputs, flat):
+    """The flat state after one step of ``inputs`` from ``flat``, without the
+    head and without dropout (``model.state_step``, else ``unroll``): what the
+    probes of the influence's pattern differentiate."""
+    if callable(getattr(self.model, 'state_step', None)):
+      return self._flat(self.model.state_step(inputs, self._nest(flat)))
+    _, state = self.model.unroll(inputs, self._nest(flat), training=False,
+                                 readout=False)
+    return self._flat(state)
+
   # The influence and how it is used and carried: RTRL's is exact; UORO
   # (uoro.py) overrides these with a rank-one estimate, SnAp-1 (snap.py) with a
   # sparse one.
@@ -234,8 +257,7 @@ class RTRL(base.Method):
     variables = self.model_variables
     with tf.GradientTape(persistent=True) as tape:
       tape.watch(flat)
-      outputs, state = self.model.unroll(inputs, self._nest(flat), training=True)
-      new_flat = self._flat(state)
+      outputs, new_flat = self._one_step(inputs, flat)
       probes = None if self.per_row else self._probes(new_flat, noise)
       objective, loss_sum = self.objective(outputs, targets, normalizer,
                                            weights=has_loss)
@@ -270,8 +292,7 @@ class RTRL(base.Method):
 
     def step(t, flat, influence, direct_total, through_total, loss_total):
       has_loss = tf.cast(tf.equal(t, last), tf.float32) if terminal else 1.0
-      # A static length of 1: the fused unroll (tfcredit.models.fused) is then
-      # straight-line code, not a loop nested in this one.
+      # A static length of 1: the step (_one_step) is straight-line code.
       step_inputs = tf.expand_dims(tf.gather(inputs, t, axis=1), 1)
       new_flat, new_influence, direct, through_state, loss_sum = self._step(
           step_inputs, self.window_targets(targets, t, t + 1), flat,

@@ -142,9 +142,7 @@ class SnAp1(rtrl.RTRL):
     variables = self.model_variables
     with tf.GradientTape() as tape:
       tape.watch(flat)
-      _, state = self.model.unroll(inputs, self._nest(flat), training=False,
-                                   readout=False)
-      summed = tf.reduce_sum(self._flat(state), axis=0)
+      summed = tf.reduce_sum(self._probe_step(inputs, flat), axis=0)
     *jacobians, transitions = tape.jacobian(summed, variables + [flat])
     immediate = rtrl.flat_jacobian(jacobians, variables, [self.width])
     if transitions is None:  # No unit depends on the state before the step.

@@ -329,6 +329,25 @@ class RecurrentModel(keras.Model):
     ``tf.vectorized_map`` to get each row's Jacobian in the weights from that
     row alone (``tfcredit.methods.rtrl``).
     """
+    return self._cells_step(inputs, state, training)[1]
+
+  def one_step(self, inputs: tf.Tensor, state: State, training: bool = False
+               ) -> Tuple[tf.Tensor, State]:
+    """``unroll(inputs, state)`` for a window of one step, without any loop:
+    ``state_step``'s state and the head on the last layer's output. The
+    forward-mode methods differentiate every step's state many times (``J_t``,
+    ``∂s_t/∂θ``); through a loop each Jacobian converts a while loop, seconds
+    of graph building per trace, which this step never pays."""
+    features, new_state = self._cells_step(inputs, state, training)
+    if self.readout != 'terminal':
+      features = tf.expand_dims(features, 1)
+    if self.dropout is not None:
+      features = self.dropout(features, training=training)
+    return self._readout(features), new_state
+
+  def _cells_step(self, inputs, state, training):
+    """``(last layer's output [B, units], new state)`` of one step through the
+    cells (``state_step``)."""
     if inputs.shape.rank is not None and inputs.shape[1] != 1:
       raise ValueError(f'state_step takes a window of one step, got {inputs.shape}')
     features = self._features(inputs)[:, 0]
@@ -343,7 +362,7 @@ class RecurrentModel(keras.Model):
         cell_state = masking.hold(masking.step_mask(inputs)[:, 0], cell_state,
                                   tuple(layer_state))
       new_state.append(cell_state)
-    return tuple(new_state)
+    return features, tuple(new_state)
 
   def _features(self, inputs: tf.Tensor) -> tf.Tensor:
     """The core's input, ``[B, T, D]``: the embedded tokens, or the real
