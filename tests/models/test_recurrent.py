@@ -439,6 +439,35 @@ def test_state_step_is_unrolls_final_state_and_gradient_over_one_step(cell, unro
     model.state_step(tf.constant([[1, 2]] * 3), state)
 
 
+@pytest.mark.parametrize('readout', ['per_step', 'terminal'])
+@pytest.mark.parametrize('cell', ['lstm', 'simple_rnn'])
+def test_one_step_is_unrolls_outputs_state_and_gradient_over_one_step(cell,
+                                                                     readout):
+  """``one_step`` (the forward-mode methods' step) is ``unroll`` over a window
+  of one step: outputs of the same shape and values, the same state, and the
+  same gradients in every weight (the head's too) and in the state."""
+  model = RecurrentModel(output_dim=7, input_vocab_size=7, units=UNITS,
+                         num_layers=2, cell=cell, readout=readout)
+  inputs = tf.constant([[1], [4], [6]])
+  model.build_for(inputs)
+  rng = np.random.RandomState(1)
+  state = tf.nest.map_structure(
+      lambda spec: tf.constant(rng.normal(size=(BATCH, spec.shape[-1])),
+                               tf.float32), model.state_spec())
+  results = []
+  for step in (model.unroll, model.one_step):
+    with tf.GradientTape() as tape:
+      tape.watch(state)
+      outputs, new_state = step(inputs, state)
+      value = tf.reduce_sum(tf.sin(outputs)) + sum(
+          tf.reduce_sum(s ** 2) for s in tf.nest.flatten(new_state))
+    results.append((outputs, new_state,
+                    tape.gradient(value, (model.trainable_variables, state))))
+  assert results[1][0].shape == results[0][0].shape
+  for mine, unrolled in zip(results[1], results[0]):
+    assert_nests_close(mine, unrolled, atol=1e-6)
+
+
 def test_a_checkpoint_of_the_model_alone_holds_every_weight(tmp_path):
   task_model = dict(output_dim=7, input_vocab_size=7, units=5, num_layers=2)
   model = RecurrentModel(**task_model)
