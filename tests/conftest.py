@@ -6,7 +6,15 @@ imports this file, before any test module. Tests of ``tf.distribute`` then run
 everything else keeps using the default device.
 """
 
-from tfcredit.training import distribution
+import os
+
+# jit_compile='auto' stays off: the suite builds hundreds of short-lived models,
+# and XLA compiles each one's window pass (seconds each on a CPU, kept in memory
+# by the process). Tests that pass jit_compile=True, and the one on 'auto'
+# itself, still compile. Subprocesses of the tests inherit it.
+os.environ.setdefault('TFCREDIT_AUTO_XLA', '0')
+
+from tfcredit.training import distribution  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 distribution.split_cpu(2)
 

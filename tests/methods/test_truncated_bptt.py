@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
-from tfcredit.methods import BPTT, TruncatedBPTT
+from tfcredit.methods import BPTT, TruncatedBPTT, jit
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
 from tfcredit.testing import (TwoStateCell, assert_nests_close, built_optimizer,
@@ -492,13 +492,20 @@ def test_jit_compile_must_be_a_bool_or_auto():
       _method(TruncatedBPTT, task, model, window=4, jit_compile=value)
 
 
-def test_jit_compile_auto_compiles_a_named_float32_core_on_a_cpu_only():
+def test_jit_compile_auto_compiles_a_named_float32_core_on_a_cpu_only(
+    monkeypatch):
   """``'auto'`` (the default) turns XLA on for a named core in float32 on a CPU,
   and leaves it off for a custom cell, padded sequences, mixed precision and
-  checkpointed windows; an explicit True or False is kept."""
+  checkpointed windows, and everywhere under ``TFCREDIT_AUTO_XLA=0`` (the
+  suite's setting, tests/conftest.py); an explicit True or False is kept."""
   assert not tf.config.list_logical_devices('GPU')  # These machines have none.
   task = _TokenStream()
   named = tiny_model(task, cell='gru', units=4, seed=1)
+  monkeypatch.setenv(jit.ENVIRONMENT, '0')
+  assert _method(TruncatedBPTT, task, named, window=4).jit_compile is False
+  assert _method(TruncatedBPTT, task, named, window=4,
+                 jit_compile=True).jit_compile is True
+  monkeypatch.delenv(jit.ENVIRONMENT)
   assert _method(TruncatedBPTT, task, named, window=4).jit_compile is True
   assert _method(TruncatedBPTT, task, named, window=4,
                  jit_compile=False).jit_compile is False

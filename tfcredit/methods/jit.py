@@ -11,8 +11,14 @@ under XLA). Everywhere else it stays off. XLA compiles once per window shape,
 about a second for a small LSTM; results match the uncompiled pass to float
 tolerance, not bit for bit, and dropout draws other (equally random) masks
 under XLA than without it from the same seeds. docs/benchmark.md#xla-by-default.
+
+``TFCREDIT_AUTO_XLA=0`` in the environment makes ``'auto'`` never compile, for
+runs of many short-lived models, where each compile costs more than it saves
+and the compiled code stays in memory until the process ends (the test suite
+sets it in ``tests/conftest.py``; explicit ``True`` still compiles).
 """
 
+import os
 from typing import Union
 
 import tensorflow as tf
@@ -22,11 +28,13 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.models import cells as cells_lib
 
 AUTO = 'auto'
+ENVIRONMENT = 'TFCREDIT_AUTO_XLA'  # '0': 'auto' never compiles.
 
 
 def pays(model) -> bool:
   """Whether ``'auto'`` compiles ``model``'s windows (module docstring)."""
-  return (not tf.config.list_logical_devices('GPU')
+  return (os.environ.get(ENVIRONMENT, '1') != '0'
+          and not tf.config.list_logical_devices('GPU')
           and getattr(model, 'cell_type', None) in cells_lib.NAMED
           and precision.compute_dtype(model) == tf.float32
           and not getattr(model, 'masked', False))
