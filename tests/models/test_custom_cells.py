@@ -66,17 +66,23 @@ CELLS = {
     'stacked_list': lambda: [keras.layers.GRUCell(3), TwoStateCell()],
     'stacked_keras': lambda: keras.layers.StackedRNNCells(
         [keras.layers.LSTMCell(3), keras.layers.SimpleRNNCell(4)]),
+    # The three library-independent cores in one stack: one trace per method
+    # trains each of them (every layer must learn).
+    'mixed': lambda: [TwoStateCell(), LeakyRNNCell(units=5, alpha=0.5),
+                      LRUCell(units=H)],
 }
 STATE_SIZES = {'two_state': ((H, M),), 'leaky': ((5,),), 'lru': ((H, H),),
                'lstm_cell': ((5, 5),), 'stacked_list': ((3,), (H, M)),
-               'stacked_keras': ((3, 3), (4,))}
+               'stacked_keras': ((3, 3), (4,)),
+               'mixed': ((H, M), (5,), (H, H))}
 
-# The two-state cell with every method that trains any cell, the leaky RNN and
-# the LRU with every method that trains them; the other cells with the methods
-# that touch the state nest (ARTBP scales it, DNI reads it, TargetProp frees it)
-# and with KF-RTRL, which reads the cells' weights. Methods for some cells only
-# (``CELLS``: RFLO, e-prop, KF-RTRL, element-wise RTRL) refuse the two-state
-# cell; e-prop trains a Keras LSTM cell.
+# The two-state cell, the leaky RNN and the LRU stacked ('mixed') with every
+# method that trains any cell, and each alone with the methods for some cells
+# that train it; the other cells with the methods that touch the state nest
+# (ARTBP scales it, DNI reads it, TargetProp frees it) and with KF-RTRL, which
+# reads the cells' weights. Methods for some cells only (``CELLS``: RFLO,
+# e-prop, KF-RTRL, element-wise RTRL) refuse the two-state cell; e-prop trains
+# a Keras LSTM cell.
 ANY_CELL = [method for method in METHODS
             if tfcredit.METHODS[method].CELLS is None]
 
@@ -86,10 +92,11 @@ def _trains(method, cell_class):
   return cells is None or issubclass(cell_class, cells)
 
 
-CASES = ([('two_state', method) for method in ANY_CELL] +
+CASES = ([('mixed', method) for method in ANY_CELL] +
          [(name, method) for name, cell_class in (('leaky', LeakyRNNCell),
                                                   ('lru', LRUCell))
-          for method in METHODS if _trains(method, cell_class)] +
+          for method in METHODS
+          if method not in ANY_CELL and _trains(method, cell_class)] +
          [(cell, method) for cell in ('lstm_cell', 'stacked_list', 'stacked_keras')
           for method in ('artbp', 'dni', 'target_prop', 'kf_rtrl')] +
          [('lstm_cell', 'eprop')])
