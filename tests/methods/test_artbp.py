@@ -318,8 +318,10 @@ def test_mean_estimate_is_the_full_bptt_gradient(markov, schedule, variant):
   assert 2.0 < rmse(125) / rmse(2000) < 8.0
 
   # Truncated BPTT with window L0 is deterministic: its error never shrinks.
+  # (Eager and uncompiled: run twice, a trace or an XLA compile would cost more
+  # than the runs; test_truncated_bptt checks the compiled pass.)
   truncated = TruncatedBPTT(model=model, task=task, optimizer=method.optimizer,
-                            window=8)
+                            window=8, use_tf_function=False, jit_compile=False)
   tbptt_errors = []
   for count in (1, 125):
     tiled = (tf.tile(inputs, [count, 1]), tf.tile(targets, [count, 1]))
@@ -522,9 +524,10 @@ def test_checkpoint_restores_the_truncation_process(markov, tmp_path):
     state, _ = method.train_segment(
         _stream_segment(task, 0, upcoming[-1].sum()), state)
 
-  # A method built with another seed takes the saved process over.
+  # A method built with another seed takes the saved process over. (Eager:
+  # three calls cost less than a trace; the first method ran compiled.)
   restored = _method(task, model, mean_length=4, windows_per_call=3, seed=123,
-                     learning_rate=1e-3)
+                     learning_rate=1e-3, use_tf_function=False)
   assert not np.array_equal(restored.planned_window_lengths(), upcoming[0])
   tf.train.Checkpoint(method=restored).read(path).assert_existing_objects_matched()
   for expected in upcoming:
@@ -578,11 +581,12 @@ def test_each_function_traces_once_over_200_windows_of_random_length():
 # ------------------------------------------------------------- distribution
 
 
-def _train_artbp(strategy, task, estimate_draws):
+def _train_artbp(strategy, task, estimate_draws, use_tf_function=True):
   with strategy.scope():
     model = tiny_model(task, seed=0)
     method = _method(task, model, learning_rate=0.05, mean_length=4,
-                     windows_per_call=3, estimate_draws=estimate_draws, seed=3)
+                     windows_per_call=3, estimate_draws=estimate_draws, seed=3,
+                     use_tf_function=use_tf_function)
   if task.regime == task_base.STREAM:
     segment = _stream_segment(task, 0, 30, batch_size=4)
   else:
@@ -604,7 +608,10 @@ def test_two_replicas_draw_the_same_windows_and_train_the_same(kind,
                                                                mirrored):
   task = (MarkovLanguageTask(vocabulary_size=6, seed=4) if kind == 'stream'
           else AddingTask(sequence_length=12, seed=2))
-  one = _train_artbp(tf.distribute.get_strategy(), task, estimate_draws)
+  # One replica, the reference: eager (two calls and an estimate cost less
+  # than their traces; the compiled single-replica path is every other test's).
+  one = _train_artbp(tf.distribute.get_strategy(), task, estimate_draws,
+                     use_tf_function=False)
   two = _train_artbp(mirrored, task, estimate_draws)
   assert_nests_close(two[0], one[0], rtol=1e-5, atol=1e-5)
   assert_nests_close(two[1], one[1], rtol=1e-5, atol=1e-5)

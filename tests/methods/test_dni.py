@@ -51,7 +51,8 @@ def test_zero_synthesizer_first_update_equals_truncated_bptt_exactly():
   for make in (
       # Uncompiled, as DNI runs: exact equality needs the same arithmetic.
       lambda m, o: TruncatedBPTT(model=m, task=task, optimizer=o, window=window,
-                                 clip_norm=0.5, jit_compile=False),
+                                 clip_norm=0.5, jit_compile=False,
+                                 use_tf_function=False),
       lambda m, o: _dni(task, m, o, window=window, sg_scale=1.0, clip_norm=0.5,
                         synthesizer=LayerwiseSynthesizer(hidden_layers=1)),
       lambda m, o: _dni(task, m, o, window=window, sg_scale=1.0, clip_norm=0.5,
@@ -248,7 +249,8 @@ def test_phase_flips_without_retracing_and_real_phase_is_truncated_bptt():
   for make in (
       # Uncompiled, as DNI runs: exact equality needs the same arithmetic.
       lambda m, o: TruncatedBPTT(model=m, task=task, optimizer=o, window=window,
-                                 windows_per_call=3, jit_compile=False),
+                                 windows_per_call=3, jit_compile=False,
+                                 use_tf_function=False),
       lambda m, o: _dni(task, m, o, window=window, windows_per_call=3,
                         synthesizer=NeuronwiseSynthesizer(hidden_units=4),
                         use_synthetic=alternation, sg_scale=1.0)):

@@ -379,8 +379,10 @@ def test_fptt_learns_the_adding_task_where_truncated_bptt_stays_at_baseline():
       method = FPTT(model=model, task=task, optimizer=optimizer, windows=8,
                     alpha=0.01, clip_norm=1.0)
     else:
+      # Uncompiled: this test is about truncation, not XLA (an XLA compile
+      # costs seconds; test_truncated_bptt checks the compiled pass).
       method = TruncatedBPTT(model=model, task=task, optimizer=optimizer, window=5,
-                             clip_norm=1.0)
+                             clip_norm=1.0, jit_compile=False)
     for index in range(200):
       method.train_segment(_segment(task, index, batch=64), model.initial_state(64))
     method.on_epoch_end()

@@ -41,6 +41,10 @@ def _close(a, b, atol=2e-6):
 
 
 ADDING = AddingTask(sequence_length=9, seed=1)
+# Full and truncated BPTT as references: run once each, eager and uncompiled (a
+# trace or an XLA compile would cost more than the run; test_truncated_bptt
+# checks the compiled passes against the uncompiled one).
+EAGER = {'use_tf_function': False, 'jit_compile': False}
 
 
 def _batch_segment(task):
@@ -73,13 +77,13 @@ def test_the_estimate_is_full_bptts_gradient(task, cell):
   model = tiny_model(task, seed=0, units=5, cell=cell)
   optimizer = built_optimizer(model)
   if task.regime == 'stream':
-    segment = _stream(0, 11)
-    full = BPTT(model=model, task=task, optimizer=optimizer, sequence_length=11)
+    segment, reference = _stream(0, 11), {'sequence_length': 11}
   else:
-    segment = _batch_segment(task)
-    full = BPTT(model=model, task=task, optimizer=optimizer)
+    segment, reference = _batch_segment(task), {}
+  full = BPTT(model=model, task=task, optimizer=optimizer, **reference,
+              **EAGER)
   state = model.initial_state(ROWS)
-  expected, _ = full.estimate_gradients(segment, state)
+  expected, expected_state = full.estimate_gradients(segment, state)
   if task.regime == 'stream':
     rtrl = RTRL(model=model, task=task, optimizer=optimizer, window=4,
                 batch_size=ROWS)
@@ -88,8 +92,7 @@ def test_the_estimate_is_full_bptts_gradient(task, cell):
     actual, final_state = _batch_estimate(RTRL, task, cell, 5, True)
   _close(_dense(actual), _dense(expected))
   assert max(np.abs(g).max() for g in _dense(expected)) > 1e-3
-  _close(tf.nest.flatten(final_state), tf.nest.flatten(
-      full.estimate_gradients(segment, state)[1]))
+  _close(tf.nest.flatten(final_state), tf.nest.flatten(expected_state))
 
 
 @pytest.mark.parametrize('cls', [RTRL, SnAp1, UORO])
@@ -122,7 +125,8 @@ def test_the_estimate_is_exact_on_the_influence_balancing_system():
   model = tiny_model(task, seed=0)
   optimizer = built_optimizer(model)
   rtrl = RTRL(model=model, task=task, optimizer=optimizer, window=7, batch_size=1)
-  full = BPTT(model=model, task=task, optimizer=optimizer, sequence_length=60)
+  full = BPTT(model=model, task=task, optimizer=optimizer, sequence_length=60,
+              **EAGER)
   data = task.stream('train', 1)
   segment = (tf.constant(data[:, :60]), tf.constant(data[:, 1:61]))
   state = model.initial_state(1)
@@ -145,7 +149,7 @@ def test_a_64_unit_lstm_runs_several_windows_per_call(train):
   rtrl = RTRL(model=model, task=task, optimizer=optimizer, window=window,
               windows_per_call=2, batch_size=rows, clip_norm=1.0)
   full = BPTT(model=model, task=task, optimizer=optimizer,
-              sequence_length=2 * window)
+              sequence_length=2 * window, **EAGER)
   data = task.stream('train', rows)
   state = model.initial_state(rows)
   rtrl.on_epoch_start(0)
@@ -185,7 +189,7 @@ def test_updates_carry_credit_across_windows_and_calls_where_truncation_does_not
   for cls in (RTRL, TruncatedBPTT):
     model = tiny_model(STREAM, seed=0, units=5)
     optimizer = built_optimizer(model, learning_rate=0.0)  # Weights held still.
-    kwargs = {'batch_size': ROWS} if cls is RTRL else {}
+    kwargs = {'batch_size': ROWS} if cls is RTRL else EAGER
     method = cls(model=model, task=STREAM, optimizer=optimizer, window=window,
                  windows_per_call=2, **kwargs)
     if cls is RTRL:
