@@ -63,24 +63,36 @@ def _segment(task):
   return tf.constant(inputs), tf.constant(targets)
 
 
-def _method(task_name, cell, checkpoint_every, truncated=True, **model_args):
-  """The model and a method: stream: windows of 10, two per call; adding
-  task: ``TruncatedBPTT`` with windows of 6 (the first window runs forward
-  only) or ``BPTT`` over the whole sequences."""
+@functools.lru_cache(maxsize=None)
+def _problem(task_name, cell):
+  """``(model, task, segment, initial weights)``, built once per module: the
+  tests that train restore the weights (``_restore``) before and after."""
   task = _task(task_name)
-  model = tiny_model(task, **CELLS[cell](), **model_args)
+  model = tiny_model(task, **CELLS[cell]())
+  return model, task, _segment(task), [v.numpy() for v in model.variables]
+
+
+def _restore(model, weights):
+  for variable, value in zip(model.variables, weights):
+    variable.assign(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _method(task_name, cell, checkpoint_every, truncated=True):
+  """A method on ``_problem``'s model: stream: windows of 10, two per call;
+  adding task: ``TruncatedBPTT`` with windows of 6 (the first window runs
+  forward only) or ``BPTT`` over the whole sequences. Uncompiled (a
+  checkpointed pass always is; ``test_compiled_window_pass_checkpoints_too``
+  and tests/methods/test_truncated_bptt.py check XLA's)."""
+  model, task, _, _ = _problem(task_name, cell)
   optimizer = built_optimizer(model, learning_rate=0.5)
+  common = dict(model=model, task=task, optimizer=optimizer,
+                checkpoint_every=checkpoint_every, jit_compile=False)
   if task_name == 'markov':
-    method = TruncatedBPTT(model=model, task=task, optimizer=optimizer,
-                           window=WINDOW, windows_per_call=2,
-                           checkpoint_every=checkpoint_every)
-  elif truncated:
-    method = TruncatedBPTT(model=model, task=task, optimizer=optimizer, window=6,
-                           checkpoint_every=checkpoint_every)
-  else:
-    method = BPTT(model=model, task=task, optimizer=optimizer,
-                  checkpoint_every=checkpoint_every)
-  return model, task, method
+    return TruncatedBPTT(window=WINDOW, windows_per_call=2, **common)
+  if truncated:
+    return TruncatedBPTT(window=6, **common)
+  return BPTT(**common)
 
 
 def _reference_gradients(model, task, segment, window):
@@ -107,46 +119,65 @@ def _reference_gradients(model, task, segment, window):
   return totals, state
 
 
-CASES = [(cell, task, truncated, every) for cell in CELLS
-         for task, truncated in (('markov', True), ('adding', True),
-                                 ('adding', False)) for every in EVERY]
+MODES = (('markov', True), ('adding', True), ('adding', False))
+CASES = [(cell, task, truncated) for cell in CELLS for task, truncated in MODES]
+# The ``checkpoint_every`` each case also trains with: a Latin square, so each
+# value trains with every cell and on every task and method (each training
+# comparison is one more trace, as each estimate is).
+TRAINED = {(cell, mode): EVERY[(i + j) % len(EVERY)]
+           for i, cell in enumerate(CELLS) for j, mode in enumerate(MODES)}
 
 
-@pytest.mark.parametrize('cell,task_name,truncated,every', CASES)
-def test_gradients_and_training_equal_plain_bptt(cell, task_name, truncated,
-                                                 every):
-  model, task, method = _method(task_name, cell, every, truncated)
-  segment = _segment(task)
-  window = method.window or int(segment[0].shape[1])
+def _trained(method, segment, weights):
+  """``(trainable weights, state, metrics)`` after one ``train_segment`` from
+  ``weights``, which the model holds again afterwards."""
+  model = method.model
+  _restore(model, weights)
+  state, metrics = method.train_segment(segment, model.initial_state(ROWS))
+  trained = [v.numpy() for v in model.trainable_variables]
+  _restore(model, weights)
+  return trained, state, metrics
+
+
+@pytest.mark.parametrize('cell,task_name,truncated', CASES)
+def test_gradients_and_training_equal_plain_bptt(cell, task_name, truncated):
+  """For each ``checkpoint_every`` in ``EVERY`` (one step per chunk; 3; 7,
+  which divides neither the stream's window nor the sequences): the estimate
+  is the reference's (one tape per window) and the final state too. With
+  ``TRAINED``'s value, one ``train_segment`` (one update per window) gives the
+  same weights, state and metrics as the same method without checkpointing."""
+  model, task, segment, weights = _problem(task_name, cell)
+  _restore(model, weights)
+  initial = [v.numpy() for v in model.trainable_variables]
+  plain = _method(task_name, cell, None, truncated)
+  window = plain.window or int(segment[0].shape[1])
   expected, expected_state = _reference_gradients(model, task, segment, window)
-  gradients, state = method.estimate_gradients(segment, model.initial_state(ROWS))
-  assert len(gradients) == len(model.trainable_variables)
   # Every weight has a gradient: embedding (stream) or cell, and the head.
   assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in expected)
-  assert_nests_close(gradients, expected, rtol=1e-5, atol=1e-7)
-  assert_nests_close(state, expected_state, rtol=1e-6, atol=1e-7)
-
-  # One update per window against the same method without checkpointing.
-  plain_model, _, plain = _method(task_name, cell, None, truncated)
-  assert max_abs_diff(plain_model.trainable_variables,
-                      model.trainable_variables) == 0
-  state, metrics = method.train_segment(segment, model.initial_state(ROWS))
-  plain_state, plain_metrics = plain.train_segment(
-      segment, plain_model.initial_state(ROWS))
-  assert_nests_close(model.trainable_variables, plain_model.trainable_variables,
-                     rtol=1e-5, atol=1e-7)
-  assert_nests_close(state, plain_state, rtol=1e-5, atol=1e-7)
-  assert_nests_close(metrics, plain_metrics, rtol=1e-5, atol=1e-7)
-  assert float(metrics['updates']) == float(plain_metrics['updates'])
-
-
-def test_a_chunk_longer_than_the_window_is_one_chunk():
-  model, task, method = _method('markov', 'lstm', 50)
-  segment = _segment(task)
-  expected, expected_state = _reference_gradients(model, task, segment, WINDOW)
-  gradients, state = method.estimate_gradients(segment, model.initial_state(ROWS))
-  assert_nests_close(gradients, expected, rtol=1e-5, atol=1e-7)
-  assert_nests_close(state, expected_state, rtol=1e-6, atol=1e-7)
+  plain_weights, plain_state, plain_metrics = _trained(plain, segment, weights)
+  assert max_abs_diff(plain_weights, initial) > 0  # The updates move them.
+  for every in EVERY:
+    method = _method(task_name, cell, every, truncated)
+    assert method.window == plain.window
+    gradients, state = method.estimate_gradients(segment,
+                                                 model.initial_state(ROWS))
+    assert len(gradients) == len(model.trainable_variables)
+    assert_nests_close(gradients, expected, rtol=1e-5, atol=1e-7)
+    assert_nests_close(state, expected_state, rtol=1e-6, atol=1e-7)
+    if every != TRAINED[cell, (task_name, truncated)]:
+      continue
+    # One update per window against the same method without checkpointing.
+    trained, state, metrics = _trained(method, segment, weights)
+    assert_nests_close(trained, plain_weights, rtol=1e-5, atol=1e-7)
+    assert_nests_close(state, plain_state, rtol=1e-5, atol=1e-7)
+    assert_nests_close(metrics, plain_metrics, rtol=1e-5, atol=1e-7)
+    assert float(metrics['updates']) == float(plain_metrics['updates'])
+  if (task_name, cell) == ('markov', 'lstm'):
+    # A chunk longer than the window is one chunk.
+    gradients, state = _method(task_name, cell, 50).estimate_gradients(
+        segment, model.initial_state(ROWS))
+    assert_nests_close(gradients, expected, rtol=1e-5, atol=1e-7)
+    assert_nests_close(state, expected_state, rtol=1e-6, atol=1e-7)
 
 
 def test_each_step_runs_forward_once_more():
@@ -156,10 +187,10 @@ def test_each_step_runs_forward_once_more():
   start, which would also be exact but quadratic). The Keras RNN layer calls
   the cell once more per call (plain BPTT's count: one call per window)."""
   steps = {}
+  model, _, segment, _ = _problem('markov', 'custom')
+  counter = model.core[0].cell.steps
   for every in (None, 3, 7):
-    model, task, method = _method('markov', 'custom', every)
-    counter = model.core[0].cell.steps
-    segment = _segment(task)
+    method = _method('markov', 'custom', every)
     method.estimate_gradients(segment, model.initial_state(ROWS))  # Traces.
     counter.assign(0)
     method.estimate_gradients(segment, model.initial_state(ROWS))
@@ -209,21 +240,32 @@ def test_dropout_recomputation_draws_the_forward_masks():
 
 def test_dropout_with_one_chunk_equals_plain_bptt():
   model, task, method = _bptt_with_dropout(WINDOW)
-  plain_model, _, plain = _bptt_with_dropout(None)
+  _, _, plain = _bptt_with_dropout(None)
   segment = _segment(task)
-  for generator in model.rng_variables() + plain_model.rng_variables():
+  (generator,) = model.rng_variables()
+  results = []
+  for each in (method, plain):  # The same model, the generator from [5, 0].
     generator.assign([5, 0])
-  gradients, state = method.estimate_gradients(segment, model.initial_state(ROWS))
-  expected, expected_state = plain.estimate_gradients(
-      segment, plain_model.initial_state(ROWS))
+    results.append((each.estimate_gradients(segment, model.initial_state(ROWS)),
+                    generator.numpy().copy()))
+  (gradients, state), after = results[0]
+  (expected, expected_state), plain_after = results[1]
   assert_nests_close(gradients, expected, rtol=1e-5, atol=1e-7)
   assert_nests_close(state, expected_state, rtol=1e-6, atol=1e-7)
-  assert max_abs_diff(model.rng_variables(), plain_model.rng_variables()) == 0
+  np.testing.assert_array_equal(after, plain_after)
+  assert np.any(after != [5, 0])  # Both drew masks.
+
+
+@functools.lru_cache(maxsize=None)
+def _dropout_model():
+  return tiny_model(_task('markov'), dropout=0.3)
 
 
 def _bptt_with_dropout(every):
+  """Full BPTT over windows of 10 on one model with dropout (estimates only:
+  the weights never change)."""
   task = _task('markov')
-  model = tiny_model(task, dropout=0.3)
+  model = _dropout_model()
   # XLA draws its own random stream: plain BPTT uncompiled, as the checkpointed
   # pass runs, so both draw the same masks.
   method = BPTT(model=model, task=task, optimizer=built_optimizer(model),
@@ -246,8 +288,7 @@ def test_random_state_variables_are_every_seed_generator():
 @pytest.mark.parametrize('value', [0, -2, 2.5, True, '3'])
 @pytest.mark.parametrize('cls', [TruncatedBPTT, BPTT])
 def test_bad_checkpoint_every_is_refused(cls, value):
-  task = _task('adding')
-  model = tiny_model(task)
+  model, task, _, _ = _problem('adding', 'lstm')
   with pytest.raises(ConfigurationError,
                      match=rf'^{cls.__name__}\.checkpoint_every must be a '
                      r'positive integer') as error:
@@ -265,26 +306,29 @@ def test_two_replicas_train_as_one(mirrored):
   for strategy, every in ((tf.distribute.get_strategy(), None), (mirrored, 3)):
     with strategy.scope():
       model = tiny_model(task)
+      # Uncompiled: XLA's pass is test_compiled_window_pass_checkpoints_too's.
       method = TruncatedBPTT(model=model, task=task,
                              optimizer=built_optimizer(model), window=WINDOW,
-                             windows_per_call=2, checkpoint_every=every)
+                             windows_per_call=2, checkpoint_every=every,
+                             jit_compile=False)
     state, _ = method.train_segment(segment, model.initial_state(2))
     results.append(([v.numpy() for v in model.trainable_variables], state))
   assert_nests_close(results[1], results[0], rtol=1e-5, atol=1e-6)
 
 
 def test_compiled_window_pass_checkpoints_too():
-  """``jit_compile=True`` compiles the checkpointed window pass."""
-  task = _task('markov')
-  segment = _segment(task)
-  results = []
-  for every in (None, 3):
-    model = tiny_model(task)
-    method = TruncatedBPTT(model=model, task=task, optimizer=built_optimizer(model),
-                           window=WINDOW, windows_per_call=2,
-                           checkpoint_every=every, jit_compile=True)
-    results.append(method.estimate_gradients(segment, model.initial_state(ROWS)))
-  assert_nests_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+  """``jit_compile=True`` compiles the checkpointed window pass: the gradients
+  and state of plain BPTT's reference (one tape per window, eager)."""
+  model, task, segment, weights = _problem('markov', 'lstm')
+  _restore(model, weights)
+  method = TruncatedBPTT(model=model, task=task, optimizer=built_optimizer(model),
+                         window=WINDOW, windows_per_call=2, checkpoint_every=3,
+                         jit_compile=True)
+  assert method.jit_compile
+  expected = _reference_gradients(model, task, segment, WINDOW)
+  assert_nests_close(
+      method.estimate_gradients(segment, model.initial_state(ROWS)), expected,
+      rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('readout', ['per_step', 'terminal'])

@@ -11,6 +11,7 @@ Zucchet et al.'s rule, checked against ``GradientTape`` with the recurrences
 above each weight's layer stopped.
 """
 
+import functools
 import math
 import pathlib
 import re
@@ -94,7 +95,8 @@ def _tape_gradient(model, task, segment, stopped=()):
   gradient between steps (their recurrence carries no credit). The loss:
   ``(1/B) Σ_t ℓ_t``, or the terminal loss's batch mean."""
   inputs, targets = segment
-  state = model.initial_state(ROWS)
+  rows = int(inputs.shape[0])
+  state = model.initial_state(rows)
   with tf.GradientTape() as tape:
     outputs = []
     for t in range(inputs.shape[1]):
@@ -106,31 +108,40 @@ def _tape_gradient(model, task, segment, stopped=()):
     if task.readout == task_base.TERMINAL:
       loss = tf.reduce_mean(task.losses(outputs[-1], targets))
     else:
-      loss = tf.reduce_sum(task.losses(tf.concat(outputs, 1), targets)) / ROWS
+      loss = tf.reduce_sum(task.losses(tf.concat(outputs, 1), targets)) / rows
   return _dense(tape.gradient(loss, model.trainable_variables))
 
 
 # ------------------------------------------------------------------ exactness
 
 
-def _lru_estimates(task_name):
-  """``(estimate, full BPTT's tape gradient, RTRL's estimate or None)`` on one
-  LRU model (RTRL, exact and slow to trace, on the per-step stream only)."""
+@functools.lru_cache(maxsize=None)
+def _lru_problem(task_name):
+  """``(model, task, segment)``: one LRU on the per-step stream (11 steps) or
+  the adding task (terminal loss); estimates leave the weights as they are."""
   task, segment = {
       'stream': (STREAM, _stream(0, 11)),
       'adding': (AddingTask(sequence_length=9, seed=1), None)}[task_name]
   if segment is None:
     inputs, targets = task.batch('train', 0, 0, ROWS)
     segment = (tf.constant(inputs), tf.constant(targets))
-  model = _model(task)
+  return _model(task), task, segment
+
+
+@functools.lru_cache(maxsize=None)
+def _lru_estimates(task_name):
+  """``(estimate, full BPTT's tape gradient, RTRL's estimate or None)`` on
+  ``_lru_problem``'s model (RTRL, exact and slow, on the per-step stream
+  only)."""
+  model, task, segment = _lru_problem(task_name)
   state = model.initial_state(ROWS)
   method = _method(model, task)
   assert method.exact and method.approximated == ()
   estimate = _dense(method.estimate_gradients(segment, state)[0])
   rtrl = None
-  if task is STREAM:
-    rtrl = _dense(_method(model, task, cls=RTRL).estimate_gradients(segment,
-                                                                    state)[0])
+  if task is STREAM:  # A one-off reference: eager, faster than its trace.
+    rtrl = _dense(_method(model, task, cls=RTRL, use_tf_function=False)
+                  .estimate_gradients(segment, state)[0])
   return estimate, _tape_gradient(model, task, segment), rtrl
 
 
@@ -262,20 +273,18 @@ def test_each_lru_weight_is_stored_with_its_unit_and_the_readout_is_not():
   assert wider.influence_size(ROWS)[0] == 2 * floats
 
 
-def test_the_step_variants_agree():
-  """With XLA (the default), and without the per-row pass (the whole batch's
-  tape, as for a model with dropout): the same estimate."""
-  segment = _stream(0, 7)
-  model = _model()
-  state = model.initial_state(ROWS)
-  reference = _dense(_method(model).estimate_gradients(segment, state)[0])
-  compiled = _method(model, jit_compile=True)
-  assert compiled.jit_compile
-  _close(compiled.estimate_gradients(segment, state)[0], reference)
-  whole_batch = _method(model)
-  assert whole_batch.per_row
+def test_the_whole_batch_step_agrees():
+  """Without the per-row pass (the whole batch's tape, as for a model with
+  dropout): the same estimate. (XLA's compiled step, the default, is checked
+  against the tape in test_the_pages_python_example_runs_and_is_exact.)"""
+  model, task, segment = _lru_problem('stream')
+  estimate, tape, _ = _lru_estimates('stream')
+  whole_batch = _method(model, task)
+  assert whole_batch.per_row and not whole_batch.jit_compile
   whole_batch.per_row = False
-  _close(whole_batch.estimate_gradients(segment, state)[0], reference)
+  _close(whole_batch.estimate_gradients(segment, model.initial_state(ROWS))[0],
+         estimate)
+  _close(estimate, tape)
 
 
 # ------------------------------------------------------------------ refusals
@@ -396,7 +405,9 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
 def test_trains_and_exports_through_tfcredit_train_with_gin(clean_gin, tmp_path):
   tfcredit.config.parse(['testing/tiny.gin'], [
       'RecurrentModel.cell = @LRUCell', 'RecurrentModel.units = 6',
-      'train.method = @ElementwiseRTRL', 'ElementwiseRTRL.window = 5'])
+      'train.method = @ElementwiseRTRL', 'ElementwiseRTRL.window = 5',
+      # XLA's step: test_the_pages_python_example_runs_and_is_exact.
+      'ElementwiseRTRL.jit_compile = False'])
   result = tfcredit.train(str(tmp_path / 'run'),
                           export_dir=str(tmp_path / 'export'))
   assert math.isfinite(result['valid_loss'])
@@ -417,3 +428,12 @@ def test_the_pages_python_example_runs_and_is_exact():
   assert namespace['floats'] == 4 * 2 * (2 * 2 + 3) * 8
   assert float(namespace['metrics']['updates']) == 1
   assert max(np.abs(np.asarray(g)).max() for g in namespace['full']) > 1e-4
+  # The page's method compiles each step with XLA (the default): at the
+  # trained weights (the same shapes: no new trace) its estimate is a plain
+  # tape's over the whole sequence, to the tolerance of the uncompiled tests.
+  method, model, task, segment = (namespace[k] for k in
+                                  ('method', 'model', 'task', 'segment'))
+  assert method.jit_compile and method.per_row
+  rows = int(segment[0].shape[0])
+  _close(method.estimate_gradients(segment, model.initial_state(rows))[0],
+         _tape_gradient(model, task, segment))

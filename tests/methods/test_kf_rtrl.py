@@ -3,10 +3,10 @@
 Its claims: the Kronecker factorisation ``u' ⊗ A`` of each weight matrix's
 influence is an unbiased estimate of RTRL's (each step's, over its two signs;
 so the mean of the gradient estimates is RTRL's, with an error that shrinks as
-1/√N), with a smaller variance than UORO's rank-one estimate. References are computed
-independently: RTRL's exact gradient (``tests/methods/test_rtrl.py`` tests it
-against full BPTT), the state's Jacobians by ``tf.GradientTape``, and the four
-sign combinations of one step enumerated. Rows are independent draws: a batch
+1/√N), with a smaller variance than UORO's rank-one estimate. References are
+computed independently: full BPTT's gradient by an eager tape (RTRL's exactly,
+as ``tests/methods/test_rtrl.py`` tests), the state's Jacobians by
+``tf.GradientTape``, and the four sign combinations of one step enumerated. Rows are independent draws: a batch
 of N copies of one sequence averages N estimates in one call, and every call
 draws anew (the estimate counter), so K calls give K independent means. Seeds
 are fixed: every number below is deterministic; the bounds leave a margin for
@@ -62,26 +62,47 @@ def _copies(task, rows):
           tf.constant(np.repeat(targets, rows, 0)))
 
 
+def _full_bptt(model, task, segment):
+  """The gradient every estimate here is of, by one eager ``GradientTape``
+  over the whole segment from the zero state: ``∇ (1/B)·Σ_t ℓ_t`` (per-step
+  losses) or ``∇ mean_b ℓ_b`` (terminal); RTRL's exactly
+  (tests/methods/test_rtrl.py)."""
+  inputs, targets = segment
+  rows = int(inputs.shape[0])
+  with tf.GradientTape() as tape:
+    outputs, _ = model.unroll(inputs, model.initial_state(rows), training=True)
+    losses = task.losses(outputs, targets)
+    objective = tf.reduce_sum(losses) / rows
+  return tape.gradient(objective, model.trainable_variables)
+
+
 @functools.lru_cache(maxsize=None)
 def _problem(name):
-  """``(task, model, RTRL's gradient of one copy)``: the mean over copies is
-  the gradient of one."""
+  """``(task, model, the exact gradient of one copy)``: the mean over copies
+  is the gradient of one."""
   task, arguments = PROBLEMS[name]
   model = tiny_model(task, seed=0, **arguments)
-  rtrl = RTRL(model=model, task=task, optimizer=built_optimizer(model),
-              window=3, batch_size=1)
-  exact = _flat(rtrl.estimate_gradients(_copies(task, 1),
-                                        model.initial_state(1))[0])
+  exact = _flat(_full_bptt(model, task, _copies(task, 1)))
   assert np.abs(exact).max() > 1e-3
   return task, model, exact
 
 
-def _squared_errors(cls, name, rows, calls, seed=5):
+@functools.lru_cache(maxsize=None)
+def _estimator(cls, name, seed=5):
+  """One ``cls`` instance per problem (one trace: its function takes any
+  number of rows)."""
+  task, model, _ = _problem(name)
+  return cls(model=model, task=task, optimizer=built_optimizer(model),
+             window=3, batch_size=128, seed=seed)
+
+
+def _squared_errors(cls, name, rows, calls):
   """``‖ĝ − g‖² / ‖g‖²`` of ``calls`` estimates, each the mean of ``rows``
-  draws (one method instance: one trace, the draws of call k its counter's)."""
+  draws, the draws of call k its counter's, counted from 0 (as a new
+  instance's)."""
   task, model, exact = _problem(name)
-  method = cls(model=model, task=task, optimizer=built_optimizer(model),
-               window=3, batch_size=rows, seed=seed)
+  method = _estimator(cls, name)
+  method.estimate_draws.assign(0)
   errors = []
   for _ in range(calls):
     estimate = _flat(method.estimate_gradients(_copies(task, rows),
@@ -225,13 +246,16 @@ def test_the_kronecker_sum_is_unbiased_and_exact_when_a_term_vanishes():
 def test_the_whole_batch_jacobian_gives_the_same_estimate():
   """Without ``per_row`` the state's Jacobian in the biases comes from the
   step's tape: the same estimate, with the same draws."""
-  task, model, _ = _problem('lstm_projection_terminal')
+  name = 'lstm_projection_terminal'
+  task, model, _ = _problem(name)
+  whole_batch = KFRTRL(model=model, task=task, optimizer=built_optimizer(model),
+                       window=3, seed=5)
+  assert whole_batch.per_row
+  whole_batch.per_row = False
   estimates = []
-  for per_row in (True, False):
-    method = KFRTRL(model=model, task=task, optimizer=built_optimizer(model),
-                    window=3, seed=2)
-    assert method.per_row
-    method.per_row = per_row
+  for method in (_estimator(KFRTRL, name), whole_batch):
+    assert method.noise_seed.numpy() == 5
+    method.estimate_draws.assign(0)
     estimates.append(_flat(method.estimate_gradients(
         _copies(task, 3), model.initial_state(3))[0]))
   np.testing.assert_allclose(estimates[1], estimates[0], rtol=1e-5, atol=1e-6)

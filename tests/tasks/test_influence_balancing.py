@@ -10,6 +10,7 @@ are the configs in ``gin_configs/tallec17_artbp/``).
 import math
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -162,20 +163,53 @@ def test_artbp_updates_are_eq11_written_in_numpy(system):
   _theta(model).assign(0.0)
 
 
+class _WindowRates(keras.optimizers.schedules.LearningRateSchedule):
+  """The rate of the optimizer's ``i``-th update: ``rates[i]``, set before each
+  call for the windows it holds (so one call trains many windows, each at its
+  own rate)."""
+
+  def __init__(self, size):
+    self.rates = tf.Variable(tf.zeros([size]), trainable=False)
+
+  def __call__(self, step):
+    return tf.gather(self.rates, step)
+
+
+def _planned(method):
+  """The next call's window lengths: ARTBP's draws, or truncated BPTT's fixed
+  windows."""
+  if isinstance(method, ARTBP):
+    return method.planned_window_lengths()
+  return np.full(method.windows_per_call, method.window)
+
+
 def _online(method, model, steps, nominal_length, checkpoints=()):
-  """The paper's online run: one SGD step per window, η_t = η0 / √(1 + t).
+  """The paper's online run: one SGD step per window, η_t = η0 / √(1 + t) at
+  the window's first step ``t`` (η0 times the nominal length: the window's loss
+  is a mean). Calls hold many windows (``_WindowRates`` gives each its rate,
+  ``method.optimizer`` counting from 0) and end at the first window end from
+  each checkpoint and from 0.8 × ``steps`` on, and at ``steps`` (the last
+  window cut there).
 
   Returns θ at each of ``checkpoints`` (time steps) and at the end, and the mean
-  loss over the last fifth of the run.
+  loss over the windows from 0.8 × ``steps`` on.
   """
+  schedule = method.optimizer._learning_rate  # pylint: disable=protected-access
+  method.optimizer.iterations.assign(0)
   state, position, thetas, final, counted = model.initial_state(1), 0, [], 0.0, 0
-  pending = list(checkpoints)
+  updates, pending = 0, list(checkpoints)
   while position < steps:
-    end = min(position + method.segment_length(), steps)
-    method.optimizer.learning_rate.assign(
-        ETA0 * nominal_length / math.sqrt(1 + position))
+    ends = position + np.cumsum(_planned(method))
+    bounds = [b for b in pending + [0.8 * steps] if b > position] + [steps]
+    reached = ends[ends >= min(bounds)]
+    end = min(int(reached[0]) if reached.size else int(ends[-1]), steps)
+    starts = np.concatenate([[position], ends[ends < end]])
+    schedule.rates[updates:updates + len(starts)].assign(
+        ETA0 * nominal_length / np.sqrt(1 + starts))
     segment = (tf.ones([1, end - position]), tf.ones([1, end - position]))
     state, metrics = method.train_segment(segment, state)
+    assert float(metrics['updates']) == len(starts)
+    updates += len(starts)
     if position >= 0.8 * steps:
       final += float(metrics['loss_sum'])
       counted += end - position
@@ -191,17 +225,17 @@ def test_truncated_bptt_10_diverges_and_artbp_converges_on_five_seeds(system):
   task, model = system
   theta_star = task.optimal_theta
   error = lambda theta: abs(theta - theta_star) / abs(theta_star)
-  optimizer = built_optimizer(model, learning_rate=ETA0)
+  optimizer = built_optimizer(model, learning_rate=_WindowRates(10_000))
 
   _theta(model).assign(0.0)
   truncated = TruncatedBPTT(model=model, task=task, optimizer=optimizer, window=10,
-                            windows_per_call=1)
+                            windows_per_call=500)
   (at_2500, theta), final = _online(truncated, model, 5000, 10, [2500])
   # θ runs away from θ* = −1/6 in the wrong direction; the loss grows from ½.
   assert theta_star < 0 < at_2500 < theta and error(theta) > 3.0 and final > 2.0
 
   artbp = ARTBP(model=model, task=task, optimizer=optimizer, mean_length=16,
-                alpha=6.0, windows_per_call=1)
+                alpha=6.0, windows_per_call=1000)
   for seed in range(5):
     _theta(model).assign(0.0)
     artbp.truncation_seed.assign(seed)
