@@ -405,6 +405,20 @@ def test_unroll_without_readout_returns_the_same_state_and_no_outputs():
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def _one_step_problem(seed, **kwargs):
+  """``(model, inputs, state, rng)``: a built two-layer token model, a window
+  of one step for 3 rows, and a random state drawn from ``rng``."""
+  model = RecurrentModel(output_dim=7, input_vocab_size=7, units=UNITS,
+                         num_layers=2, **kwargs)
+  inputs = tf.constant([[1], [4], [6]])
+  model.build_for(inputs)
+  rng = np.random.RandomState(seed)
+  state = tf.nest.map_structure(
+      lambda spec: tf.constant(rng.normal(size=(BATCH, spec.shape[-1])),
+                               tf.float32), model.state_spec())
+  return model, inputs, state, rng
+
+
 @pytest.mark.parametrize('cell,unroll', [
     ('lstm', 'keras'), ('lstm', 'fused'), ('gru', 'keras'), ('gru', 'fused'),
     ('simple_rnn', 'auto'), ('cells', 'auto')])
@@ -413,14 +427,8 @@ def test_state_step_is_unrolls_final_state_and_gradient_over_one_step(cell, unro
   step, values and gradients in the weights and the state, on two layers."""
   if cell == 'cells':
     cell = [keras.layers.GRUCell(UNITS), keras.layers.LSTMCell(UNITS)]
-  model = RecurrentModel(output_dim=7, input_vocab_size=7, units=UNITS,
-                         num_layers=2, cell=cell, unroll_implementation=unroll)
-  inputs = tf.constant([[1], [4], [6]])
-  model.build_for(inputs)
-  rng = np.random.RandomState(0)
-  state = tf.nest.map_structure(
-      lambda spec: tf.constant(rng.normal(size=(BATCH, spec.shape[-1])),
-                               tf.float32), model.state_spec())
+  model, inputs, state, rng = _one_step_problem(
+      seed=0, cell=cell, unroll_implementation=unroll)
   probe = tf.nest.map_structure(
       lambda s: tf.constant(rng.normal(size=s.shape), tf.float32), state)
   core = [v for v in model.trainable_variables if not v.path.startswith('head')]
@@ -446,14 +454,8 @@ def test_one_step_is_unrolls_outputs_state_and_gradient_over_one_step(cell,
   """``one_step`` (the forward-mode methods' step) is ``unroll`` over a window
   of one step: outputs of the same shape and values, the same state, and the
   same gradients in every weight (the head's too) and in the state."""
-  model = RecurrentModel(output_dim=7, input_vocab_size=7, units=UNITS,
-                         num_layers=2, cell=cell, readout=readout)
-  inputs = tf.constant([[1], [4], [6]])
-  model.build_for(inputs)
-  rng = np.random.RandomState(1)
-  state = tf.nest.map_structure(
-      lambda spec: tf.constant(rng.normal(size=(BATCH, spec.shape[-1])),
-                               tf.float32), model.state_spec())
+  model, inputs, state, _ = _one_step_problem(seed=1, cell=cell,
+                                               readout=readout)
   results = []
   for step in (model.unroll, model.one_step):
     with tf.GradientTape() as tape:
