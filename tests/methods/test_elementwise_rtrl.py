@@ -23,7 +23,7 @@ import tensorflow as tf
 
 import tfcredit
 from tfcredit.errors import ConfigurationError
-from tfcredit.methods import RTRL, ElementwiseRTRL
+from tfcredit.methods import RTRL, ElementwiseRTRL, jit
 from tfcredit.models.lru import LRUCell
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
@@ -415,9 +415,12 @@ def test_trains_and_exports_through_tfcredit_train_with_gin(clean_gin, tmp_path)
       result['saved_model']).signatures
 
 
-def test_the_pages_python_example_runs_and_is_exact():
+def test_the_pages_python_example_runs_and_is_exact(monkeypatch):
   """docs/methods/elementwise_rtrl.md's python block, as written: it asserts
-  the estimate is full BPTT's, and its ``train_segment`` moves the weights."""
+  the estimate is full BPTT's, and its ``train_segment`` moves the weights.
+  Outside the suite's ``TFCREDIT_AUTO_XLA=0`` (tests/conftest.py), so the
+  default compiles, as a user's run does."""
+  monkeypatch.delenv(jit.ENVIRONMENT, raising=False)
   page = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'methods' / (
       'elementwise_rtrl.md')
   blocks = re.findall(r'```python\n(.*?)```', page.read_text(encoding='utf-8'),

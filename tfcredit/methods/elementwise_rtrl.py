@@ -29,12 +29,13 @@ the gradient through the current step only (their "spatial" backpropagation).
 docs/methods/elementwise_rtrl.md.
 """
 
-from typing import Optional
+from typing import Optional, Union
 
 import tensorflow as tf
 
 from tfcredit import validation
 from tfcredit.methods import diagonal
+from tfcredit.methods import jit
 from tfcredit.methods import registry
 from tfcredit.methods import rtrl
 from tfcredit.methods.replicas import densify
@@ -60,7 +61,7 @@ class ElementwiseRTRL(diagonal.UnitProbe, rtrl.RTRL):
   def __init__(self, *, model, task, optimizer, window: int = 10,
                windows_per_call: int = 10, batch_size: Optional[int] = None,
                approximate: bool = False, max_influence_floats: int = 2**26,
-               jit_compile: bool = True, clip_norm: Optional[float] = None,
+               jit_compile: Union[bool, str] = jit.AUTO, clip_norm: Optional[float] = None,
                use_tf_function: bool = True, name: Optional[str] = None):
     """Args:
       approximate: accept weights that are not per unit (a stack's lower
@@ -70,7 +71,8 @@ class ElementwiseRTRL(diagonal.UnitProbe, rtrl.RTRL):
         the influence's update) with XLA, once per shape: about five times
         faster on a CPU than the same ops run one by one (docs/methods/
         elementwise_rtrl.md); results agree to float tolerance, not bit for
-        bit.
+        bit. ``'auto'`` (the default) compiles unless ``TFCREDIT_AUTO_XLA=0``
+        (``tfcredit.methods.jit``).
       window, windows_per_call, batch_size, max_influence_floats: as in
         ``RTRL`` (the influence is ``rows × k × stored weights`` floats).
       model, task, optimizer, clip_norm, use_tf_function, name: as in ``Method``.
@@ -86,6 +88,8 @@ class ElementwiseRTRL(diagonal.UnitProbe, rtrl.RTRL):
                      max_influence_floats=max_influence_floats,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      name=name)
+    if isinstance(jit_compile, str) and jit_compile == jit.AUTO:
+      jit_compile = jit.allowed()
     self.jit_compile = validation.boolean('ElementwiseRTRL.jit_compile',
                                           jit_compile)
     self._compiled_step = (tf.function(self._step_parts, jit_compile=True)

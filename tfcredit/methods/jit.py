@@ -31,9 +31,14 @@ AUTO = 'auto'
 ENVIRONMENT = 'TFCREDIT_AUTO_XLA'  # '0': 'auto' never compiles.
 
 
+def allowed() -> bool:
+  """Whether ``'auto'`` may compile at all (not under ``TFCREDIT_AUTO_XLA=0``)."""
+  return os.environ.get(ENVIRONMENT, '1') != '0'
+
+
 def pays(model) -> bool:
   """Whether ``'auto'`` compiles ``model``'s windows (module docstring)."""
-  return (os.environ.get(ENVIRONMENT, '1') != '0'
+  return (allowed()
           and not tf.config.list_logical_devices('GPU')
           and getattr(model, 'cell_type', None) in cells_lib.NAMED
           and precision.compute_dtype(model) == tf.float32
