@@ -361,6 +361,10 @@ def test_bad_settings_are_refused_with_the_parameter_named():
   with pytest.raises(ConfigurationError,
                      match='ElementwiseRTRL.max_influence_floats'):
     _method(model, max_influence_floats=10)
+  with pytest.raises(ConfigurationError,
+                     match="ElementwiseRTRL.jit_compile must be True, False or "
+                           "'auto', got 'yes'"):
+    _method(model, jit_compile='yes')
 
 
 # ------------------------------------------------------- checkpoints, training

@@ -90,8 +90,8 @@ class ElementwiseRTRL(diagonal.UnitProbe, rtrl.RTRL):
                      name=name)
     if isinstance(jit_compile, str) and jit_compile == jit.AUTO:
       jit_compile = jit.allowed()
-    self.jit_compile = validation.boolean('ElementwiseRTRL.jit_compile',
-                                          jit_compile)
+    self.jit_compile = jit.resolve('ElementwiseRTRL.jit_compile', jit_compile,
+                                   model)
     self._compiled_step = (tf.function(self._step_parts, jit_compile=True)
                            if self.jit_compile else None)
 
