@@ -61,8 +61,9 @@ class ElementwiseRTRL(diagonal.UnitProbe, rtrl.RTRL):
   def __init__(self, *, model, task, optimizer, window: int = 10,
                windows_per_call: int = 10, batch_size: Optional[int] = None,
                approximate: bool = False, max_influence_floats: int = 2**26,
-               jit_compile: Union[bool, str] = jit.AUTO, clip_norm: Optional[float] = None,
-               use_tf_function: bool = True, name: Optional[str] = None):
+               jit_compile: Union[bool, str] = jit.AUTO,
+               clip_norm: Optional[float] = None, use_tf_function: bool = True,
+               name: Optional[str] = None):
     """Args:
       approximate: accept weights that are not per unit (a stack's lower
         layers, an encoder) under Zucchet et al.'s rule (module docstring);

@@ -349,7 +349,7 @@ class RecurrentModel(keras.Model):
     """``(last layer's output [B, units], new state)`` of one step through the
     cells (``state_step``)."""
     if inputs.shape.rank is not None and inputs.shape[1] != 1:
-      raise ValueError(f'state_step takes a window of one step, got {inputs.shape}')
+      raise ValueError(f'a step takes a window of one step, got {inputs.shape}')
     features = self._features(inputs)[:, 0]
     state = precision.cast_state(state)
     new_state = []
