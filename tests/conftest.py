@@ -1,12 +1,17 @@
 """Test-session set-up: split the CPU into two logical devices.
 
-This must happen before TensorFlow initialises its devices, so it runs when pytest
-imports this file, before any test module. Tests of ``tf.distribute`` then run
-``MirroredStrategy`` over ``/cpu:0`` and ``/cpu:1``, the same code path as two GPUs;
-everything else keeps using the default device.
+This must happen before TensorFlow initialises its devices, so it runs in
+``pytest_configure``, before any test module is imported. Tests of
+``tf.distribute`` then run ``MirroredStrategy`` over ``/cpu:0`` and ``/cpu:1``,
+the same code path as two GPUs; everything else keeps using the default device.
+Under ``-n 2`` only the worker processes run tests: the controller imports
+neither TensorFlow nor the package (seconds saved before the workers start).
 """
 
+import collections
 import os
+
+import pytest
 
 # jit_compile='auto' stays off: the suite builds hundreds of short-lived models,
 # and XLA compiles each one's window pass (seconds each on a CPU, kept in memory
@@ -14,19 +19,15 @@ import os
 # itself, still compile. Subprocesses of the tests inherit it.
 os.environ.setdefault('TFCREDIT_AUTO_XLA', '0')
 
-from tfcredit.training import distribution  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-distribution.split_cpu(2)
-
-
-import collections  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from tfcredit.testing import run_entry_point  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 Done = collections.namedtuple('Done', 'returncode stdout stderr')
+
+
+def pytest_configure(config):
+  if getattr(config.option, 'numprocesses', None) and not hasattr(
+      config, 'workerinput'):
+    return  # The xdist controller: its workers run the tests.
+  from tfcredit.training import distribution  # pylint: disable=g-import-not-at-top
+  distribution.split_cpu(2)
 
 
 @pytest.fixture
@@ -35,6 +36,8 @@ def run_command(capfd):
   process (``run_entry_point``) and returns its exit code and output as
   ``run_tool`` reports a process's, for tests of messages, exit codes and output
   that need no process of their own."""
+  from tfcredit.testing import run_entry_point  # pylint: disable=g-import-not-at-top
+
   def run(command, *args):
     capfd.readouterr()
     returncode = run_entry_point(command, *args)
@@ -43,13 +46,13 @@ def run_command(capfd):
   return run
 
 
-
 @pytest.fixture(scope='session')
 def mirrored():
   """The one ``MirroredStrategy`` over ``/cpu:0`` and ``/cpu:1`` of the test
   process. One per process: two strategies over the same devices number their
   collectives alike, and TensorFlow then refuses the second one's gathers
   ("Shape mismatch in the collective instance")."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   devices = tf.config.list_logical_devices('CPU')
   assert len(devices) >= 2, 'tests/conftest.py should have split the CPU'
   return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])

@@ -14,6 +14,8 @@ from tfcredit.benchmarks import report
 from tfcredit.benchmarks import runners
 from tfcredit.benchmarks import workloads
 
+from tiers import slow_except
+
 SAPPHIRE_RAPIDS = """\
 processor\t: 0
 vendor_id\t: GenuineIntel
@@ -132,7 +134,8 @@ def test_a_method_row_applies_its_bindings_and_names_what_is_wrong(short_ptb):
 
 
 # --------------------------------------------------- --forward_mode_units rows
-@pytest.mark.parametrize('name', ['RTRL', 'UORO', 'SnAp1', 'KFRTRL'])
+@pytest.mark.parametrize(
+    'name', slow_except(['RTRL', 'UORO', 'SnAp1', 'KFRTRL'], 'RTRL'))
 def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
   from tfcredit import methods  # pylint: disable=g-import-not-at-top
   units, steps = 8, 20
@@ -156,6 +159,7 @@ def test_a_forward_mode_row_names_the_floats_its_influence_carries(name):
   assert runner.traces() == 1
 
 
+@pytest.mark.slow  # Measures a sparse GRU row.
 def test_a_sparse_gru_row_counts_snap2s_reach_within_two_steps():
   """SnAp-2 on the sparse GRU: each cell weight carries the most units one of
   its variable's weights reaches in two steps (1 plus the units its unit
@@ -182,6 +186,7 @@ def test_a_sparse_gru_row_counts_snap2s_reach_within_two_steps():
   assert floats['SnAp1'] < floats['SnAp2'] < floats['RTRL']
 
 
+@pytest.mark.slow  # One more forward-mode row; RTRL's stays in the inner loop.
 def test_an_elementwise_rtrl_row_names_the_floats_its_influence_carries():
   """The LRU row: each of the LRU's 2·inputs + 3 weights per unit carries its
   unit's 2 entries per row (the embedding, under approximate, none)."""

@@ -22,6 +22,7 @@ def smallest_record():
   return scaling.sweep(SMALLEST, log=lambda line: None)
 
 
+@pytest.mark.slow  # The whole smallest sweep: every point trains.
 def test_the_smallest_sweep_writes_its_points_slopes_and_figure(
     smallest_record, tmp_path):
   text, figure = scaling_report.write(smallest_record, str(tmp_path))
@@ -55,8 +56,7 @@ def test_the_smallest_sweep_writes_its_points_slopes_and_figure(
     assert (tmp_path / 'scaling.png').read_bytes()[:4] == b'\x89PNG'
 
 
-def test_a_method_stops_at_its_first_point_over_the_cap(smallest_record):
-  del smallest_record  # Reuses its traces' warm process.
+def test_a_method_stops_at_its_first_point_over_the_cap():
   record = scaling.sweep(
       scaling.ScalingOptions(methods=('bptt',), lengths=(8, 16, 32), widths=(4,),
                              batch=2, calls=1, time_cap=1e-9,
@@ -65,6 +65,7 @@ def test_a_method_stops_at_its_first_point_over_the_cap(smallest_record):
   assert record['width_points'] == []
 
 
+@pytest.mark.slow  # A child process is the point.
 def test_a_point_in_a_fresh_process_reports_the_childs_error():
   point = scaling.point_in_fresh_process(
       dict(name='bptt', length=8, width=0, batch=2, calls=1, seed=0), timeout=300)

@@ -139,6 +139,7 @@ def test_a_failed_run_ends_the_comparison_naming_it(tmp_path, run_command,
   assert not (tmp_path / 'comparison.md').exists()
 
 
+@pytest.mark.slow  # The fidelity tool end to end.
 def test_gradient_fidelity_end_to_end(tmp_path, run_command):
   out = tmp_path / 'fidelity'
   done = run_command('gradient_fidelity', f'--gin_file={TINY_CONFIG}', f'--output_dir={out}',
@@ -161,6 +162,7 @@ def test_gradient_fidelity_end_to_end(tmp_path, run_command):
     assert os.path.getsize(out / 'fidelity.png') > 1000
 
 
+@pytest.mark.slow  # The fidelity tool end to end with two references.
 def test_rtrl_is_the_same_reference_as_full_bptt():
   """``reference='rtrl'``: the exact gradient computed forward (memory
   independent of the length) measures every estimator as full BPTT does."""
@@ -228,6 +230,7 @@ def test_variant_parsing():
     fidelity.Variant.parse('no bindings:')
 
 
+@pytest.mark.slow  # Trains, then runs the fidelity tool end to end.
 def test_fidelity_restores_a_trained_synthesizer_only_when_asked(tmp_path):
   import gin
   import tfcredit

@@ -9,6 +9,8 @@ import pytest
 
 import tfcredit
 
+from tiers import slow_except
+
 ROOT = os.path.join(os.path.dirname(__file__), '..', 'tfcredit', 'gin_configs')
 FILES = sorted(glob.glob(os.path.join(ROOT, '**', '*.gin'), recursive=True))
 
@@ -172,7 +174,10 @@ def _representatives():
   return sorted(path for _, path in chosen.values())
 
 
-TRAINED = _representatives()
+# The inner loop trains one synthetic config (tests/tasks/test_text_corpus.py
+# trains the user's own text through train).
+TRAINED = slow_except(_representatives(),
+                      os.path.join(ROOT, 'williams89_rtrl', 'adding_tbptt.gin'))
 
 
 def _user_file_bindings(task, folder):

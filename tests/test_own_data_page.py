@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 from tfcredit.testing import clean_gin  # noqa: F401  (a fixture)
 
@@ -15,6 +16,7 @@ def _blocks():
                     flags=re.S)
 
 
+@pytest.mark.slow  # The docs page's commands, run as written.
 def test_own_data_page_runs_and_learns(tmp_path, monkeypatch, clean_gin):
   del clean_gin
   monkeypatch.chdir(tmp_path)

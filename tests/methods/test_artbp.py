@@ -23,6 +23,8 @@ from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
 from tfcredit.testing import assert_nests_close, built_optimizer, max_abs_diff, tiny_model
 
+from tiers import slow_except
+
 
 def _eq14(alpha, mean_length, elapsed):
   """Eq. 14, written out."""
@@ -277,6 +279,7 @@ def _batched_estimates(method, inputs, targets, rows, calls):
                    for _ in range(calls)])
 
 
+@pytest.mark.slow  # A statistical bound over many draws.
 @pytest.mark.parametrize('schedule,variant', [
     ('power', 'eq11'), ('constant', 'eq11'), ('power', 'no compensation'),
     ('power', 'off by one')])
@@ -460,7 +463,7 @@ def test_stream_training_is_one_compensated_sgd_step_per_window(markov):
   assert len(lengths) == 4 and lengths.max() > 1
 
 
-@pytest.mark.parametrize('task_name', ['copy', 'adding'])
+@pytest.mark.parametrize('task_name', slow_except(['copy', 'adding'], 'adding'))
 def test_episodic_windows_are_drawn_inside_the_sequence_and_end_at_T(task_name):
   if task_name == 'copy':  # Per-step loss: an update per window.
     task = CopyTask(sequence_length=5, seed=3)   # 25 steps
@@ -545,6 +548,7 @@ def test_estimates_do_not_consume_training_draws(markov):
   np.testing.assert_array_equal(method.planned_window_lengths(), planned)
 
 
+@pytest.mark.slow  # Many random window lengths are the point.
 def test_each_function_traces_once_over_200_windows_of_random_length():
   task = MarkovLanguageTask(vocabulary_size=6, branching=2, seed=2)
   model = tiny_model(task, cell='gru', units=4, seed=42)
@@ -601,6 +605,7 @@ def _train_artbp(strategy, task, estimate_draws, use_tf_function=True):
           [g.numpy() for g in gradients], int(method.training_blocks.numpy()))
 
 
+@pytest.mark.slow  # Two replicas, as tests/training/test_distribution.py.
 @pytest.mark.parametrize('kind,estimate_draws', [
     ('stream', 'per_row'), ('adding', 'shared')])
 def test_two_replicas_draw_the_same_windows_and_train_the_same(kind,

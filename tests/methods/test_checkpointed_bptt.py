@@ -23,6 +23,8 @@ from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import (TwoStateCell, assert_nests_close, built_optimizer,
                               max_abs_diff, tiny_model)
 
+from tiers import slow_except
+
 ROWS = 3
 WINDOW = 10  # Stream windows; the adding task's sequences are 12 steps.
 EVERY = (1, 3, 7)  # 7 divides neither 10 nor 12.
@@ -139,7 +141,8 @@ def _trained(method, segment, weights):
   return trained, state, metrics
 
 
-@pytest.mark.parametrize('cell,task_name,truncated', CASES)
+@pytest.mark.parametrize('cell,task_name,truncated',
+                         slow_except(CASES, ('gru', 'markov', True)))
 def test_gradients_and_training_equal_plain_bptt(cell, task_name, truncated):
   """For each ``checkpoint_every`` in ``EVERY`` (one step per chunk; 3; 7,
   which divides neither the stream's window nor the sequences): the estimate
@@ -297,6 +300,7 @@ def test_bad_checkpoint_every_is_refused(cls, value):
   assert '\n' not in str(error.value)
 
 
+@pytest.mark.slow  # Two replicas, as tests/training/test_distribution.py.
 def test_two_replicas_train_as_one(mirrored):
   """Under ``MirroredStrategy`` (tests/conftest.py splits the CPU) each
   replica checkpoints its own rows; the update is plain BPTT's on one."""
@@ -316,6 +320,7 @@ def test_two_replicas_train_as_one(mirrored):
   assert_nests_close(results[1], results[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # The equivalence above once more, compiled by XLA.
 def test_compiled_window_pass_checkpoints_too():
   """``jit_compile=True`` compiles the checkpointed window pass: the gradients
   and state of plain BPTT's reference (one tape per window, eager)."""
@@ -331,7 +336,8 @@ def test_compiled_window_pass_checkpoints_too():
       rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('readout', ['per_step', 'terminal'])
+@pytest.mark.parametrize('readout', slow_except(['per_step', 'terminal'],
+                                                'per_step'))
 def test_padded_sequences(readout):
   """Sequences of different lengths (``tfcredit.masking``): the chunks hold
   the state through the padding as the whole window does."""

@@ -197,6 +197,7 @@ class _QuadraticStateTask(task_base.Task):
     return {'size': self.size}
 
 
+@pytest.mark.slow  # Trains until the synthesizer converges.
 @pytest.mark.parametrize('use_synthetic', [True, False],
                          ids=['synthetic_phase', 'real_phase'])
 def test_linear_synthesizer_converges_to_the_true_future_gradient(use_synthetic):

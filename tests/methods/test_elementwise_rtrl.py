@@ -30,6 +30,8 @@ from tfcredit.tasks import base as task_base
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import built_optimizer, clean_gin, tiny_model  # noqa: F401
 
+from tiers import slow_except
+
 ROWS, UNITS, INPUTS, OUTPUTS = 3, 4, 3, 2
 
 
@@ -145,7 +147,8 @@ def _lru_estimates(task_name):
   return estimate, _tape_gradient(model, task, segment), rtrl
 
 
-@pytest.mark.parametrize('task_name', ['stream', 'adding'],
+@pytest.mark.parametrize('task_name',
+                         slow_except(['stream', 'adding'], 'adding'),
                          ids=['per_step', 'terminal'])
 def test_the_estimate_is_full_bptts_and_rtrls_gradient(task_name):
   estimate, tape, rtrl = _lru_estimates(task_name)
@@ -273,6 +276,7 @@ def test_each_lru_weight_is_stored_with_its_unit_and_the_readout_is_not():
   assert wider.influence_size(ROWS)[0] == 2 * floats
 
 
+@pytest.mark.slow  # The whole-batch Jacobian reference.
 def test_the_whole_batch_step_agrees():
   """Without the per-row pass (the whole batch's tape, as for a model with
   dropout): the same estimate. (XLA's compiled step, the default, is checked
@@ -370,6 +374,7 @@ def test_bad_settings_are_refused_with_the_parameter_named():
 # ------------------------------------------------------- checkpoints, training
 
 
+@pytest.mark.slow  # Whole tfcredit.train runs, interrupted and resumed.
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
   def build():
     model = _model()
@@ -406,6 +411,7 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
   assert not any(np.any(v) for v in influence(method2))
 
 
+@pytest.mark.slow  # A whole tfcredit.train run with its export.
 def test_trains_and_exports_through_tfcredit_train_with_gin(clean_gin, tmp_path):
   tfcredit.config.parse(['testing/tiny.gin'], [
       'RecurrentModel.cell = @LRUCell', 'RecurrentModel.units = 6',
@@ -419,6 +425,7 @@ def test_trains_and_exports_through_tfcredit_train_with_gin(clean_gin, tmp_path)
       result['saved_model']).signatures
 
 
+@pytest.mark.slow  # The docs page's example, run as written.
 def test_the_pages_python_example_runs_and_is_exact(monkeypatch):
   """docs/methods/elementwise_rtrl.md's python block, as written: it asserts
   the estimate is full BPTT's, and its ``train_segment`` moves the weights.

@@ -367,6 +367,7 @@ def _validation_mse(model, task):
                             model.initial_state, 'valid', 200)['mse']
 
 
+@pytest.mark.slow  # Trains until a method learns.
 def test_fptt_learns_the_adding_task_where_truncated_bptt_stays_at_baseline():
   # T = 40 in K = 8 windows of 5 steps: truncated BPTT's gradient never spans the
   # distance between the markers; FPTT's per-window predictions of the target do.
@@ -409,6 +410,7 @@ def _configure(*bindings):
                                  'train.log_every_seconds = 1e9'] + list(bindings))
 
 
+@pytest.mark.slow  # Whole tfcredit.train runs, interrupted and resumed.
 def test_trainer_writes_method_summaries_and_resumes_exactly(tmp_path):
   try:
     _configure()

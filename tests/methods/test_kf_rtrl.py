@@ -111,6 +111,7 @@ def _squared_errors(cls, name, rows, calls):
   return np.array(errors)
 
 
+@pytest.mark.slow  # A statistical bound over many draws.
 @pytest.mark.parametrize('name', ['simple_rnn', 'lstm', 'lstm_2_layers',
                                   'lstm_projection_terminal'])
 def test_the_mean_estimate_is_rtrls_with_error_shrinking_as_one_over_root_n(
@@ -126,6 +127,7 @@ def test_the_mean_estimate_is_rtrls_with_error_shrinking_as_one_over_root_n(
   assert 2 < small / large < 8
 
 
+@pytest.mark.slow  # A statistical bound over many draws.
 @pytest.mark.parametrize('name, bound', [('lstm', 2.0), ('lstm_8', 3.0),
                                          ('simple_rnn', 2.0)])
 def test_the_variance_is_below_uoros(name, bound):
@@ -243,6 +245,7 @@ def test_the_kronecker_sum_is_unbiased_and_exact_when_a_term_vanishes():
   assert not np.any(kron(u, a))
 
 
+@pytest.mark.slow  # The whole-batch Jacobian reference.
 def test_the_whole_batch_jacobian_gives_the_same_estimate():
   """Without ``per_row`` the state's Jacobian in the biases comes from the
   step's tape: the same estimate, with the same draws."""

@@ -21,6 +21,8 @@ from tfcredit.testing import (assert_nests_close, built_optimizer,
                               example_model_arguments, tiny_model, to_numpy)
 from tfcredit.training import trainer
 
+from tiers import slow_except
+
 LENGTHS = (9, 4, 7)
 STEPS = max(LENGTHS)
 VOCABULARY, CLASSES = 5, 3
@@ -102,7 +104,8 @@ def _padded_and_one_by_one(name, readout):
 
 
 @pytest.mark.parametrize('readout', ['per_step', 'terminal'])
-@pytest.mark.parametrize('name', sorted(methods.METHODS))
+@pytest.mark.parametrize('name', slow_except(sorted(methods.METHODS),
+                                             'truncated_bptt'))
 def test_padded_batch_gives_the_one_by_one_estimate(name, readout):
   if name in REFUSE[readout]:
     with pytest.raises(ConfigurationError) as refusal:

@@ -20,6 +20,8 @@ from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
 from tfcredit.testing import built_optimizer, tiny_model
 
+from tiers import slow_except
+
 ROWS = 3
 STREAM = MarkovLanguageTask(vocabulary_size=5, branching=2, train_length=80,
                             eval_length=10, seed=2)
@@ -95,7 +97,7 @@ def test_the_estimate_is_full_bptts_gradient(task, cell):
   _close(tf.nest.flatten(final_state), tf.nest.flatten(expected_state))
 
 
-@pytest.mark.parametrize('cls', [RTRL, SnAp1, UORO])
+@pytest.mark.parametrize('cls', slow_except([RTRL, SnAp1, UORO], RTRL))
 def test_the_whole_batch_jacobian_gives_the_same_estimate(cls):
   """Without ``per_row`` (a model with dropout, whose masks a second pass
   would not repeat) the weights' Jacobian, and UORO's ``J s̃``, come from the
@@ -134,6 +136,7 @@ def test_the_estimate_is_exact_on_the_influence_balancing_system():
          _dense(full.estimate_gradients(segment, state)[0]), atol=1e-5)
 
 
+@pytest.mark.slow  # A real width is the point.
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'estimate'])
 def test_a_64_unit_lstm_runs_several_windows_per_call(train):
   """From 64 units Grappler rewrote the step loop's additions into temporary
@@ -206,7 +209,7 @@ def test_updates_carry_credit_across_windows_and_calls_where_truncation_does_not
   assert abs(norms['TruncatedBPTT'][1] - norms['RTRL'][1]) > 1e-3
 
 
-@pytest.mark.parametrize('cls', [RTRL, UORO, SnAp1, KFRTRL])
+@pytest.mark.parametrize('cls', slow_except([RTRL, UORO, SnAp1, KFRTRL], RTRL))
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path, cls):
   def build():
     model = tiny_model(STREAM, seed=0, units=5)

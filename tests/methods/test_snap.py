@@ -138,6 +138,7 @@ def _run(storage, task, cell, num_layers):
 COPY = CopyTask(sequence_length=4, seed=1, memory_length=2)
 
 
+@pytest.mark.slow  # Checked against the dense RTRL influence.
 # Every task, cell and depth, and every pair of them, once (a covering array).
 @pytest.mark.parametrize('task, cell, num_layers', [
     (STREAM, 'lstm', 2), (STREAM, 'gru', 1), (COPY, 'lstm', 1),

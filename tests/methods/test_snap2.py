@@ -104,6 +104,7 @@ def _expected_patterns(model):
   return immediate, two_steps, transitions
 
 
+@pytest.mark.slow  # Checked against RTRL.
 @pytest.mark.parametrize('task', [ADDING, STREAM], ids=['adding', 'stream'])
 def test_on_a_dense_gru_the_pattern_is_full_and_snap2_is_rtrl(task):
   model = tiny_model(task, seed=0, units=4, cell='gru')
@@ -124,6 +125,7 @@ def test_on_a_dense_gru_the_pattern_is_full_and_snap2_is_rtrl(task):
   assert snap.transitions.all()
 
 
+@pytest.mark.slow  # Checked against RTRL.
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_on_a_sparse_gru_snap2_is_closer_to_rtrl_than_snap1_and_biased(seed):
   """SnAp-2's error is above zero and below SnAp-1's; the compact patterns
@@ -152,6 +154,7 @@ def test_on_a_sparse_gru_snap2_is_closer_to_rtrl_than_snap1_and_biased(seed):
       int(np.sum(r > 0)) * int(r.max()) for r in reach)
 
 
+@pytest.mark.slow  # Checked against full BPTT through two methods.
 def test_with_every_recurrent_connection_cut_snap1_and_snap2_are_exact():
   model = _sparse_model(ADDING, 0, sparsity=1.0)
   found = _estimates(model, ADDING)
@@ -192,6 +195,7 @@ def _run(storage, task, layers):
   return snap, estimate, results
 
 
+@pytest.mark.slow  # Checked against the dense RTRL influence.
 @pytest.mark.parametrize('task, layers', [
     (STREAM, 2), (CopyTask(sequence_length=4, seed=1, memory_length=2), 1)],
                          ids=['stream-2-layers', 'copy'])

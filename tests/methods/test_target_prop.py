@@ -386,6 +386,7 @@ def test_several_replicas_are_refused_with_a_clear_message(task, mirrored):
 # ------------------------------------------------------------- trainer
 
 
+@pytest.mark.slow  # A whole tfcredit.train run.
 def test_trainer_writes_target_prop_summaries(tmp_path):
   gin.clear_config()
   try:

@@ -21,6 +21,8 @@ from tfcredit.testing import (assert_compiled_matches_eager, built_optimizer,
                               tiny_model, to_numpy)
 from tfcredit.training import trainer
 
+from tiers import slow_except
+
 ROWS = 3
 STREAM = MarkovLanguageTask(vocabulary_size=6, branching=2, train_length=300,
                             eval_length=20, seed=4)
@@ -90,7 +92,8 @@ def _stream_calls(method, model):
   return results
 
 
-@pytest.mark.parametrize('name', sorted(small_methods(ROWS)))
+@pytest.mark.parametrize(
+    'name', slow_except(sorted(small_methods(ROWS)), 'truncated_bptt'))
 def test_one_trace_serves_stream_segments_of_any_length(name):
   factory = _factories()[name]
   method = assert_compiled_matches_eager(_build(factory, STREAM, name),
@@ -112,7 +115,8 @@ EPISODIC = {
 }
 
 
-@pytest.mark.parametrize('name', sorted(EPISODIC))
+@pytest.mark.parametrize('name',
+                         slow_except(sorted(EPISODIC), 'truncated_bptt'))
 def test_one_trace_serves_episodic_batches_of_any_length_and_size(name):
   def run(method, model):
     results = []

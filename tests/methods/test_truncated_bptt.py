@@ -448,6 +448,7 @@ def test_bptt_on_episodic_task_rejects_a_sequence_length(copy_setup):
 # ------------------------------------------------------------------ XLA
 
 
+@pytest.mark.slow  # The updates once more, compiled by XLA.
 def test_jit_compile_trains_the_same_updates_to_float_tolerance():
   """``jit_compile=True`` runs each window's pass through XLA; the updates (token
   inputs: a sparse embedding gradient; LSTM: the fused unroll) match the

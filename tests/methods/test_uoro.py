@@ -44,6 +44,7 @@ def _relative_errors(task, segment_of, copies, cell):
   return errors
 
 
+@pytest.mark.slow  # A statistical bound over many draws.
 @pytest.mark.parametrize('cell', ['gru', 'lstm'])
 def test_the_mean_estimate_is_full_bptt_with_error_shrinking_as_one_over_root_n(
     cell):

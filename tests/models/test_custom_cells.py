@@ -30,6 +30,8 @@ from tfcredit.testing import (TwoStateCell, assert_nests_close, built_optimizer,
                               small_methods)
 from tfcredit.training import trainer
 
+from tiers import slow_except
+
 ROWS = 2
 H, M = 4, 3
 
@@ -105,7 +107,8 @@ CASES = ([('mixed', method) for method in ANY_CELL] +
 REFUSED = {('stacked_list', 'kf_rtrl'): 'GRUCell'}
 
 
-@pytest.mark.parametrize('cell,method', CASES)
+@pytest.mark.parametrize('cell,method', slow_except(
+    CASES, ('mixed', 'truncated_bptt'), ('stacked_list', 'kf_rtrl')))
 def test_every_method_trains_a_custom_core(task, cell, method):
   model = _model(task, CELLS[cell]())
   if (cell, method) in REFUSED:
@@ -273,6 +276,7 @@ def test_unusable_cells_are_refused_by_name(task, kwargs, parameter, value):
 # ------------------------------------------------------------------ with gin
 
 
+@pytest.mark.slow  # A whole tfcredit.train run.
 def test_a_gin_registered_cell_trains_through_tfcredit_train(clean_gin, tmp_path):
   # The class form (@TwoStateCell, called with units from the config) and ARTBP's
   # scaled path, through the trainer with the tiny config.

@@ -220,6 +220,7 @@ def _online(method, model, steps, nominal_length, checkpoints=()):
   return thetas + [float(_theta(model))], final / counted
 
 
+@pytest.mark.slow  # Trains five seeds until they converge or diverge.
 def test_truncated_bptt_10_diverges_and_artbp_converges_on_five_seeds(system):
   """Fig. 3 at a reduced horizon: the TF methods, end to end."""
   task, model = system
@@ -248,6 +249,7 @@ def test_truncated_bptt_10_diverges_and_artbp_converges_on_five_seeds(system):
   _theta(model).assign(0.0)
 
 
+@pytest.mark.slow  # Trains five seeds until they converge.
 def test_artbp_draws_converge_on_five_seeds_at_the_paper_horizon(system):
   """Fig. 3 over 10^5 steps, in numpy (Eq. 11 transcribed) with ARTBP's own draws.
 
@@ -283,6 +285,7 @@ def test_stream_holds_the_target_and_bad_settings_are_rejected():
                             cell=InfluenceBalancingCell(), identity_head=True)
 
 
+@pytest.mark.slow  # A whole tfcredit.train run.
 def test_artbp_config_trains_end_to_end(tmp_path):
   with cleared_gin_config():
     tfcredit.config.parse([os.path.join(CONFIGS, 'influence_balancing_artbp.gin')],

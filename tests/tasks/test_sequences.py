@@ -349,6 +349,7 @@ def _write_token_npz(path):
   return arrays
 
 
+@pytest.mark.slow  # Trains until the model learns.
 @pytest.mark.usefixtures('clean_gin')
 def test_bptt_learns_whether_a_token_occurs_from_an_npz_file(tmp_path):
   arrays = _write_token_npz(tmp_path / 'tokens.npz')

@@ -15,6 +15,8 @@ import tfcredit
 from tfcredit import testing
 from tfcredit.training import trainer
 
+from tiers import slow_except
+
 BATCH = 4
 
 
@@ -99,7 +101,8 @@ def _train(strategy, name, calls=2):
           metrics, [g.numpy() for g in gradients])
 
 
-@pytest.mark.parametrize('name', sorted(METHODS))
+@pytest.mark.parametrize(
+    'name', slow_except(sorted(METHODS), 'truncated_bptt/stream'))
 def test_two_replicas_give_the_same_training_as_one(mirrored, name):
   assert mirrored.num_replicas_in_sync == 2
   one = _train(tf.distribute.get_strategy(), name)

@@ -31,7 +31,9 @@ _STREAM = ('train.task = @MarkovLanguageTask',
            'TruncatedBPTT.windows_per_call = 2')
 
 
-@pytest.mark.parametrize('bindings', [(), _STREAM], ids=['episodic', 'stream'])
+@pytest.mark.parametrize('bindings', [
+    pytest.param((), marks=pytest.mark.slow, id='episodic'),
+    pytest.param(_STREAM, id='stream')])
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, bindings):
   _configure(*bindings)
   straight = tfcredit.train(str(tmp_path / 'straight'), export_dir=None)
@@ -196,6 +198,7 @@ def base_metrics():
   return base.BASE_METRICS
 
 
+@pytest.mark.slow  # Whole tfcredit.train runs, interrupted and resumed.
 def test_a_resumed_run_continues_the_copy_curriculum(tmp_path):
   """The curriculum's position is in the checkpoints: interrupted and resumed,
   the run ends at the length (and weights) of an uninterrupted one."""
