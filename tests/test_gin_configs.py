@@ -11,7 +11,7 @@ import tfcredit
 
 from tiers import slow_except
 
-ROOT = os.path.join(os.path.dirname(__file__), '..', 'tfcredit', 'gin_configs')
+ROOT = tfcredit.config.GIN_CONFIGS_DIR
 FILES = sorted(glob.glob(os.path.join(ROOT, '**', '*.gin'), recursive=True))
 
 

@@ -33,7 +33,9 @@ from tfcredit.testing import tensorflow_startup_lines
 # A wheel built and installed in a clean environment, its commands run as processes.
 pytestmark = pytest.mark.slow
 
-SOURCE_FILES = ('setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE')
+SOURCE_FILES = ('setup.py', 'setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE')
+# The package, and the top-level configs the wheel maps into it.
+SOURCE_FOLDERS = ('tfcredit', 'gin_configs')
 
 
 def _console_scripts():
@@ -65,8 +67,9 @@ def installed(tmp_path_factory):
   """(virtual environment directory, its python, environment) with the wheel."""
   root = tmp_path_factory.mktemp('packaging')
   source = root / 'source'
-  shutil.copytree(os.path.join(REPOSITORY, 'tfcredit'), source / 'tfcredit',
-                  ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+  for name in SOURCE_FOLDERS:
+    shutil.copytree(os.path.join(REPOSITORY, name), source / name,
+                    ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
   for name in SOURCE_FILES:
     shutil.copy(os.path.join(REPOSITORY, name), source / name)
   wheels = root / 'wheels'

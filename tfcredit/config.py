@@ -15,9 +15,18 @@ def configurable(cls):
   decorator at its definition; the method registry applies it to methods)."""
   return gin.register(cls, module='tfcredit')
 
-# The configs shipped with the package (package data, installed with the wheel).
-GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               'gin_configs')
+
+def _gin_configs_dir() -> str:
+  """The shipped configs: the repository's top-level ``gin_configs/``, which
+  the wheel installs inside the package as ``tfcredit/gin_configs`` (setup.py)."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  installed = os.path.join(package, 'gin_configs')
+  if os.path.isdir(installed):
+    return installed
+  return os.path.join(os.path.dirname(package), 'gin_configs')
+
+
+GIN_CONFIGS_DIR = _gin_configs_dir()
 _PACKAGED_PREFIX = 'gin_configs'
 
 

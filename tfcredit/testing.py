@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcredit import config
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
 
@@ -219,8 +220,7 @@ def tensorflow_startup_lines(text: str, first: Optional[int] = None) -> list:
           if TENSORFLOW_STARTUP_LINE.search(line)]
 
 
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           'gin_configs', 'testing', 'tiny.gin')
+TINY_CONFIG = os.path.join(config.GIN_CONFIGS_DIR, 'testing', 'tiny.gin')
 
 
 def configure_tiny(*bindings: str) -> None:

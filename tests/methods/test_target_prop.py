@@ -8,7 +8,6 @@ build a reference.
 """
 
 import glob
-import os
 
 import gin
 import keras
@@ -21,7 +20,7 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.methods import TargetProp
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask, CopyTask
-from tfcredit.testing import built_optimizer, tiny_model
+from tfcredit.testing import TINY_CONFIG, built_optimizer, tiny_model
 
 ROWS = 2
 
@@ -391,8 +390,7 @@ def test_trainer_writes_target_prop_summaries(tmp_path):
   gin.clear_config()
   try:
     tfcredit.config.parse(
-        [os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs',
-                      'testing', 'tiny.gin')],
+        [TINY_CONFIG],
         ['train.task = @MarkovLanguageTask',
          'MarkovLanguageTask.train_length = 400',
          'MarkovLanguageTask.eval_length = 100',

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import tfcredit
+from tfcredit.config import GIN_CONFIGS_DIR
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import ARTBP, TruncatedBPTT
 from tfcredit.models.linear_cell import InfluenceBalancingCell
@@ -24,8 +25,7 @@ from tfcredit.testing import built_optimizer, cleared_gin_config, tiny_model
 
 P, N = 10, 13
 ETA0 = 3e-4  # The paper's initial learning rate, on the summed window loss.
-CONFIGS = os.path.join(os.path.dirname(__file__), '..', '..', 'tfcredit', 'gin_configs',
-                       'tallec17_artbp')
+CONFIGS = os.path.join(GIN_CONFIGS_DIR, 'tallec17_artbp')
 
 
 def _matrix(p=P, n=N):

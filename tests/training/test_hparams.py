@@ -20,7 +20,7 @@ from tfcredit.training import schedules
 
 pytestmark = pytest.mark.usefixtures('clean_gin')
 
-# tfcredit/gin_configs/testing/tiny.gin, written out.
+# gin_configs/testing/tiny.gin, written out.
 TINY_HPARAMS = {
     'task': 'AddingTask', 'model': 'RecurrentModel', 'model.units': 16.0,
     'model.cell': 'lstm', 'model.num_layers': 1.0, 'method': 'TruncatedBPTT',
