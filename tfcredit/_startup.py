@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 # pattern and the modules of ``tfcredit/cli/``, so no second list can drift.
 SCRIPT_PREFIX = 'tfcredit-'
 _CLI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cli')
-_NOT_COMMANDS = ('__init__.py', 'common.py')  # The package and shared helpers.
+_NOT_COMMANDS = ('common.py',)  # Shared helpers; and any module named '_*'.
 LOG_LEVEL_VARIABLE = 'TF_CPP_MIN_LOG_LEVEL'
 _MODULE_PREFIX = 'tfcredit.cli.'
 QUIETED = False  # prepare() set TF_CPP_MIN_LOG_LEVEL itself (not the user).
@@ -35,7 +35,8 @@ QUIETED = False  # prepare() set TF_CPP_MIN_LOG_LEVEL itself (not the user).
 def command_modules() -> frozenset:
   """The modules of ``tfcredit/cli/`` that are entry points (each has ``main``)."""
   return frozenset(name[:-len('.py')] for name in os.listdir(_CLI_DIR)
-                   if name.endswith('.py') and name not in _NOT_COMMANDS)
+                   if name.endswith('.py') and name not in _NOT_COMMANDS
+                   and not name.startswith('_'))
 
 
 def is_command(argv: Sequence[str], orig_argv: Optional[Sequence[str]] = None

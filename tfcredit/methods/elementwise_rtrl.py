@@ -89,10 +89,9 @@ class ElementwiseRTRL(diagonal.UnitProbe, rtrl.RTRL):
                      max_influence_floats=max_influence_floats,
                      clip_norm=clip_norm, use_tf_function=use_tf_function,
                      name=name)
-    if isinstance(jit_compile, str) and jit_compile == jit.AUTO:
-      jit_compile = jit.allowed()
+    # 'auto': the compiled step pays for any cell (docs/methods/elementwise_rtrl.md).
     self.jit_compile = jit.resolve('ElementwiseRTRL.jit_compile', jit_compile,
-                                   model)
+                                   model, rule=lambda model: True)
     self._compiled_step = (tf.function(self._step_parts, jit_compile=True)
                            if self.jit_compile else None)
 

@@ -11,6 +11,8 @@ under XLA). Everywhere else it stays off. XLA compiles once per window shape,
 about a second for a small LSTM; results match the uncompiled pass to float
 tolerance, not bit for bit, and dropout draws other (equally random) masks
 under XLA than without it from the same seeds. docs/benchmark.md#xla-by-default.
+A method with another rule passes it to ``resolve`` (``ElementwiseRTRL``: its
+compiled step pays for any cell).
 
 ``TFCREDIT_AUTO_XLA=0`` in the environment makes ``'auto'`` never compile, for
 runs of many short-lived models, where each compile costs more than it saves
@@ -19,7 +21,7 @@ sets it in ``tests/conftest.py``; explicit ``True`` still compiles).
 """
 
 import os
-from typing import Union
+from typing import Any, Callable, Optional, Union
 
 import tensorflow as tf
 
@@ -46,8 +48,13 @@ def pays(model) -> bool:
 
 
 def resolve(parameter: str, value: Union[bool, str], model,
-            checkpointed: bool = False) -> bool:
+            checkpointed: bool = False,
+            rule: Optional[Callable[[Any], bool]] = None) -> bool:
   """``value`` (``True``, ``False`` or ``'auto'``) as a bool for ``model``.
+
+  ``'auto'`` follows ``rule(model)`` when a method gives its own (under
+  ``TFCREDIT_AUTO_XLA=0`` still off), else ``pays(model)`` and no
+  ``checkpointed`` pass (the rule of truncated BPTT and BPTT).
 
   Raises:
     ConfigurationError: ``value`` is none of the three.
@@ -55,6 +62,8 @@ def resolve(parameter: str, value: Union[bool, str], model,
   if isinstance(value, bool):
     return value
   if isinstance(value, str) and value == AUTO:
+    if rule is not None:
+      return allowed() and rule(model)
     return pays(model) and not checkpointed
   raise ConfigurationError(
       f"{parameter} must be True, False or '{AUTO}', got {value!r}: '{AUTO}' "
