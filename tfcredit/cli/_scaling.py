@@ -21,7 +21,7 @@ def define_flags() -> None:
          'time per step, peak memory and own state of every method, each point '
          'in a fresh process; writes scaling.json, scaling.md and scaling.png. '
          'With --quick: T 50-400, width 16, batch 8, 1 timed call per point '
-         '(about 15 minutes on 2 busy cores).')
+         '(docs/benchmark.md#cost-as-the-horizon-grows gives its duration).')
   define(flags.DEFINE_float, 'scaling_time_cap', scaling.TIME_CAP, 'Seconds per '
          'training call: a method\'s sweep stops at the first point over it.')
   define(flags.DEFINE_float, 'scaling_memory_cap', scaling.MEMORY_CAP, 'MB of '
