@@ -10,6 +10,15 @@ from typing import Iterable, Optional, Sequence
 
 # Column alignment: numbers to the right, text to the left.
 LEFT, RIGHT = '---', '---:'
+NO_PLOT = "no plot: pip install 'tfcredit[plots]'"
+
+
+def wrote(output_dir: str, files: Sequence[str], figure: str,
+          plotted: bool) -> str:
+  """The line a tool prints after writing ``files`` and, when ``plotted``,
+  ``figure`` into ``output_dir`` (else how to get the figure)."""
+  return (f"wrote {output_dir}/{', '.join(files)}"
+          + (f', {figure}' if plotted else f' ({NO_PLOT})'))
 
 
 def markdown_table(header: Sequence[str], alignment: Sequence[str],

@@ -37,6 +37,7 @@ from absl import flags
 from tfcredit.cli import common
 from tfcredit import comparison  # pylint: disable=g-bad-import-order
 from tfcredit.errors import ConfigurationError
+from tfcredit import tables  # pylint: disable=g-bad-import-order
 
 FLAGS = flags.FLAGS
 
@@ -97,9 +98,8 @@ def run(argv: List[str]) -> int:
   plotted = comparison.plot(rows, os.path.join(FLAGS.output_dir, 'comparison.png'),
                             log_scale=FLAGS.log_scale)
   print(table)
-  print(f'wrote {FLAGS.output_dir}/comparison.md, comparison.json'
-        + (', comparison.png' if plotted
-           else " (no plot: pip install 'tfcredit[plots]')"))
+  print(tables.wrote(FLAGS.output_dir, ['comparison.md', 'comparison.json'],
+                     'comparison.png', plotted))
   return 0
 
 

@@ -26,6 +26,7 @@ from typing import List, Optional, Sequence
 from absl import flags
 
 from tfcredit.cli import common
+from tfcredit import tables
 
 FLAGS = flags.FLAGS
 
@@ -106,9 +107,8 @@ def run(argv: List[str]) -> int:
     f.write(table)
   plotted = fidelity.plot(rows, os.path.join(FLAGS.output_dir, 'fidelity.png'))
   print(table)
-  print(f'wrote {FLAGS.output_dir}/fidelity.json, fidelity.md'
-        + (', fidelity.png' if plotted
-           else " (no plot: pip install 'tfcredit[plots]')"))
+  print(tables.wrote(FLAGS.output_dir, ['fidelity.json', 'fidelity.md'],
+                     'fidelity.png', plotted))
   return 0
 
 
