@@ -224,11 +224,13 @@ class KFRTRL(rtrl.RTRL):
                   tf.zeros(tf.stack([rows, self.width, f.z_size])))
                  for f in self.factors)
 
-  def _noise(self, rows, length, train):
-    """Signs ``(c1, c2)`` of every factor, ``[rows, length, 2 × factors]``."""
-    counter = self.training_draws if train else self.estimate_draws
-    return uoro.rademacher(self.noise_seed, counter, rows, length,
-                           2 * len(self.factors))
+  def _draw_key(self, train):
+    return uoro.draw_key(self, train)
+
+  def _noise(self, key, rows, start, end):
+    """Signs ``(c1, c2)`` of every factor in the window,
+    ``[rows, end − start, 2 × factors]``."""
+    return uoro.rademacher(key, rows, start, end, 2 * len(self.factors))
 
   # --------------------------------------------------------- the influence
   def _weight_gradients(self, factor, u, signal):

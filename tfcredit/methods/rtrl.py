@@ -168,12 +168,19 @@ class RTRL(base.Method):
     """``M`` for ``rows`` rows at the zero state: ``[rows, |s|, |θ|]`` zeros."""
     return tf.zeros(tf.stack([rows, self.width, self.num_parameters]))
 
-  def _noise(self, rows, length, train):
-    """Per-step random draws the influence update needs, ``[rows, length, k]``
-    (RTRL needs none: a placeholder of ones, as zero-size tensors crash
-    TensorFlow's cross-replica gather)."""
+  def _draw_key(self, train):
+    """The key of one call's random draws (drawn in the cross-replica
+    context), or None: RTRL draws nothing."""
     del train
-    return tf.ones(tf.stack([rows, length, 1]))
+
+  def _noise(self, key, rows, start, end):
+    """Per-step random draws the influence update needs in the window
+    ``[start, end)``, ``[rows, end − start, k]``, from the call's ``key``: one
+    window's worth, so memory does not grow with the call's length. RTRL needs
+    none: a placeholder of ones (zero-size tensors crash TensorFlow's
+    cross-replica gather)."""
+    del key
+    return tf.ones(tf.stack([rows, end - start, 1]))
 
   def _through_state(self, state_gradient, influence):
     """``Σ_rows (∂ℓ/∂s_{t−1}) M_{t−1}``, ``[|θ|]``."""
@@ -296,7 +303,7 @@ class RTRL(base.Method):
       step_inputs = tf.expand_dims(tf.gather(inputs, t, axis=1), 1)
       new_flat, new_influence, direct, through_state, loss_sum = self._step(
           step_inputs, self.window_targets(targets, t, t + 1), flat,
-          influence, noise[:, t], normalizer, has_loss)
+          influence, noise[:, t - start], normalizer, has_loss)
       # Keep the loop's static shapes (a batch of 1 would broadcast to None).
       flat = tf.ensure_shape(new_flat, flat.shape)
       influence = tf.nest.map_structure(
@@ -335,10 +342,14 @@ class RTRL(base.Method):
 
     def body(index, segment, carried, start, end, totals):
       del index
-      carried, (gradients, loss_sum) = self.run_window(
+      # The window's draws for every row, split over the replicas as
+      # ``carried`` is (so one replica and several draw the same).
+      noise = self.replicas.shard(self._noise(key, rows, start, end))
+      (state, influence, _), (gradients, loss_sum) = self.run_window(
           lambda segment, carried: self._window(segment, carried, start, end,
-                                                normalizer), segment, carried,
-          gradients_first=train)
+                                                normalizer), segment,
+          (*carried, noise), gradients_first=train)
+      carried = (state, influence)
       if not train:
         return carried, [t + g for t, g in zip(totals, gradients)]
       norm = self.apply_gradients(gradients, loss=loss_sum)
@@ -349,9 +360,9 @@ class RTRL(base.Method):
     totals = ((zero, zero, zero) if train
               else zeros_like_variables(self.model_variables))
     rows = tf.shape(segment[0])[0]
-    carried = (state, self._initial_influence(rows, train),
-               self._noise(rows, length, train))
-    (state, influence, _), totals = self.for_each_window(
+    key = self._draw_key(train)
+    carried = (state, self._initial_influence(rows, train))
+    (state, influence), totals = self.for_each_window(
         segment, carried, window_ends, body, totals)
     if train and self.influence is not None:
       tf.nest.map_structure(lambda v, x: v.assign(x), self.influence, influence)

@@ -60,11 +60,14 @@ class UORO(rtrl.RTRL):
     return (tf.zeros(tf.stack([rows, self.width])),
             tf.zeros(tf.stack([rows, self.num_parameters])))
 
-  def _noise(self, rows, length, train):
-    """Rademacher ``ν`` for every row and step, drawn in the cross-replica
-    context from ``(seed, counter)``; estimates draw from their own counter."""
-    counter = self.training_draws if train else self.estimate_draws
-    return rademacher(self.noise_seed, counter, rows, length, self.width)
+  def _draw_key(self, train):
+    """``(seed, counter)``, the counter then advanced; estimates draw from
+    their own counter."""
+    return draw_key(self, train)
+
+  def _noise(self, key, rows, start, end):
+    """Rademacher ``ν`` for every row and step of the window."""
+    return rademacher(key, rows, start, end, self.width)
 
   def _through_state(self, state_gradient, influence):
     state_tilde, theta_tilde = influence
@@ -112,15 +115,23 @@ def add_draw_counters(method, seed: int) -> None:
   method.estimate_draws = variable(0, 'estimate_draws')
 
 
-def rademacher(seed: tf.Variable, counter: tf.Variable, rows, length,
-               width) -> tf.Tensor:
-  """Entries ±1, ``[rows, length, width]``, drawn statelessly from ``(seed,
-  counter)``, which then advances: a checkpointed counter makes a resumed run
+def draw_key(method, train: bool) -> tf.Tensor:
+  """The key of one call's draws, ``(seed, counter)``; the counter (training's
+  or the estimates') then advances: a checkpointed counter makes a resumed run
   draw what the uninterrupted one would (UORO's ``ν``, KF-RTRL's signs)."""
-  key = tf.stack([seed, counter.read_value()])
+  counter = method.training_draws if train else method.estimate_draws
+  key = tf.stack([method.noise_seed, counter.read_value()])
   counter.assign_add(1)
+  return key
+
+
+def rademacher(key: tf.Tensor, rows, start, end, width) -> tf.Tensor:
+  """Entries ±1, ``[rows, end − start, width]``: the steps ``[start, end)``
+  of a call whose draws have ``key``, drawn statelessly per window (the
+  window's start folded into the key), so a call holds one window's draws."""
+  key = tf.random.experimental.stateless_fold_in(key, tf.cast(start, tf.int64))
   # Drawn time-major: step t's draws do not depend on how many steps follow,
   # so padding a segment leaves the draws of its real steps unchanged.
-  uniform = tf.random.stateless_uniform(tf.stack([length, rows, width]),
+  uniform = tf.random.stateless_uniform(tf.stack([end - start, rows, width]),
                                         seed=key)
   return tf.transpose(tf.where(uniform < 0.5, -1.0, 1.0), [1, 0, 2])
