@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import BPTT, UORO
+from tfcredit.methods.uoro import rademacher
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import built_optimizer, tiny_model
@@ -76,3 +77,19 @@ def test_bad_settings_are_refused_with_the_parameter_named():
   with pytest.raises(ConfigurationError, match=r'UORO.max_influence_floats'):
     UORO(model=model, task=STREAM, optimizer=optimizer, batch_size=2,
          max_influence_floats=10)
+
+
+def test_a_windows_draws_are_its_own_steps_whatever_follows():
+  """``rademacher`` draws one window's steps ``[start, end)`` (what a call
+  holds, not the whole call's): ±1, shaped ``[rows, end − start, width]``;
+  step t's draws depend on the key, its window's start and t only, so a
+  shorter last window (a stream's end, padding) reads a prefix of the longer
+  one; other windows and other keys draw otherwise."""
+  key = tf.constant([3, 0], tf.int64)
+  long = rademacher(key, 4, 5, 12, 6).numpy()
+  assert long.shape == (4, 7, 6) and set(np.unique(long)) == {-1.0, 1.0}
+  np.testing.assert_array_equal(rademacher(key, 4, 5, 8, 6).numpy(),
+                                long[:, :3])
+  assert not np.array_equal(rademacher(key, 4, 0, 7, 6).numpy(), long)
+  assert not np.array_equal(
+      rademacher(tf.constant([3, 1], tf.int64), 4, 5, 12, 6).numpy(), long)

@@ -172,6 +172,7 @@ class RTRL(base.Method):
     """The key of one call's random draws (drawn in the cross-replica
     context), or None: RTRL draws nothing."""
     del train
+    return None
 
   def _noise(self, key, rows, start, end):
     """Per-step random draws the influence update needs in the window
