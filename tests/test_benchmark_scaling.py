@@ -148,3 +148,20 @@ def test_a_bad_scaling_flag_exits_2_with_one_line(run_command, tmp_path, flag,
   assert flag in lines[0] and value in lines[0]
   assert 'e.g.' in lines[0] or 'set it to' in lines[0]  # The fix.
   assert not list(tmp_path.iterdir())  # Nothing measured or written.
+
+
+def test_artbp_points_record_their_longest_window_and_the_constant_variant():
+  """ARTBP's point names the longest window it backpropagated through (what
+  its peak memory holds), no longer than the sequence; ``artbp_constant`` is
+  ARTBP with the constant truncation probability; a method with fixed windows
+  records none."""
+  assert scaling.method_arguments('artbp_constant', 60) == {
+      **scaling.method_arguments('artbp', 60), 'schedule': 'constant'}
+  points = {name: scaling.measure_point(name, length=60, width=4, batch=2,
+                                        calls=1, seed=0)
+            for name in ('artbp', 'artbp_constant', 'truncated_bptt')}
+  for name in ('artbp', 'artbp_constant'):
+    longest = points[name]['longest_window']
+    assert isinstance(longest, int) and 1 <= longest <= 60, (name, longest)
+  assert points['truncated_bptt']['longest_window'] is None
+  assert 'longest window' in scaling.describe_point(points['artbp'])

@@ -23,7 +23,10 @@ full, so it costs what RTRL costs), ARTBP's mean window ``WINDOW``, FPTT with
 ``T / WINDOW`` windows, TargetProp blocks of ``TARGET_PROP_BLOCK``, full BPTT
 over the whole sequence. ``EXTRA_ARGUMENTS`` holds the variants timed beside
 them: ``bptt_checkpointed``, full BPTT keeping the state every ``round(sqrt(T))``
-steps.
+steps, and ``artbp_constant``, ARTBP with the constant truncation probability
+(geometric window lengths). A method that reports its windows' lengths (ARTBP)
+has the longest window it backpropagated through in its point
+(``longest_window``): a call's peak memory holds that window's activations.
 """
 
 import dataclasses
@@ -56,6 +59,7 @@ MIN_LENGTH = 3  # The shortest copy task: a symbol, a blank, the delimiter.
 EXTRA_ARGUMENTS: Dict[str, tuple] = {
     'bptt_checkpointed': ('bptt', lambda length: {
         'checkpoint_every': max(1, round(math.sqrt(length)))}),
+    'artbp_constant': ('artbp', lambda length: {'schedule': 'constant'}),
 }
 RESULT_PREFIX = 'scaling point: '  # The child process's result line.
 
@@ -189,8 +193,12 @@ def measure_point(name: str, length: int, width: int, batch: int, calls: int,
   memory.reset_peak(device)
   before = memory.current_rss()
 
+  longest = []
+
   def call(segment):
     _, metrics = method.train_segment(segment, model.initial_state(batch))
+    if 'window_lengths' in metrics:
+      longest.append(int(tf.reduce_max(metrics['window_lengths'])))
     return float(metrics['loss_sum'])
 
   call(data[0])  # Warm-up: traces.
@@ -209,7 +217,8 @@ def measure_point(name: str, length: int, width: int, batch: int, calls: int,
           'cpu_seconds_per_step': min(e.cpu for e in elapsed) / length,
           'peak_memory_bytes': int(used), 'memory_source': source,
           'own_state_floats': own_state_floats(method, model, optimizer, batch),
-          'traces': int(method.trace_counts['train_segment'])}
+          'traces': int(method.trace_counts['train_segment']),
+          'longest_window': max(longest) if longest else None}
 
 
 _CHILD = ('import json, sys\n'
@@ -286,7 +295,9 @@ def describe_point(point: Dict) -> str:
   return (f'{where}: {point["seconds_per_call"]:.3g} s/call, '
           f'{1e6 * point["seconds_per_step"]:.4g} us/step, '
           f'{point["peak_memory_bytes"] / 1e6:,.0f} MB ({point["memory_source"]}), '
-          f'own state {point["own_state_floats"]:,} floats')
+          f'own state {point["own_state_floats"]:,} floats'
+          + (f', longest window {point["longest_window"]}'
+             if point.get('longest_window') else ''))
 
 
 def sweep(options: ScalingOptions, log: Callable[[str], None] = print) -> Dict:
