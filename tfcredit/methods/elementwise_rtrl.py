@@ -38,6 +38,7 @@ from tfcredit.methods import diagonal
 from tfcredit.methods import jit
 from tfcredit.methods import registry
 from tfcredit.methods import rtrl
+from tfcredit.methods import vectorize
 from tfcredit.methods.replicas import densify
 from tfcredit.models.lru import LRUCell
 
@@ -240,7 +241,8 @@ class ElementwiseRTRL(diagonal.UnitProbe, rtrl.RTRL):
                    for g, v in zip(gradients[:-1], sources)],
                   tf.gather(gradients[-1], layer.entries.T))
 
-        direct, row = tf.vectorized_map(entry, (inputs, flat))
+        direct, row = vectorize.map_rows(self._eager_maps, (id(layer), a),
+                                         entry, (inputs, flat))
         for i, d in zip(writing, direct):
           directs[i][a] = d
         blocks.append(row)

@@ -37,6 +37,7 @@ from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import registry
 from tfcredit.methods import rtrl
+from tfcredit.methods import vectorize
 from tfcredit.methods.replicas import densify
 from tfcredit.models.leaky_rnn import LeakyRNNCell
 from tfcredit.tasks import base as task_base
@@ -273,7 +274,7 @@ class RFLO(rtrl.RTRL):
     del noise
     model, rule = self.model, self.rule
     variables = self.model_variables
-    with tf.GradientTape() as encoder_tape:
+    with tf.GradientTape(persistent=True) as encoder_tape:  # Looped eagerly.
       x = tf.cast(model._features(inputs)[:, 0], tf.float32)  # pylint: disable=protected-access
     state = self._nest(flat)[0]
     step = rule.step(x, state)
@@ -331,7 +332,8 @@ class RFLO(rtrl.RTRL):
   def _encoder_jacobian(self, tape, x):
     """``[rows, inputs, encoder weights]``: each row's ``∂x_t/∂θ_encoder``."""
     variables = [self.model_variables[i] for i in self.encoder_slots]
-    return rtrl.flat_jacobian(tape.jacobian(x, variables), variables,
+    return rtrl.flat_jacobian(vectorize.jacobian(tape, x, variables),
+                              variables,
                               tf.shape(x))
 
   def _through_gates(self, factors, gates):

@@ -20,6 +20,7 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.methods import base
 from tfcredit.methods import registry
 from tfcredit.methods import truncated_bptt
+from tfcredit.methods import vectorize
 from tfcredit.methods.replicas import densify, zeros_like_variables
 from tfcredit.metrics import LAST
 from tfcredit.models.state import flatten_state, unflatten_state
@@ -83,6 +84,7 @@ class RTRL(base.Method):
     # second pass would not repeat.
     self.per_row = (callable(getattr(model, 'state_step', None))
                     and not model.rng_variables())
+    self._eager_maps = vectorize.EagerMaps()
     self._prepare_influence()
     floats, formula = self.influence_size(batch_size or 1)
     if floats > limit:
@@ -203,7 +205,7 @@ class RTRL(base.Method):
     the whole of it, ``[rows, |s|, |s|]``, from the step's tape (``|s|``
     backward passes)."""
     del inputs, influence
-    return tape.batch_jacobian(new_flat, flat)
+    return vectorize.batch_jacobian(tape, new_flat, flat)
 
   def _advance(self, jacobian, immediate, influence, noise):
     """``M_t = J_t M_{t−1} + ∂s_t/∂θ|direct``; ``jacobian`` is
@@ -218,7 +220,8 @@ class RTRL(base.Method):
 
     With ``per_row``, ``rows × k`` backward passes through one row each: one
     vector–Jacobian product per row and probe entry, each from that row's own
-    step (``model.state_step``), mapped by ``tf.vectorized_map``.
+    step (``model.state_step``), mapped by ``tf.vectorized_map``
+    (``vectorize.map_rows``).
     (``tape.jacobian`` inside ``tf.vectorized_map`` returns None in TF 2.21;
     ``tape.gradient`` works.) Otherwise ``tape``'s Jacobian of ``probes``
     (recorded with the step): ``rows × k`` passes through the whole batch,
@@ -227,7 +230,8 @@ class RTRL(base.Method):
     parts = self._probe_variables()
     rows = tf.shape(flat)[0]
     if not self.per_row:
-      return [flat_jacobian(tape.jacobian(probe, variables), variables,
+      return [flat_jacobian(vectorize.jacobian(tape, probe, variables),
+                            variables,
                             tf.stack([rows, probe.shape[-1]]))
               for probe, variables in zip(probes, parts)]
     sizes = [p.shape[-1] for p in self._probes(flat[:1], noise[:1])]
@@ -252,7 +256,8 @@ class RTRL(base.Method):
         # of mismatched shapes in an embedding's gradient, TF 2.21): map one
         # repeated row more, and drop its product.
         elements = tuple(tf.concat([e, e[:1]], 0) for e in elements)
-      products = tf.vectorized_map(entry, elements)[:rows * size]
+      products = vectorize.map_rows(self._eager_maps, part, entry,
+                                    elements)[:rows * size]
       width = sum(int(v.shape.num_elements()) for v in variables)
       immediate.append(tf.reshape(products, tf.stack([rows, size, width])))
     return immediate

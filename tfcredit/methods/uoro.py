@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfcredit import validation
 from tfcredit.methods import registry
 from tfcredit.methods import rtrl
+from tfcredit.methods import vectorize
 
 # Keeps ρ₀ and ρ₁ finite at the zero state (the paper's ε).
 EPSILON = 1e-7
@@ -85,8 +86,8 @@ class UORO(rtrl.RTRL):
     ``ForwardAccumulator``); otherwise from the tape's whole ``J_t``."""
     state_tilde, _ = influence
     if not self.per_row:
-      return tf.einsum('bij,bj->bi', tape.batch_jacobian(new_flat, flat),
-                       state_tilde)
+      jacobian = vectorize.batch_jacobian(tape, new_flat, flat)
+      return tf.einsum('bij,bj->bi', jacobian, state_tilde)
     with tf.autodiff.ForwardAccumulator(flat, state_tilde) as accumulator:
       state = self.model.state_step(inputs, self._nest(flat), training=True)
       stepped = self._flat(state)
