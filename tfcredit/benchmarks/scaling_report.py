@@ -7,8 +7,13 @@ subtract 1). Over the forward-mode width sweep both are per step at fixed T.
 
 Expected slopes (``EXPECTED``): full BPTT stores every step's activations
 (memory ∝ T), or with the state kept every ``√T`` steps (``bptt_checkpointed``)
-the checkpoints and one chunk's activations (memory ∝ √T); the other methods hold a window's, a block's or an influence of
-fixed size (memory constant in T); every method visits every step (time ∝ T).
+the checkpoints and one chunk's activations (memory ∝ √T); ARTBP with the
+power schedule (Eq. 14, ``α = 4``) holds its longest window's activations, and
+its window lengths have the tail ``P(L > l) ∝ l^−(α−1)``, so the longest of the
+``T / L0`` windows of a sequence grows as ``T^(1/(α−1)) = T^(1/3)`` (with the
+constant schedule, geometric lengths, as ``log T``); the other methods hold a
+window's, a block's or an influence of fixed size (memory constant in T); every
+method visits every step (time ∝ T).
 In the width ``n`` of an LSTM (state ``|s| ∝ n``, weights ``|θ| ∝ n²``): RTRL's
 influence update costs ``|s|²|θ| ∝ n⁴`` per step and holds ``|s||θ| ∝ n³``
 floats; UORO's and SnAp-1's cost and state are ``∝ |θ| ∝ n²``.
@@ -26,7 +31,7 @@ from tfcredit import tables
 # {sweep: {method: (memory slope, time slope)}}; None: any method not listed.
 EXPECTED = {
     'length': {'bptt': (1.0, 1.0), 'bptt_checkpointed': (0.5, 1.0),
-               None: (0.0, 1.0)},
+               'artbp': (1 / 3, 1.0), None: (0.0, 1.0)},
     'width': {'rtrl': (3.0, 4.0), 'uoro': (2.0, 2.0), 'snap1': (2.0, 2.0)},
 }
 
