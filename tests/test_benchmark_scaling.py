@@ -164,4 +164,8 @@ def test_artbp_points_record_their_longest_window_and_the_constant_variant():
     longest = points[name]['longest_window']
     assert isinstance(longest, int) and 1 <= longest <= 60, (name, longest)
   assert points['truncated_bptt']['longest_window'] is None
+  # The tests keep 'auto' off (tests/conftest.py): no point compiled with XLA.
+  assert [p['xla'] for p in points.values()] == [False] * 3
+  with_xla = dict(points['truncated_bptt'], xla=True)
+  assert scaling.describe_point(with_xla).endswith(', XLA')
   assert 'longest window' in scaling.describe_point(points['artbp'])

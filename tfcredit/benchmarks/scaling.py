@@ -27,6 +27,8 @@ steps, and ``artbp_constant``, ARTBP with the constant truncation probability
 (geometric window lengths). A method that reports its windows' lengths (ARTBP)
 has the longest window it backpropagated through in its point
 (``longest_window``): a call's peak memory holds that window's activations.
+A point compiled with XLA (``jit_compile``'s outcome, ``'auto'`` by default)
+says so (``xla``): its peak includes the compilation's memory.
 """
 
 import dataclasses
@@ -218,7 +220,8 @@ def measure_point(name: str, length: int, width: int, batch: int, calls: int,
           'peak_memory_bytes': int(used), 'memory_source': source,
           'own_state_floats': own_state_floats(method, model, optimizer, batch),
           'traces': int(method.trace_counts['train_segment']),
-          'longest_window': max(longest) if longest else None}
+          'longest_window': max(longest) if longest else None,
+          'xla': bool(getattr(method, 'jit_compile', False))}
 
 
 _CHILD = ('import json, sys\n'
@@ -296,6 +299,7 @@ def describe_point(point: Dict) -> str:
           f'{1e6 * point["seconds_per_step"]:.4g} us/step, '
           f'{point["peak_memory_bytes"] / 1e6:,.0f} MB ({point["memory_source"]}), '
           f'own state {point["own_state_floats"]:,} floats'
+          + (', XLA' if point.get('xla') else '')
           + (f', longest window {point["longest_window"]}'
              if point.get('longest_window') else ''))
 
