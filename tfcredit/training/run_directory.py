@@ -67,6 +67,8 @@ def bindings(text: str) -> Dict[str, Tuple[str, str, object]]:
   """``{'selector.argument' (with 'scope/' first when scoped): (selector,
   argument, value)}`` of a config text (``gin.config_str()`` output)."""
   result = {}
+  # Only the text is read, not applied: a run's config may name configurables
+  # this process has not imported (a user's cell, a later version's option).
   parser = config_parser.ConfigParser(text, gin.config.ParserDelegate(
       skip_unknown=True))
   for statement in parser:
