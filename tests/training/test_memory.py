@@ -45,8 +45,18 @@ def test_the_progress_line_names_the_peak_in_megabytes(tmp_path):
   assert 20 < shown <= memory.peak_memory()[0] / 1e6 + 1
 
 
-def test_the_source_is_the_peak_rss_without_allocator_statistics():
-  peak, source = memory.peak_memory(device='CPU:0')
+def test_without_a_gpu_the_source_is_the_peak_rss():
+  # Some TensorFlow builds keep allocator statistics for the CPU too (they did
+  # on a machine with AMX); a CPU run still reads the RSS, the same on all.
+  assert memory.allocator_device() is None
+  peak, source = memory.peak_memory()
   assert source == memory.PEAK_RSS
   assert 0 < memory.current_rss() <= peak <= memory.peak_rss()
   assert memory.megabytes(812_345_678) == '812 MB'
+
+
+def test_a_device_without_statistics_falls_back_to_the_peak_rss():
+  # No such device here: get_memory_info raises ValueError.
+  peak, source = memory.peak_memory(device='GPU:7')
+  assert source == memory.PEAK_RSS
+  assert 0 < peak <= memory.peak_rss()

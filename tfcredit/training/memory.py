@@ -19,8 +19,10 @@ PEAK_RSS = 'peak RSS'  # VmHWM, else resource.getrusage's ru_maxrss.
 
 
 def allocator_device() -> Optional[str]:
-  """The first GPU's name (``'GPU:0'``) if TensorFlow sees one, else None: CPU
-  devices keep no allocator statistics."""
+  """The first GPU's name (``'GPU:0'``) if TensorFlow sees one, else None. A
+  CPU run reads the peak RSS even where its TensorFlow build keeps allocator
+  statistics for the CPU (some do, on some machines), so CPU figures compare
+  across machines."""
   gpus = tf.config.list_logical_devices('GPU')
   return gpus[0].name if gpus else None
 
