@@ -26,6 +26,13 @@ def pytest_configure(config):
   if getattr(config.option, 'numprocesses', None) and not hasattr(
       config, 'workerinput'):
     return  # The xdist controller: its workers run the tests.
+  # The in-process entry points (run_command) run as a command does by default:
+  # TensorFlow's C++ log lines off (tfcredit/_startup.py sets the same before a
+  # command imports TensorFlow). Without it, a one-time line of some builds
+  # (oneDNN's "supports DT_BOOL only on platforms with AVX-512", on a machine
+  # with AMX) lands in whichever test runs the first boolean op, even under
+  # .ci/run's level 2. Children started by tests/checkout.py's run_tool drop it.
+  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
   from tfcredit.training import distribution  # pylint: disable=g-import-not-at-top
   distribution.split_cpu(2)
 
