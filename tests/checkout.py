@@ -15,8 +15,22 @@ def run_tool(script: str, *args: str, timeout: float = 900
   repository root; returns the completed process (text ``stdout`` and
   ``stderr``). ``TF_CPP_MIN_LOG_LEVEL`` is left unset, as for a user, so the
   entry point's own quiet start is what keeps TensorFlow's lines out."""
+  done, = run_tools((script, *args), timeout=timeout)
+  return done
+
+
+def run_tools(*calls, timeout: float = 900):
+  """``run_tool`` for several ``(script, *args)`` calls started together (each
+  spends seconds importing TensorFlow): their completed processes, in order."""
   env = {key: value for key, value in os.environ.items()
          if key != 'TF_CPP_MIN_LOG_LEVEL'}
-  return subprocess.run(
+  processes = [subprocess.Popen(
       [sys.executable, os.path.join(REPOSITORY, 'tools', script), *args],
-      capture_output=True, text=True, env=env, cwd=REPOSITORY, timeout=timeout)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+      cwd=REPOSITORY) for script, *args in calls]
+  done = []
+  for process in processes:
+    stdout, stderr = process.communicate(timeout=timeout)
+    done.append(subprocess.CompletedProcess(process.args, process.returncode,
+                                            stdout, stderr))
+  return done

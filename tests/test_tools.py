@@ -14,6 +14,7 @@ import pytest
 
 from checkout import REPOSITORY
 from checkout import run_tool
+from checkout import run_tools
 from tfcredit import _startup
 from tfcredit.testing import TINY_CONFIG
 from tfcredit.testing import tensorflow_startup_lines
@@ -93,14 +94,15 @@ def test_evaluate_rejects_a_path_that_is_not_an_export(tmp_path, run_command):
 
 @pytest.mark.slow
 def test_quiet_by_default_and_verbose_on_request(tmp_path):
-  quiet = run_tool('evaluate.py', f'--saved_model={tmp_path}')
+  quiet, verbose, listed = run_tools(
+      ('evaluate.py', f'--saved_model={tmp_path}'),
+      ('evaluate.py', f'--saved_model={tmp_path}', '--verbose'),
+      ('train.py', '--help'))
   assert quiet.returncode == 2
   assert quiet.stderr.startswith('error: '), quiet.stderr  # Nothing before it.
   assert not _startup_lines(quiet.stderr), quiet.stderr
-  verbose = run_tool('evaluate.py', f'--saved_model={tmp_path}', '--verbose')
   assert verbose.returncode == 2 and 'saved_model.pb' in verbose.stderr
   assert 'Unknown command line flag' not in verbose.stderr
-  listed = run_tool('train.py', '--help')
   assert '--[no]verbose' in listed.stdout and '--gin_file' in listed.stdout  # absl exits 1
 
 
