@@ -24,10 +24,17 @@ def run_tools(*calls, timeout: float = 900):
   spends seconds importing TensorFlow): their completed processes, in order."""
   env = {key: value for key, value in os.environ.items()
          if key != 'TF_CPP_MIN_LOG_LEVEL'}
-  processes = [subprocess.Popen(
-      [sys.executable, os.path.join(REPOSITORY, 'tools', script), *args],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-      cwd=REPOSITORY) for script, *args in calls]
+  return run_together(
+      [[sys.executable, os.path.join(REPOSITORY, 'tools', script), *args]
+       for script, *args in calls], cwd=REPOSITORY, env=env, timeout=timeout)
+
+
+def run_together(commands, cwd, env, timeout: float = 900):
+  """Starts every command at once and returns their completed processes (text
+  ``stdout`` and ``stderr``) in order."""
+  processes = [subprocess.Popen(command, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=cwd) for command in commands]
   done = []
   for process in processes:
     stdout, stderr = process.communicate(timeout=timeout)

@@ -28,6 +28,7 @@ import venv
 import pytest
 
 from checkout import REPOSITORY
+from checkout import run_together
 from tfcredit.testing import tensorflow_startup_lines
 
 # A wheel built and installed in a clean environment, its commands run as processes.
@@ -127,15 +128,12 @@ def test_the_wheel_is_what_gets_imported_with_its_configs(installed, tmp_path):
 
 def test_every_installed_script_answers_help_quietly(installed, tmp_path):
   venv_dir, _, env = installed
-  # Started together (each spends seconds importing TensorFlow), read in turn.
-  processes = {command: subprocess.Popen(
-      [str(venv_dir / 'bin' / command), '--help'], cwd=tmp_path, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for command in _console_scripts()}
-  for command, process in processes.items():
-    stdout, stderr = process.communicate(timeout=600)
-    done = subprocess.CompletedProcess(process.args, process.returncode, stdout,
-                                       stderr)
+  commands = _console_scripts()
+  # Started together: each spends seconds importing TensorFlow.
+  answers = run_together([[str(venv_dir / 'bin' / command), '--help']
+                          for command in commands], cwd=tmp_path, env=env,
+                         timeout=600)
+  for command, done in zip(commands, answers):
     # absl's --help prints the module's usage and flags, then exits 1.
     assert done.returncode in (0, 1), (command, done.stderr)
     assert command in done.stdout and '--[no]verbose' in done.stdout, (
