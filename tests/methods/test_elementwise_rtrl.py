@@ -27,7 +27,7 @@ from tfcredit.methods import RTRL, ElementwiseRTRL, jit
 from tfcredit.models.lru import LRUCell
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
-from tfcredit.tasks.synthetic import AddingTask
+from tfcredit.tasks.synthetic import AddingTask, CopyTask
 from tfcredit.testing import built_optimizer, clean_gin, tiny_model  # noqa: F401
 
 from tiers import slow_except
@@ -119,11 +119,14 @@ def _tape_gradient(model, task, segment, stopped=()):
 
 @functools.lru_cache(maxsize=None)
 def _lru_problem(task_name):
-  """``(model, task, segment)``: one LRU on the per-step stream (11 steps) or
-  the adding task (terminal loss); estimates leave the weights as they are."""
+  """``(model, task, segment)``: one LRU on the per-step stream (11 steps),
+  the adding task (terminal loss) or the copy task's one-hot symbols (episodic,
+  per step, 9 steps); estimates leave the weights as they are."""
   task, segment = {
       'stream': (STREAM, _stream(0, 11)),
-      'adding': (AddingTask(sequence_length=9, seed=1), None)}[task_name]
+      'adding': (AddingTask(sequence_length=9, seed=1), None),
+      'copy': (CopyTask(sequence_length=3, memory_length=3, seed=1,
+                        one_hot_inputs=True), None)}[task_name]
   if segment is None:
     inputs, targets = task.batch('train', 0, 0, ROWS)
     segment = (tf.constant(inputs), tf.constant(targets))
@@ -148,8 +151,8 @@ def _lru_estimates(task_name):
 
 
 @pytest.mark.parametrize('task_name',
-                         slow_except(['stream', 'adding'], 'adding'),
-                         ids=['per_step', 'terminal'])
+                         slow_except(['stream', 'adding', 'copy'], 'adding'),
+                         ids=['per_step', 'terminal', 'episodic_per_step'])
 def test_the_estimate_is_full_bptts_and_rtrls_gradient(task_name):
   estimate, tape, rtrl = _lru_estimates(task_name)
   _close(estimate, tape)

@@ -220,7 +220,26 @@ def test_without_a_threshold_the_length_is_fixed():
     (dict(curriculum_threshold=0.15, curriculum_calls=0), 'curriculum_calls'),
     (dict(curriculum_threshold=0.15, curriculum_on='delay'), 'curriculum_on'),
     (dict(memory_length=0), 'memory_length'),
+    (dict(one_hot_inputs='yes'), 'one_hot_inputs'),
 ])
 def test_bad_curriculum_settings_name_the_parameter(kwargs, parameter):
   with pytest.raises(ConfigurationError, match=f'CopyTask.{parameter}'):
     CopyTask(sequence_length=3, **kwargs)
+
+
+def test_one_hot_inputs_are_the_symbols_one_hot_vectors_for_a_model_without_encoder():
+  ids_task = CopyTask(sequence_length=5, memory_length=4, seed=3)
+  task = CopyTask(sequence_length=5, memory_length=4, seed=3, one_hot_inputs=True)
+  ids, targets = ids_task.batch('train', 1, 2, 6)
+  inputs, one_hot_targets = task.batch('train', 1, 2, 6)
+  assert inputs.shape == (6, 13, 10) and inputs.dtype == np.float32
+  np.testing.assert_array_equal(inputs, np.eye(10, dtype=np.float32)[ids])
+  np.testing.assert_array_equal(one_hot_targets, targets)
+  spec = task.model_spec()
+  assert spec['input_dim'] == 10 and 'input_vocab_size' not in spec
+  assert spec['output_dim'] == 10 and spec['readout'] == ids_task.readout
+  inputs_spec, targets_spec = task.segment_spec()
+  assert inputs_spec.shape.as_list() == [None, None, 10]
+  assert inputs_spec.dtype == tf.float32 and targets_spec.dtype == tf.int32
+  assert task.get_config()['one_hot_inputs'] is True
+  assert ids_task.get_config()['one_hot_inputs'] is False

@@ -9,7 +9,9 @@
   ``T + 20`` symbols; the first 10 drawn uniformly from ``a0..a7``, then ``T - 1``
   blanks ``a8``, one delimiter ``a9`` and 10 more blanks. The target is blanks for the
   first ``T + 10`` steps and then the 10 remembered symbols. Per-step cross-entropy;
-  the memoryless baseline is ``10·log 8 / (T + 20)``.
+  the memoryless baseline is ``10·log 8 / (T + 20)``. The inputs are symbol ids
+  (an embedding reads them), or with ``one_hot_inputs`` the symbols' one-hot
+  vectors, real features a cell reads directly.
 
 Batch ``i`` of epoch ``e`` of a split is drawn from ``numpy.random.default_rng([seed,
 split, e, i])``, so every method sees the same data in the same order, and a resumed
@@ -133,7 +135,9 @@ class CopyTask(_SyntheticTask):
   the number of symbols to copy: use ``sequence_length = 1``). After every
   ``curriculum_calls`` training calls at one length, if the mean error per
   recalled symbol over them is below the threshold, that length counts as solved
-  and grows by one. The error of a call is its summed cross-entropy over every
+  and grows by one. ``one_hot_inputs`` feeds each symbol as its one-hot vector
+  (``input_dim = 10``) instead of its id, for a model without an encoder (a
+  cell that must see the inputs themselves, as element-wise RTRL's exact case). The error of a call is its summed cross-entropy over every
   step, in bits, divided by the recalled symbols: an upper bound of the recall
   error (the blank steps' loss is counted too). Validation and test use the
   current lengths. The position is in the run's checkpoints; the final metrics
@@ -152,7 +156,8 @@ class CopyTask(_SyntheticTask):
                train_batches_per_epoch: int = 100, eval_batches: int = 10,
                memory_length: int = 10,
                curriculum_threshold: Optional[float] = None,
-               curriculum_calls: int = 10, curriculum_on: str = 'blanks'):
+               curriculum_calls: int = 10, curriculum_on: str = 'blanks',
+               one_hot_inputs: bool = False):
     super().__init__(sequence_length=sequence_length, seed=seed,
                      train_batches_per_epoch=train_batches_per_epoch,
                      eval_batches=eval_batches)
@@ -169,6 +174,8 @@ class CopyTask(_SyntheticTask):
     self.curriculum_calls = validation.positive_int('CopyTask.curriculum_calls',
                                                     curriculum_calls)
     self.curriculum_on = curriculum_on
+    self.one_hot_inputs = validation.boolean('CopyTask.one_hot_inputs',
+                                             one_hot_inputs)
     start = self.sequence_length if curriculum_on == 'blanks' else self.memory_length
     self._curriculum = (None if curriculum_threshold is None
                         else _CurriculumState(start))
@@ -225,7 +232,7 @@ class CopyTask(_SyntheticTask):
   def get_config(self) -> Dict[str, Any]:
     # An export is evaluated at the lengths it was trained to.
     return dict(super().get_config(), sequence_length=self.length,
-                memory_length=self.symbols)
+                memory_length=self.symbols, one_hot_inputs=self.one_hot_inputs)
 
   def final_metrics(self) -> Dict[str, Any]:
     if self._curriculum is None:
@@ -235,12 +242,15 @@ class CopyTask(_SyntheticTask):
             'largest_solved_length': solved or None}
 
   def model_spec(self) -> Dict[str, Any]:
-    return {'input_vocab_size': self.num_symbols, 'output_dim': self.num_symbols,
-            'readout': self.readout}
+    inputs = ({'input_dim': self.num_symbols} if self.one_hot_inputs else
+              {'input_vocab_size': self.num_symbols})
+    return dict(inputs, output_dim=self.num_symbols, readout=self.readout)
 
   def segment_spec(self) -> Tuple[tf.TensorSpec, tf.TensorSpec]:
-    return (tf.TensorSpec([None, None], tf.int32, name='inputs'),
-            tf.TensorSpec([None, None], tf.int32, name='targets'))
+    inputs = (tf.TensorSpec([None, None, self.num_symbols], tf.float32,
+                            name='inputs') if self.one_hot_inputs else
+              tf.TensorSpec([None, None], tf.int32, name='inputs'))
+    return inputs, tf.TensorSpec([None, None], tf.int32, name='targets')
 
   def batch(self, split: str, epoch: int, index: int, batch_size: int):
     rng = self._rng(split, epoch, index)
@@ -252,6 +262,8 @@ class CopyTask(_SyntheticTask):
     inputs[:, symbols + length - 1] = self.delimiter
     targets = np.full((batch_size, total), self.blank, np.int32)
     targets[:, -symbols:] = memory
+    if self.one_hot_inputs:
+      return np.eye(self.num_symbols, dtype=np.float32)[inputs], targets
     return inputs, targets
 
   def losses(self, outputs, targets):
