@@ -135,14 +135,16 @@ class CopyTask(_SyntheticTask):
   the number of symbols to copy: use ``sequence_length = 1``). After every
   ``curriculum_calls`` training calls at one length, if the mean error per
   recalled symbol over them is below the threshold, that length counts as solved
-  and grows by one. ``one_hot_inputs`` feeds each symbol as its one-hot vector
-  (``input_dim = 10``) instead of its id, for a model without an encoder (a
-  cell that must see the inputs themselves, as element-wise RTRL's exact case). The error of a call is its summed cross-entropy over every
+  and grows by one. The error of a call is its summed cross-entropy over every
   step, in bits, divided by the recalled symbols: an upper bound of the recall
   error (the blank steps' loss is counted too). Validation and test use the
   current lengths. The position is in the run's checkpoints; the final metrics
   report ``curriculum_length`` and ``largest_solved_length`` (of the growing
   length).
+
+  ``one_hot_inputs`` feeds each symbol as its one-hot vector (``input_dim =
+  10``) instead of its id, for a model without an encoder (a cell that reads
+  the inputs themselves, element-wise RTRL's exact case).
   """
 
   name = 'copy'
