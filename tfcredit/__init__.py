@@ -35,6 +35,7 @@ from tfcredit.methods.truncated_bptt import BPTT
 from tfcredit.methods.truncated_bptt import TruncatedBPTT
 from tfcredit.methods.uoro import UORO
 from tfcredit.models import InfluenceBalancingCell
+from tfcredit.models import LRUBlockCell
 from tfcredit.models import LRUCell
 from tfcredit.models import LeakyRNNCell
 from tfcredit.models import LayerwiseSynthesizer
@@ -64,7 +65,7 @@ __version__ = '0.1.0'
 __all__ = [
     'ARTBP', 'AddingTask', 'BPTT', 'ConfigurationError', 'CopyTask', 'DNI',
     'DataError', 'EProp', 'ElementwiseRTRL', 'FPTT', 'InfluenceBalancingCell',
-    'InfluenceBalancingTask', 'KFRTRL', 'LRUCell', 'LagAddTask',
+    'InfluenceBalancingTask', 'KFRTRL', 'LRUBlockCell', 'LRUCell', 'LagAddTask',
     'LanguageModelTask', 'LayerwiseSynthesizer', 'LeakyRNNCell',
     'MarkovLanguageTask', 'METHODS', 'Method', 'NeuronwiseSynthesizer', 'RFLO',
     'RTRL', 'RecurrentModel', 'SequenceTask', 'SequentialImageTask', 'SnAp1',

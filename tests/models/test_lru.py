@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import tfcredit
 from tfcredit.errors import ConfigurationError
-from tfcredit.models.lru import LRUCell
+from tfcredit.models.lru import LRUBlockCell, LRUCell
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.testing import clean_gin  # noqa: F401
 from tfcredit.training import trainer
@@ -50,6 +50,22 @@ def _numpy_lru(cell, inputs, h0):
     direct = w['D'] * x if w['D'].ndim == 1 else x @ w['D']
     outputs.append((h @ c).real + direct)
   return np.stack(outputs, 1), h
+
+
+def _numpy_block(cell, inputs, h0):
+  """The residual block in numpy: LayerNorm (ε 1e-6), the LRU, GELU (tanh
+  form), the GLU and the residual."""
+  w = {name: getattr(cell, name).numpy().astype(np.float64) for name in (
+      'norm_scale', 'norm_bias', 'glu_kernel', 'glu_bias', 'gate_kernel',
+      'gate_bias')}
+  mean = inputs.mean(-1, keepdims=True)
+  variance = inputs.var(-1, keepdims=True)
+  normed = ((inputs - mean) / np.sqrt(variance + 1e-6) * w['norm_scale']
+            + w['norm_bias'])
+  y, h = _numpy_lru(cell, normed, h0)
+  z = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
+  gate = 1 / (1 + np.exp(-(z @ w['gate_kernel'] + w['gate_bias'])))
+  return inputs + (z @ w['glu_kernel'] + w['glu_bias']) * gate, h
 
 
 @pytest.mark.parametrize('output_units', [None, 6],
@@ -187,3 +203,59 @@ def test_a_factory_stack_a_config_round_trip_and_gin(clean_gin):
   built = parts.model.core[0].cell
   assert isinstance(built, LRUCell) and built.units == 4
   assert built.r_min == 0.5 and built.max_phase == 0.3
+
+
+def test_the_block_is_norm_lru_gelu_glu_and_the_residual():
+  units, width = 4, 6
+  keras.utils.set_random_seed(0)
+  cell = LRUBlockCell(units=units, width=width)
+  model = RecurrentModel(cell=cell, input_dim=width, output_dim=width,
+                         identity_head=True)
+  model.build_for(tf.zeros([1, 1, width]))
+  rng = np.random.default_rng(2)
+  for name in ('norm_scale', 'norm_bias', 'glu_bias', 'gate_bias'):
+    getattr(cell, name).assign(rng.standard_normal([width]))
+  assert cell.D.shape == (width,) and cell.output_size == width
+  inputs = 3 * rng.standard_normal([ROWS, STEPS, width]) + 1
+  h0 = rng.standard_normal([ROWS, units]) + 1j * rng.standard_normal(
+      [ROWS, units])
+  state = ((tf.constant(h0.real, tf.float32), tf.constant(h0.imag, tf.float32)),)
+  outputs, final = model.unroll(tf.constant(inputs, tf.float32), state)
+  expected, h = _numpy_block(cell, inputs, h0)
+  np.testing.assert_allclose(outputs.numpy(), expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(final[0][0].numpy(), h.real, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(final[0][1].numpy(), h.imag, rtol=1e-4, atol=1e-5)
+
+
+def test_a_block_stack_round_trips_and_a_wrong_width_is_named(clean_gin):
+  keras.utils.set_random_seed(0)
+  model = RecurrentModel(cell=LRUBlockCell, units=6, num_layers=2, input_dim=3,
+                         embedding_dim=6, output_dim=2)
+  model.build_for(tf.zeros([1, 1, 3]))
+  assert model.state_sizes == ((6, 6), (6, 6))
+  rebuilt = RecurrentModel.from_config(model.get_config())
+  rebuilt.build_for(tf.zeros([1, 1, 3]))
+  rebuilt.set_weights(model.get_weights())
+  inputs = tf.random.normal([2, 5, 3])
+  state = model.initial_state(2)
+  np.testing.assert_allclose(rebuilt.unroll(inputs, state)[0].numpy(),
+                             model.unroll(inputs, state)[0].numpy(), rtol=1e-6)
+  assert rebuilt.core[1].cell.get_config()['width'] == 6
+  # The residual needs the input as wide as the block: the fix is named.
+  with pytest.raises(ConfigurationError,
+                     match=r'LRUBlockCell.width = 6 .* input width, 3 .*'
+                     r'embedding_dim = 6'):
+    RecurrentModel(cell=LRUBlockCell, units=6, input_dim=3,
+                   output_dim=2).build_for(tf.zeros([1, 1, 3]))
+  with pytest.raises(ConfigurationError, match='LRUBlockCell.width'):
+    LRUBlockCell(units=4, width=0)
+  # gin: the width reaches the factory the model calls.
+  tfcredit.config.parse(['testing/tiny.gin'], [
+      'RecurrentModel.cell = @LRUBlockCell', 'RecurrentModel.units = 4',
+      'LRUBlockCell.width = 8', 'RecurrentModel.embedding_dim = 8'])
+  arguments = trainer.configured_arguments()
+  parts = trainer.build_components(**{
+      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
+                                      'learning_rate', 'batch_size')})
+  built = parts.model.core[0].cell
+  assert isinstance(built, LRUBlockCell) and built.width == 8

@@ -40,6 +40,8 @@ from tfcredit.errors import ConfigurationError
 # Keeps the logarithms of the ring initialisation finite: |λ|² = 0 (r_min = 0)
 # would give ν = +∞, a phase of 0 θ_log = −∞.
 _TINY = 1e-30
+# LayerNorm's variance floor (Flax's default, the block's reference code).
+_NORM_EPSILON = 1e-6
 
 
 def ring_initial_values(units: int, r_min: float, r_max: float,
@@ -164,4 +166,83 @@ class LRUCell(keras.layers.Layer):
     config.update({'units': self.units, 'output_units': self.output_units,
                    'r_min': self.r_min, 'r_max': self.r_max,
                    'max_phase': self.max_phase})
+    return config
+
+
+@config.configurable
+@keras.saving.register_keras_serializable(package='tfcredit')
+class LRUBlockCell(LRUCell):
+  """The LRU inside the residual block that deep LRU networks stack (the deep
+  LRU of Orvieto et al. 2023; the block of Zucchet et al. 2023's code):
+
+      u = LayerNorm(x),  (y, h) = LRU(u, h),
+      out = x + GLU(GELU(y)),  GLU(z) = (z W_a + b_a) ⊙ σ(z W_g + b_g),
+
+  with the LRU's readout as wide as its input (``width``), so the block maps
+  ``width → width`` and layers stack with the residual. The state and the
+  recurrence are the LRU's (diagonal per unit: element-wise RTRL trains it, the
+  normalisation and the GLU by its ``approximate`` rule, docs/methods/
+  elementwise_rtrl.md). No dropout inside the block (``RecurrentModel.dropout``
+  applies between layers).
+
+  Weights: the LRU's (``LRUCell``; ``D`` element-wise), ``norm_scale``,
+  ``norm_bias`` ``[width]``; ``glu_kernel``, ``gate_kernel`` ``[width, width]``,
+  ``glu_bias``, ``gate_bias`` ``[width]``.
+  """
+
+  def __init__(self, units: int = 64, width: Optional[int] = None,
+               r_min: float = 0.0, r_max: float = 1.0,
+               max_phase: float = 2 * math.pi, **kwargs):
+    """Args:
+      units: complex state units ``N``.
+      width: the block's input and output width ``H`` (default ``units``); the
+        first block's input must be as wide (``RecurrentModel.embedding_dim``).
+      r_min, r_max, max_phase: the LRU's initialisation (``LRUCell``).
+      **kwargs: Keras layer arguments.
+
+    Raises:
+      ConfigurationError: an argument is out of range, naming it.
+    """
+    width = (units if width is None else
+             validation.positive_int('LRUBlockCell.width', width))
+    kwargs.pop('output_units', None)
+    super().__init__(units=units, output_units=width, r_min=r_min, r_max=r_max,
+                     max_phase=max_phase, **kwargs)
+    self.width = width
+
+  def build(self, input_shape):
+    inputs = int(input_shape[-1])
+    if inputs != self.width:
+      raise ConfigurationError(
+          f'LRUBlockCell.width = {self.width} must equal the block\'s input '
+          f'width, {inputs} (the residual adds them): set '
+          f'RecurrentModel.embedding_dim = {self.width} (an encoder) or '
+          f'LRUBlockCell.width = {inputs}')
+    super().build(input_shape)
+    width = self.width
+    self.norm_scale = self.add_weight(shape=(width,), initializer='ones',
+                                      name='norm_scale')
+    self.norm_bias = self.add_weight(shape=(width,), initializer='zeros',
+                                     name='norm_bias')
+    for name in ('glu', 'gate'):
+      setattr(self, f'{name}_kernel', self.add_weight(
+          shape=(width, width), initializer='glorot_uniform',
+          name=f'{name}_kernel'))
+      setattr(self, f'{name}_bias', self.add_weight(
+          shape=(width,), initializer='zeros', name=f'{name}_bias'))
+
+  def call(self, inputs, states, training=False):
+    mean, variance = tf.nn.moments(inputs, axes=[-1], keepdims=True)
+    normed = ((inputs - mean) * tf.math.rsqrt(variance + _NORM_EPSILON)
+              * self.norm_scale + self.norm_bias)
+    lru, states = super().call(normed, states, training=training)
+    z = tf.nn.gelu(lru, approximate=True)
+    glu = ((tf.matmul(z, self.glu_kernel) + self.glu_bias)
+           * tf.sigmoid(tf.matmul(z, self.gate_kernel) + self.gate_bias))
+    return inputs + glu, states
+
+  def get_config(self) -> Dict[str, Any]:
+    config = super().get_config()
+    config.pop('output_units')
+    config['width'] = self.width
     return config
