@@ -184,6 +184,25 @@ def test_inverse_sqrt_decay_is_eta0_over_sqrt_one_plus_time_step():
     assert schedule(epoch) == pytest.approx(3e-4 / math.sqrt(1 + step), rel=1e-12)
 
 
+def test_root_time_decay_is_gamma_over_one_plus_alpha_root_time_step():
+  schedule = schedules.RootTimeDecay(base=1e-3, steps_per_epoch=12500,
+                                     alpha=0.015)
+  for epoch, step in ((0.0, 0), (0.5, 6250), (1.0, 12500), (8.0, 100000)):
+    assert schedule(epoch) == pytest.approx(
+        1e-3 / (1 + 0.015 * math.sqrt(step)), rel=1e-12)
+  # At 10^6 steps: 1e-3 / (1 + 0.015 * 1000) = 1e-3 / 16.
+  assert schedules.RootTimeDecay(base=1e-3, steps_per_epoch=10**6,
+                                 alpha=0.015)(1.0) == pytest.approx(1e-3 / 16)
+  assert schedules.RootTimeDecay(base=0.1, steps_per_epoch=7,
+                                 alpha=0)(3.0) == 0.1
+
+
+@pytest.mark.parametrize('alpha', [-0.1, float('nan'), 'fast'])
+def test_root_time_decay_rejects_a_bad_alpha(alpha):
+  with pytest.raises(ConfigurationError, match='RootTimeDecay.alpha'):
+    schedules.RootTimeDecay(base=1.0, steps_per_epoch=10, alpha=alpha)
+
+
 @pytest.mark.parametrize('steps', [0, -5, 2.5, True])
 def test_inverse_sqrt_decay_rejects_bad_steps_per_epoch(steps):
   with pytest.raises(ConfigurationError, match=f'steps_per_epoch={steps!r}'):

@@ -6,5 +6,6 @@ from tfcredit.training.schedules import InverseSqrtDecay
 from tfcredit.training.schedules import LearningRateSchedule
 from tfcredit.training.schedules import MultiStepDecay
 from tfcredit.training.schedules import PlateauDecay
+from tfcredit.training.schedules import RootTimeDecay
 from tfcredit.training.schedules import StepDecay
 from tfcredit.training.trainer import train

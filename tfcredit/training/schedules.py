@@ -15,6 +15,10 @@ Implements:
   * `InverseSqrtDecay`: `eta_t = eta_0 / sqrt(1 + t)` with `t` the time step,
     Tallec & Ollivier (2017), "Unbiasing Truncated Backpropagation Through
     Time", Sec. 6.1 (influence balancing).
+  * `RootTimeDecay`: `eta_t = gamma / (1 + alpha * sqrt(t))` with `t` the time
+    step, Tallec & Ollivier (2018), "Unbiased Online Recurrent Optimization",
+    ICLR, Sec. 6 (with Adam; the authors' code, ctallec/uoro `train.lua`:
+    gamma = 1e-3, alpha = 0.03 by default, 0.015 in its logged runs).
 
 `epoch` is a float: completed epochs plus the fraction of the current one
 (2.5 is halfway through the third epoch). Schedules are `tf.Module`s so that
@@ -322,6 +326,32 @@ class InverseSqrtDecay(LearningRateSchedule):
 
   def _rate(self, epoch: float) -> float:
     return self._base / math.sqrt(1.0 + epoch * self._steps_per_epoch)
+
+
+@config.configurable
+class RootTimeDecay(InverseSqrtDecay):
+  """`base / (1 + alpha * sqrt(t))`, `t = epoch * steps_per_epoch` the time
+  step (characters processed, in the paper's single stream; a row's steps in
+  a batch). Tallec & Ollivier (2018), UORO, Sec. 6; evaluated once per call,
+  as `InverseSqrtDecay`.
+  """
+
+  def __init__(self, *, base: float, steps_per_epoch: int, alpha: float):
+    """Args: see the class docstring; `alpha` is a finite number >= 0 (0: the
+    constant `base`).
+
+    Raises:
+      ConfigurationError: If an argument is out of range.
+    """
+    super().__init__(base=base, steps_per_epoch=steps_per_epoch)
+    fix = 'pass a decay constant >= 0 such as alpha=0.015'
+    self._alpha = validation.real('RootTimeDecay.alpha', alpha, fix)
+    validation.require(self._alpha >= 0, 'RootTimeDecay.alpha', alpha, '>= 0',
+                       fix)
+
+  def _rate(self, epoch: float) -> float:
+    return self._base / (
+        1.0 + self._alpha * math.sqrt(epoch * self._steps_per_epoch))
 
 
 REAL, SYNTHETIC = 'real', 'synthetic'
