@@ -232,6 +232,16 @@ def configure_tiny(*bindings: str) -> None:
                                'train.log_every_seconds = 1e9', *bindings])
 
 
+def configured_components():
+  """The trainer's components (``task``, ``method``, ``model``, ...) built from
+  the gin config parsed so far, as ``tfcredit.train`` builds them."""
+  from tfcredit.training import trainer  # pylint: disable=g-import-not-at-top
+  arguments = trainer.configured_arguments()
+  return trainer.build_components(**{
+      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
+                                      'learning_rate', 'batch_size')})
+
+
 def run_entry_point(command: str, *args: str) -> int:
   """Runs the ``tfcredit.cli.<command>`` entry point in this process, as
   ``tools/<command>.py args...`` would run it in a new one, and returns its exit

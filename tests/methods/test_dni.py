@@ -19,9 +19,8 @@ from tfcredit.models import LayerwiseSynthesizer, NeuronwiseSynthesizer
 from tfcredit.tasks import base as task_base
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.training import schedules
-from tfcredit.training import trainer
 from tfcredit.testing import (TINY_CONFIG, built_optimizer, clean_gin,  # noqa: F401
-                              configure_tiny, tiny_model)
+                              configure_tiny, configured_components, tiny_model)
 
 BATCH = 4
 
@@ -392,10 +391,7 @@ def test_alternating_run_logs_the_synthesizer_and_checkpoints_its_state(
   assert rates[4] == pytest.approx(0.01) and rates[3] < 0.5 * rates[4]
 
   # A freshly built method restores every piece of its state from the checkpoint.
-  arguments = trainer.configured_arguments()
-  components = trainer.build_components(**{
-      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
-                                      'learning_rate', 'batch_size')})
+  components = configured_components()
   method = components.method
   saved = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
   reader = tf.train.load_checkpoint(saved)

@@ -26,8 +26,8 @@ from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import (TwoStateCell, assert_nests_close, built_optimizer,
-                              clean_gin, max_abs_diff, run_entry_point,
-                              small_methods)
+                              clean_gin, configured_components, max_abs_diff,
+                              run_entry_point, small_methods)
 from tfcredit.training import trainer
 
 from tiers import slow_except
@@ -290,10 +290,7 @@ def test_a_gin_registered_cell_trains_through_tfcredit_train(clean_gin, tmp_path
   tfcredit.config.parse(['testing/tiny.gin'], [
       'RecurrentModel.cell = @TwoStateCell()', 'RecurrentModel.units = None',
       'TwoStateCell.memory = 2'])
-  arguments = trainer.configured_arguments()
-  parts = trainer.build_components(**{
-      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
-                                      'learning_rate', 'batch_size')})
+  parts = configured_components()
   assert parts.model.state_sizes == ((H, 2),)
   assert isinstance(parts.model.core[0].cell, TwoStateCell)
 

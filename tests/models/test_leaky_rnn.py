@@ -14,8 +14,7 @@ import tfcredit
 from tfcredit.errors import ConfigurationError
 from tfcredit.models.leaky_rnn import LeakyRNNCell
 from tfcredit.models.recurrent import RecurrentModel
-from tfcredit.testing import clean_gin  # noqa: F401
-from tfcredit.training import trainer
+from tfcredit.testing import clean_gin, configured_components  # noqa: F401
 
 BATCH, STEPS, INPUTS, UNITS, OUTPUTS = 3, 7, 2, 4, 3
 ACTIVATIONS = {'tanh': np.tanh, 'sigmoid': lambda z: 1 / (1 + np.exp(-z)),
@@ -126,10 +125,7 @@ def test_registered_with_gin(clean_gin):
   tfcredit.config.parse(['testing/tiny.gin'], [
       'RecurrentModel.cell = @LeakyRNNCell', 'RecurrentModel.units = 5',
       'LeakyRNNCell.alpha = 0.3'])
-  arguments = trainer.configured_arguments()
-  parts = trainer.build_components(**{
-      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
-                                      'learning_rate', 'batch_size')})
+  parts = configured_components()
   cell = parts.model.core[0].cell
   assert isinstance(cell, LeakyRNNCell) and (cell.units, cell.alpha) == (5, 0.3)
   assert gin.query_parameter('LeakyRNNCell.alpha') == 0.3

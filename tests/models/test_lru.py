@@ -18,8 +18,7 @@ import tfcredit
 from tfcredit.errors import ConfigurationError
 from tfcredit.models.lru import LRUBlockCell, LRUCell
 from tfcredit.models.recurrent import RecurrentModel
-from tfcredit.testing import clean_gin  # noqa: F401
-from tfcredit.training import trainer
+from tfcredit.testing import clean_gin, configured_components  # noqa: F401
 
 ROWS, STEPS, INPUTS = 3, 7, 4
 
@@ -50,6 +49,21 @@ def _numpy_lru(cell, inputs, h0):
     direct = w['D'] * x if w['D'].ndim == 1 else x @ w['D']
     outputs.append((h @ c).real + direct)
   return np.stack(outputs, 1), h
+
+
+def _check_unroll(model, inputs, h0, expected, atol=1e-5):
+  """Unrolls ``model`` from the complex state ``h0`` and compares its outputs
+  and final state with ``expected`` (outputs, final complex state); returns
+  the initial state nest."""
+  state = ((tf.constant(h0.real, tf.float32), tf.constant(h0.imag, tf.float32)),)
+  outputs, final = model.unroll(tf.constant(inputs, tf.float32), state)
+  outputs_expected, h = expected
+  np.testing.assert_allclose(outputs.numpy(), outputs_expected, rtol=1e-4,
+                             atol=atol)
+  (re, im), = final
+  np.testing.assert_allclose(re.numpy(), h.real, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(im.numpy(), h.imag, rtol=1e-4, atol=1e-5)
+  return state
 
 
 def _numpy_block(cell, inputs, h0):
@@ -84,13 +98,7 @@ def test_the_cell_computes_the_complex_recurrence(output_units):
   inputs = rng.standard_normal([ROWS, STEPS, inputs_width])
   h0 = rng.standard_normal([ROWS, units]) + 1j * rng.standard_normal(
       [ROWS, units])
-  state = ((tf.constant(h0.real, tf.float32), tf.constant(h0.imag, tf.float32)),)
-  outputs, final = model.unroll(tf.constant(inputs, tf.float32), state)
-  expected, h = _numpy_lru(cell, inputs, h0)
-  np.testing.assert_allclose(outputs.numpy(), expected, rtol=1e-4, atol=1e-5)
-  (re, im), = final
-  np.testing.assert_allclose(re.numpy(), h.real, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(im.numpy(), h.imag, rtol=1e-4, atol=1e-5)
+  state = _check_unroll(model, inputs, h0, _numpy_lru(cell, inputs, h0))
   # One step without a loop (the forward-mode methods' per-row path).
   stepped = model.state_step(tf.constant(inputs[:, :1], tf.float32), state)
   h1 = _numpy_lru(cell, inputs[:, :1], h0)[1]
@@ -171,6 +179,26 @@ def test_bad_arguments_are_refused_by_name(arguments, parameter):
     LRUCell(**arguments)
 
 
+def _rebuilt_from_config(model):
+  """A model of 3 input features rebuilt from ``model``'s config with its
+  weights; checked to compute the same outputs."""
+  rebuilt = RecurrentModel.from_config(model.get_config())
+  rebuilt.build_for(tf.zeros([1, 1, 3]))
+  rebuilt.set_weights(model.get_weights())
+  inputs = tf.random.normal([2, 5, 3])
+  state = model.initial_state(2)
+  np.testing.assert_allclose(rebuilt.unroll(inputs, state)[0].numpy(),
+                             model.unroll(inputs, state)[0].numpy(), rtol=1e-6)
+  return rebuilt
+
+
+def _gin_built_cell(*bindings):
+  """The first cell of the model the trainer builds from the tiny config and
+  ``bindings``."""
+  tfcredit.config.parse(['testing/tiny.gin'], list(bindings))
+  return configured_components().model.core[0].cell
+
+
 def test_a_factory_stack_a_config_round_trip_and_gin(clean_gin):
   keras.utils.set_random_seed(0)
   model = RecurrentModel(cell=LRUCell, units=6, num_layers=2, input_dim=3,
@@ -181,26 +209,14 @@ def test_a_factory_stack_a_config_round_trip_and_gin(clean_gin):
   # The second layer reads the first's 6 outputs: D element-wise there.
   assert model.core[0].cell.D.shape == (3, 6)
   assert model.core[1].cell.D.shape == (6,)
-  config = model.get_config()
-  rebuilt = RecurrentModel.from_config(config)
-  rebuilt.build_for(tf.zeros([1, 1, 3]))
-  rebuilt.set_weights(model.get_weights())
-  inputs = tf.random.normal([2, 5, 3])
-  state = model.initial_state(2)
-  np.testing.assert_allclose(rebuilt.unroll(inputs, state)[0].numpy(),
-                             model.unroll(inputs, state)[0].numpy(), rtol=1e-6)
+  rebuilt = _rebuilt_from_config(model)
   assert rebuilt.core[0].cell.get_config()['max_phase'] == pytest.approx(
       2 * math.pi)
   # gin: the class as a factory (RecurrentModel.units reaches it), its own
   # bindings applied.
-  tfcredit.config.parse(['testing/tiny.gin'], [
-      'RecurrentModel.cell = @LRUCell', 'RecurrentModel.units = 4',
-      'LRUCell.r_min = 0.5', 'LRUCell.max_phase = 0.3'])
-  arguments = trainer.configured_arguments()
-  parts = trainer.build_components(**{
-      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
-                                      'learning_rate', 'batch_size')})
-  built = parts.model.core[0].cell
+  built = _gin_built_cell('RecurrentModel.cell = @LRUCell',
+                          'RecurrentModel.units = 4', 'LRUCell.r_min = 0.5',
+                          'LRUCell.max_phase = 0.3')
   assert isinstance(built, LRUCell) and built.units == 4
   assert built.r_min == 0.5 and built.max_phase == 0.3
 
@@ -219,12 +235,7 @@ def test_the_block_is_norm_lru_gelu_glu_and_the_residual():
   inputs = 3 * rng.standard_normal([ROWS, STEPS, width]) + 1
   h0 = rng.standard_normal([ROWS, units]) + 1j * rng.standard_normal(
       [ROWS, units])
-  state = ((tf.constant(h0.real, tf.float32), tf.constant(h0.imag, tf.float32)),)
-  outputs, final = model.unroll(tf.constant(inputs, tf.float32), state)
-  expected, h = _numpy_block(cell, inputs, h0)
-  np.testing.assert_allclose(outputs.numpy(), expected, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(final[0][0].numpy(), h.real, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(final[0][1].numpy(), h.imag, rtol=1e-4, atol=1e-5)
+  _check_unroll(model, inputs, h0, _numpy_block(cell, inputs, h0), atol=1e-4)
 
 
 def test_a_block_stack_round_trips_and_a_wrong_width_is_named(clean_gin):
@@ -233,13 +244,7 @@ def test_a_block_stack_round_trips_and_a_wrong_width_is_named(clean_gin):
                          embedding_dim=6, output_dim=2)
   model.build_for(tf.zeros([1, 1, 3]))
   assert model.state_sizes == ((6, 6), (6, 6))
-  rebuilt = RecurrentModel.from_config(model.get_config())
-  rebuilt.build_for(tf.zeros([1, 1, 3]))
-  rebuilt.set_weights(model.get_weights())
-  inputs = tf.random.normal([2, 5, 3])
-  state = model.initial_state(2)
-  np.testing.assert_allclose(rebuilt.unroll(inputs, state)[0].numpy(),
-                             model.unroll(inputs, state)[0].numpy(), rtol=1e-6)
+  rebuilt = _rebuilt_from_config(model)
   assert rebuilt.core[1].cell.get_config()['width'] == 6
   # The residual needs the input as wide as the block: the fix is named.
   with pytest.raises(ConfigurationError,
@@ -250,12 +255,7 @@ def test_a_block_stack_round_trips_and_a_wrong_width_is_named(clean_gin):
   with pytest.raises(ConfigurationError, match='LRUBlockCell.width'):
     LRUBlockCell(units=4, width=0)
   # gin: the width reaches the factory the model calls.
-  tfcredit.config.parse(['testing/tiny.gin'], [
-      'RecurrentModel.cell = @LRUBlockCell', 'RecurrentModel.units = 4',
-      'LRUBlockCell.width = 8', 'RecurrentModel.embedding_dim = 8'])
-  arguments = trainer.configured_arguments()
-  parts = trainer.build_components(**{
-      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
-                                      'learning_rate', 'batch_size')})
-  built = parts.model.core[0].cell
+  built = _gin_built_cell('RecurrentModel.cell = @LRUBlockCell',
+                          'RecurrentModel.units = 4', 'LRUBlockCell.width = 8',
+                          'RecurrentModel.embedding_dim = 8')
   assert isinstance(built, LRUBlockCell) and built.width == 8

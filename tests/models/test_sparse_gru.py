@@ -19,8 +19,7 @@ from tfcredit.methods import TruncatedBPTT
 from tfcredit.models import RecurrentModel, SparseGRUCell
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
-from tfcredit.testing import built_optimizer, clean_gin  # pylint: disable=unused-import
-from tfcredit.training import trainer
+from tfcredit.testing import built_optimizer, clean_gin, configured_components  # pylint: disable=unused-import
 
 UNITS, ROWS = 8, 3
 TASK = MarkovLanguageTask(vocabulary_size=6, branching=2, train_length=120,
@@ -138,10 +137,7 @@ def test_a_gin_bound_sparse_gru_trains_with_snap2(clean_gin, tmp_path):
       'RecurrentModel.cell = @SparseGRUCell', 'RecurrentModel.units = 6',
       'SparseGRUCell.sparsity = 0.5', 'SparseGRUCell.seed = 3',
       'train.method = @SnAp2', 'SnAp2.window = 5'])
-  arguments = trainer.configured_arguments()
-  parts = trainer.build_components(**{
-      key: arguments[key] for key in ('task', 'method', 'model', 'optimizer',
-                                      'learning_rate', 'batch_size')})
+  parts = configured_components()
   cell = parts.model.core[0].cell
   assert isinstance(cell, SparseGRUCell)
   assert (cell.units, cell.sparsity, cell.seed) == (6, 0.5, 3)
