@@ -17,7 +17,7 @@ import functools
 import numpy as np
 
 from tfcredit.models.lru import LRUBlockCell
-from tfcredit.testing import clean_gin, tiny_model  # noqa: F401
+from tfcredit.testing import tiny_model
 
 import test_elementwise_rtrl as base
 

@@ -205,7 +205,6 @@ class LRUBlockCell(LRUCell):
     """
     width = (units if width is None else
              validation.positive_int('LRUBlockCell.width', width))
-    kwargs.pop('output_units', None)
     super().__init__(units=units, output_units=width, r_min=r_min, r_max=r_max,
                      max_phase=max_phase, **kwargs)
     self.width = width
