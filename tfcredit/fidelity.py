@@ -126,17 +126,20 @@ def _flat(gradients) -> np.ndarray:
                          for g in gradients])
 
 
-def _segment(task: task_base.Task, length: int, sequences: int):
+def data_segment(task: task_base.Task, length: int, sequences: int,
+                 split: str = 'train'):
+  """``(inputs, targets)`` of ``sequences`` rows: a stream's first ``length``
+  steps, or an episodic task's first batch."""
   if task.regime == task_base.STREAM:
-    data = task.stream('train', sequences)
+    data = task.stream(split, sequences)
     if data.shape[1] - 1 < length:
       raise ConfigurationError(
-          f'--lengths value {length} is longer than the training stream '
+          f'a length of {length} steps is longer than the {split} stream '
           f'({data.shape[1] - 1} steps per column at {sequences} columns): use '
-          'shorter lengths or fewer --sequences')
+          'a shorter length or fewer --sequences')
     inputs, targets = task.stream_window(data, 0, length)
     return tf.constant(inputs), tf.constant(targets)
-  inputs, targets = task.batch('train', 0, 0, sequences)
+  inputs, targets = task.batch(split, 0, 0, sequences)
   return tf.constant(inputs), tf.constant(targets)
 
 
@@ -199,15 +202,15 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
     if length is not None:
       configure([])
       probe = trainer.build_components(
-          **_component_arguments(data_dir), batch_size=sequences).task
+          **component_arguments(data_dir), batch_size=sequences).task
       length_bindings = _task_for_length(probe, length)
     configure(length_bindings)
     keras.utils.set_random_seed(seed)
-    parts = trainer.build_components(**_component_arguments(data_dir),
+    parts = trainer.build_components(**component_arguments(data_dir),
                                      batch_size=sequences, seed=seed)
     if checkpoint:
-      _load_weights(parts.model, checkpoint)
-    segment = _segment(parts.task, length or _own_length(parts.task), sequences)
+      load_weights(parts.model, checkpoint)
+    segment = data_segment(parts.task, length or _own_length(parts.task), sequences)
     state = parts.model.initial_state(sequences)
     steps = int(segment[0].shape[1])
     if reference == 'rtrl':
@@ -244,7 +247,8 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
   return rows
 
 
-def _component_arguments(data_dir):
+def component_arguments(data_dir):
+  """``trainer.build_components``'s arguments from the parsed config."""
   arguments = trainer.configured_arguments()
   return {'task': arguments['task'], 'method': arguments['method'],
           'model': arguments['model'], 'optimizer': arguments['optimizer'],
@@ -260,7 +264,8 @@ def _own_length(task: task_base.Task) -> int:
   return int(length)
 
 
-def _load_weights(model: keras.Model, checkpoint: str) -> None:
+def load_weights(model: keras.Model, checkpoint: str) -> None:
+  """Every weight of ``model`` from a run directory or checkpoint path."""
   path = _checkpoint_path(checkpoint)
   try:
     # Every weight of the model must come from the checkpoint: a partial restore
