@@ -89,10 +89,13 @@ def test_the_tool_writes_its_table_and_refuses_a_short_burn_in(tmp_path,
                                                                run_command):
   done = run_command('dynamics', f'--gin_file={TINY_CONFIG}',
                      f'--output_dir={tmp_path}', '--max_lag=3', '--burn_in=4',
-                     '--sequences=8')
+                     '--sequences=8', '--checkpoint=fresh',
+                     '--checkpoint=again: fresh')
   assert done.returncode == 0, done.stderr
   rows = json.load(open(tmp_path / 'dynamics.json'))
-  assert [row['label'] for row in rows] == ['fresh weights (seed 0)']
+  assert [row['label'] for row in rows] == ['fresh weights (seed 0)', 'again']
+  # Fresh weights are seeded: the same model twice.
+  assert rows[0]['r2'] == rows[1]['r2']
   # The adding task's own 20 steps (an episodic task ignores --length); an
   # LSTM of 16 units holds 32 numbers.
   assert len(rows[0]['r2']) == 3 and len(rows[0]['log10_growth_curve']) == 16

@@ -242,12 +242,17 @@ def plot(labelled: Sequence[Tuple[str, Dict]], path: str) -> bool:
 def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
             checkpoints: Sequence[str], sequences: int = 32, length: int = 2000,
             data_dir=None, seed: int = 0, **options) -> List[Tuple[str, Dict]]:
-  """``probe`` of the configured model at each checkpoint (a run directory or
-  checkpoint path; ``FRESH`` or none: fresh weights seeded by ``seed``), on the
-  validation split: a stream's first ``length`` steps in ``sequences`` columns,
-  or an episodic task's first batch of ``sequences``."""
+  """``probe`` of the configured model at each checkpoint, on the validation
+  split: a stream's first ``length`` steps in ``sequences`` columns, or an
+  episodic task's first batch of ``sequences``.
+
+  A checkpoint is a run directory or checkpoint path, or ``FRESH`` (fresh
+  weights seeded by ``seed``; also when there are none), optionally labelled
+  ``'LABEL: path'``; the label (else the path) names its row.
+  """
   results = []
   for checkpoint in checkpoints or [FRESH]:
+    label, _, path = checkpoint.rpartition(': ')
     gin.clear_config()
     config_lib.parse(gin_files, gin_bindings)
     try:
@@ -255,10 +260,10 @@ def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],
       parts = trainer.build_components(**fidelity.component_arguments(data_dir),
                                        batch_size=sequences, seed=seed)
       inputs = fidelity.data_segment(parts.task, length, sequences, 'valid')[0]
-      if checkpoint != FRESH:
-        fidelity.load_weights(parts.model, checkpoint)
+      if path != FRESH:
+        fidelity.load_weights(parts.model, path)
     finally:
       gin.clear_config()
-    label = f'fresh weights (seed {seed})' if checkpoint == FRESH else checkpoint
+    label = label or (f'fresh weights (seed {seed})' if path == FRESH else path)
     results.append((label, probe(parts.model, inputs, seed=seed, **options)))
   return results

@@ -3,7 +3,8 @@
 ``tfcredit-dynamics --gin_file=testing/tiny.gin --checkpoint=fresh --checkpoint=RUN``
 
 For the task and model of ``--gin_file``, at fresh weights or each ``--checkpoint``
-(a run directory; ``fresh``: the config's fresh weights), on the validation split:
+(a run directory, optionally ``'LABEL: path'``; ``fresh``: the config's fresh
+weights), on the validation split:
 the memory curve (held-out ``R²`` of a linear decoder of the input ``k`` steps back
 from the whole state, ``k = 1 … --max_lag``), the memory capacity (their sum),
 and the growth of a small perturbation of the state (a finite-time Lyapunov
@@ -31,8 +32,8 @@ def define_flags() -> None:
   define = common.define_flag
   common.define_gin_flags()
   define(flags.DEFINE_multi_string, 'checkpoint', None, 'Run directories (or '
-         "checkpoints) to probe (repeatable); 'fresh': the config's fresh "
-         'weights; default: fresh weights only.')
+         "checkpoints) to probe (repeatable), each optionally 'LABEL: path'; "
+         "'fresh': the config's fresh weights; default: fresh weights only.")
   define(flags.DEFINE_integer, 'sequences', 32, 'Rows (stream columns or '
          'sequences); half fit the decoders, half score them.')
   define(flags.DEFINE_integer, 'length', 2000, 'Steps per stream column '
