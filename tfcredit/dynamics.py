@@ -42,6 +42,7 @@ from tfcredit.training import trainer
 
 GROWTH_STEPS = (1, 10, 100)
 FRESH = 'fresh'  # A checkpoint value: fresh weights.
+PLOTTED_GROWTH_STEPS = 100  # The figure's growth panel (the slope is λ).
 
 
 def probe(model, inputs, max_lag: int = 20, burn_in: int = 100,
@@ -225,10 +226,11 @@ def plot(labelled: Sequence[Tuple[str, Dict]], path: str) -> bool:
   figure, (memory_axis, growth_axis) = pyplot.subplots(1, 2, figsize=(11, 4))
   for label, result in labelled:
     memory_axis.plot(result['lags'], result['r2'], marker='.', label=label)
-    curve = result['log10_growth_curve']
+    curve = result['log10_growth_curve'][:PLOTTED_GROWTH_STEPS]
     growth_axis.plot(np.arange(1, len(curve) + 1), curve, label=label)
   memory_axis.set(xlabel='lag k (steps)', ylabel='held-out R²',
                   title='input k steps back, decoded from the state')
+  growth_axis.axhline(0.0, color='grey', linewidth=0.5)
   growth_axis.set(xlabel='steps after the perturbation',
                   ylabel='log10 growth (slope: λ / ln 10 per step)',
                   title='growth of a perturbation, renormalised')
