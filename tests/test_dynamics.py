@@ -89,8 +89,8 @@ def test_the_tool_writes_its_table_and_refuses_a_short_burn_in(tmp_path,
                                                                run_command):
   done = run_command('dynamics', f'--gin_file={TINY_CONFIG}',
                      f'--output_dir={tmp_path}', '--max_lag=3', '--burn_in=4',
-                     '--sequences=8', '--checkpoint=fresh',
-                     '--checkpoint=again: fresh')
+                     '--sequences=8', '--run=fresh',
+                     '--run=again: fresh')
   assert done.returncode == 0, done.stderr
   rows = json.load(open(tmp_path / 'dynamics.json'))
   assert [row['label'] for row in rows] == ['fresh weights (seed 0)', 'again']

@@ -52,3 +52,12 @@ def test_xla_kernels_are_summed_as_their_own_category():
   for enclosing in ('ThunkExecutor::Execute', 'ParallelFor', 'BlockUntilReady',
                     'CpuExecutable::ExecuteAsyncOnStream'):
     assert not profile_ops._XLA_KERNEL.match(enclosing)
+
+
+def test_one_method_is_profiled(run_command, tmp_path):
+  done = run_command('profile_ops', f'--output_dir={tmp_path}', '--calls=1',
+                     '--method=A: train.method = @FPTT',
+                     '--method=B: train.method = @DNI')
+  assert done.returncode == 2, done.stderr
+  assert '--method is given 2 times' in done.stderr
+  assert 'Traceback' not in done.stderr

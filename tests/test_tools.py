@@ -6,9 +6,11 @@ marked ``slow``) check what only a process shows: TensorFlow's start-up lines
 kept off stderr.
 """
 
+import collections
 import configparser
 import json
 import os
+import re
 
 import pytest
 
@@ -150,6 +152,24 @@ def _console_scripts():
     script, target = (part.strip() for part in line.split('='))
     scripts[script] = target
   return scripts
+
+
+def test_a_flag_name_has_one_type_in_every_command():
+  """Commands share one flag registry when several run in one process (the
+  tests' ``run_command``), and the first definition of a name wins: a name
+  defined as a string in one command and repeatable in another would hand the
+  second a string, iterated character by character."""
+  pattern = re.compile(r"define(?:_flag)?\(\s*flags\.(DEFINE_\w+),\s*'(\w+)'")
+  kinds = collections.defaultdict(set)
+  cli = os.path.join(REPOSITORY, 'tfcredit', 'cli')
+  for name in sorted(os.listdir(cli)):
+    if name.endswith('.py'):
+      for kind, flag in pattern.findall(open(os.path.join(cli, name)).read()):
+        kinds[flag].add((kind, name))
+  assert len(kinds) > 30, sorted(kinds)  # The pattern finds the definitions.
+  mixed = {flag: sorted(where) for flag, where in kinds.items()
+           if len({kind for kind, _ in where}) > 1}
+  assert not mixed, mixed
 
 
 def test_every_console_script_is_a_cli_main_that_starts_quietly():

@@ -1,8 +1,8 @@
 """What does a network's state hold of the past, and do its dynamics forget?
 
-``tfcredit-dynamics --gin_file=testing/tiny.gin --checkpoint=fresh --checkpoint=RUN``
+``tfcredit-dynamics --gin_file=testing/tiny.gin --run=fresh --run=RUN_DIR``
 
-For the task and model of ``--gin_file``, at fresh weights or each ``--checkpoint``
+For the task and model of ``--gin_file``, at fresh weights or each ``--run``
 (a run directory, optionally ``'LABEL: path'``; ``fresh``: the config's fresh
 weights), on the validation split:
 the memory curve (held-out ``R²`` of a linear decoder of the input ``k`` steps back
@@ -31,9 +31,10 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   define = common.define_flag
   common.define_gin_flags()
-  define(flags.DEFINE_multi_string, 'checkpoint', None, 'Run directories (or '
-         "checkpoints) to probe (repeatable), each optionally 'LABEL: path'; "
-         "'fresh': the config's fresh weights; default: fresh weights only.")
+  define(flags.DEFINE_multi_string, 'run', None, 'Run directories (or '
+         "checkpoint paths) to probe (repeatable), each optionally 'LABEL: "
+         "path'; 'fresh': the config's fresh weights; default: fresh weights "
+         'only.')
   define(flags.DEFINE_integer, 'sequences', 32, 'Rows (stream columns or '
          'sequences); half fit the decoders, half score them.')
   define(flags.DEFINE_integer, 'length', 2000, 'Steps per stream column '
@@ -64,7 +65,7 @@ def run(argv: List[str]) -> int:
       raise errors.ConfigurationError(
           '--gin_file is required: e.g. --gin_file=testing/tiny.gin')
     results = dynamics.measure(
-        FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.checkpoint or [],
+        FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.run or [],
         sequences=FLAGS.sequences, length=FLAGS.length, data_dir=FLAGS.data_dir,
         seed=FLAGS.seed, max_lag=FLAGS.max_lag, burn_in=FLAGS.burn_in,
         epsilon=FLAGS.epsilon)

@@ -77,8 +77,10 @@ def define_flags() -> None:
          'task (T = 200, full BPTT).')
   define(flags.DEFINE_enum, 'unroll_implementation', 'auto',
          ['auto', 'fused', 'keras'], 'RecurrentModel.unroll_implementation.')
-  define(flags.DEFINE_string, 'method', '', "Profile this method on the PTB "
-         "shape instead of TruncatedBPTT: 'NAME: gin bindings' as "
+  # A multi-string as in the other commands that take --method (one process
+  # may define the flags of several); one method is profiled.
+  define(flags.DEFINE_multi_string, 'method', None, "Profile this method on "
+         "the PTB shape instead of TruncatedBPTT: 'NAME: gin bindings' as "
          "tfcredit-benchmark --method takes them, e.g. --method='FPTT: "
          "train.method = @FPTT; FPTT.windows = 10; FPTT.window_length = 20; "
          "FPTT.alpha = 0.01; FPTT.clip_norm = 5.0'.")
@@ -172,6 +174,15 @@ def markdown(by_category: Dict[str, float], executor: float, wall: float,
   return '\n'.join(lines) + '\n'
 
 
+def _one_method(methods: Optional[List[str]]) -> str:
+  if methods and len(methods) > 1:
+    from tfcredit.errors import ConfigurationError  # pylint: disable=g-import-not-at-top
+    raise ConfigurationError(
+        f'--method is given {len(methods)} times: tfcredit-profile profiles one '
+        'method; run it once per method')
+  return methods[0] if methods else ''
+
+
 def run(argv: List[str]) -> int:
   """Profiles with the parsed flags; returns the exit code."""
   code = common.unexpected_arguments(argv)
@@ -179,7 +190,8 @@ def run(argv: List[str]) -> int:
     return code
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   calls = validation.positive_int('--calls', FLAGS.calls)
-  runner = build(FLAGS.workload, FLAGS.unroll_implementation, FLAGS.method)
+  method = _one_method(FLAGS.method)
+  runner = build(FLAGS.workload, FLAGS.unroll_implementation, method)
   trace_dir = os.path.join(FLAGS.output_dir, 'trace')
   shutil.rmtree(trace_dir, ignore_errors=True)
   runner.run()  # One more round outside the trace: caches and allocator warm.
@@ -198,7 +210,7 @@ def run(argv: List[str]) -> int:
   by_category, executor, by_op = op_times(sorted(paths)[-1])
   top = sorted(by_op.items(), key=lambda kv: -kv[1])[:12]
   report = markdown(by_category, executor, wall, units, runner.unit, top)
-  header = (f'{FLAGS.workload}, {FLAGS.method or "TruncatedBPTT"}, '
+  header = (f'{FLAGS.workload}, {method or "TruncatedBPTT"}, '
             f'unroll_implementation={FLAGS.unroll_implementation}: {calls} '
             f'round(s) of {units / calls:,.0f} {runner.unit} ({runner.config})'
             '\n\n')
@@ -206,7 +218,7 @@ def run(argv: List[str]) -> int:
   with open(os.path.join(FLAGS.output_dir, 'profile.md'), 'w') as f:
     f.write(header + report)
   with open(os.path.join(FLAGS.output_dir, 'profile.json'), 'w') as f:
-    json.dump({'workload': FLAGS.workload, 'method': FLAGS.method,
+    json.dump({'workload': FLAGS.workload, 'method': method,
                'config': runner.config,
                'unroll_implementation': FLAGS.unroll_implementation,
                'units': units, 'unit': runner.unit, 'wall_seconds': wall,
