@@ -242,7 +242,4 @@ def plot(rows: Sequence[Dict], path: str, log_scale: bool = False) -> bool:
     axis.set_xscale('log')
     axis.set_yscale('log')
   axis.legend(fontsize='small')
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  pyplot.close(figure)
-  return True
+  return tables.save_figure(figure, path)

@@ -235,10 +235,7 @@ def plot(labelled: Sequence[Tuple[str, Dict]], path: str) -> bool:
                   ylabel='log10 growth (slope: λ / ln 10 per step)',
                   title='growth of a perturbation, renormalised')
   memory_axis.legend(fontsize='small')
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  pyplot.close(figure)
-  return True
+  return tables.save_figure(figure, path)
 
 
 def measure(gin_files: Sequence[str], gin_bindings: Sequence[str],

@@ -340,7 +340,4 @@ def plot(rows: Sequence[Dict], path: str) -> bool:
   cosine_axis.set(xlabel='sequence length', ylabel='cos(E[ĝ], g)',
                   title='cosine to full BPTT')
   bias_axis.legend(fontsize='small')
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  pyplot.close(figure)
-  return True
+  return tables.save_figure(figure, path)

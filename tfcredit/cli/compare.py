@@ -27,7 +27,6 @@ library module ``tfcredit.comparison``; this command turns its flags into a
 ``comparison.Settings``, prints and writes the files.
 """
 
-import json
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -90,16 +89,9 @@ def run(argv: List[str]) -> int:
   except comparison.RunFailed as failure:
     print(f'error: {failure}', file=sys.stderr)
     return failure.exit_code if failure.exit_code in (1, 2) else 1
-  table = comparison.markdown_table(rows)
-  with open(os.path.join(FLAGS.output_dir, 'comparison.md'), 'w') as f:
-    f.write(table)
-  with open(os.path.join(FLAGS.output_dir, 'comparison.json'), 'w') as f:
-    json.dump(rows, f, indent=1)
-  plotted = comparison.plot(rows, os.path.join(FLAGS.output_dir, 'comparison.png'),
-                            log_scale=FLAGS.log_scale)
-  print(table)
-  print(tables.wrote(FLAGS.output_dir, ['comparison.md', 'comparison.json'],
-                     'comparison.png', plotted))
+  print(tables.write_results(
+      FLAGS.output_dir, 'comparison', rows, comparison.markdown_table(rows),
+      lambda path: comparison.plot(rows, path, log_scale=FLAGS.log_scale)))
   return 0
 
 

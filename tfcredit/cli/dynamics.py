@@ -15,8 +15,6 @@ and prints the table. Exit codes: 0
 success, 2 bad configuration, 1 data failure.
 """
 
-import json
-import os
 import sys
 from typing import List, Optional, Sequence
 
@@ -72,17 +70,11 @@ def run(argv: List[str]) -> int:
   except errors.TfcreditError as error:
     print(f'error: {error}', file=sys.stderr)
     return error.exit_code
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
-  table = dynamics.markdown_table(results)
-  with open(os.path.join(FLAGS.output_dir, 'dynamics.json'), 'w') as f:
-    json.dump([dict(result, label=label) for label, result in results], f,
-              indent=1)
-  with open(os.path.join(FLAGS.output_dir, 'dynamics.md'), 'w') as f:
-    f.write(table)
-  plotted = dynamics.plot(results, os.path.join(FLAGS.output_dir, 'dynamics.png'))
-  print(table)
-  print(tables.wrote(FLAGS.output_dir, ['dynamics.json', 'dynamics.md'],
-                     'dynamics.png', plotted))
+  print(tables.write_results(
+      FLAGS.output_dir, 'dynamics',
+      [dict(result, label=label) for label, result in results],
+      dynamics.markdown_table(results),
+      lambda path: dynamics.plot(results, path)))
   return 0
 
 

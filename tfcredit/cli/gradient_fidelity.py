@@ -18,8 +18,6 @@ draws). Writes ``fidelity.json``, ``fidelity.md`` and (with matplotlib,
 the table. Exit codes: 0 success, 2 bad configuration, 1 data failure.
 """
 
-import json
-import os
 import sys
 from typing import List, Optional, Sequence
 
@@ -99,16 +97,9 @@ def run(argv: List[str]) -> int:
   except errors.TfcreditError as error:
     print(f'error: {error}', file=sys.stderr)
     return error.exit_code
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
-  table = fidelity.markdown_table(rows)
-  with open(os.path.join(FLAGS.output_dir, 'fidelity.json'), 'w') as f:
-    json.dump(rows, f, indent=1)
-  with open(os.path.join(FLAGS.output_dir, 'fidelity.md'), 'w') as f:
-    f.write(table)
-  plotted = fidelity.plot(rows, os.path.join(FLAGS.output_dir, 'fidelity.png'))
-  print(table)
-  print(tables.wrote(FLAGS.output_dir, ['fidelity.json', 'fidelity.md'],
-                     'fidelity.png', plotted))
+  print(tables.write_results(FLAGS.output_dir, 'fidelity', rows,
+                             fidelity.markdown_table(rows),
+                             lambda path: fidelity.plot(rows, path)))
   return 0
 
 
