@@ -46,7 +46,7 @@ PLOTTED_GROWTH_STEPS = 100  # The figure's growth panel (the slope is λ).
 
 
 def probe(model, inputs, max_lag: int = 20, burn_in: int = 100,
-          epsilon: float = 1e-3, max_classes: int = 256, seed: int = 0) -> Dict:
+          epsilon: float = 1e-3, max_classes: int = 64, seed: int = 0) -> Dict:
   """Memory curve and perturbation growth of ``model`` on ``inputs``.
 
   Args:
@@ -103,20 +103,18 @@ def memory_curve(states: np.ndarray, targets: np.ndarray, max_lag: int,
   half = states.shape[0] // 2
   features = states[:, burn_in:].astype(np.float64)
   features = np.concatenate([features, np.ones_like(features[..., :1])], -1)
-  steps = features.shape[1]
-  lagged = np.concatenate(
-      [targets[:, burn_in - k:burn_in - k + steps] for k in range(1, max_lag + 1)],
-      -1).astype(np.float64)  # [B, steps, max_lag · D]
-  fit_x = features[:half].reshape(-1, features.shape[-1])
-  fit_y = lagged[:half].reshape(-1, lagged.shape[-1])
-  weights = np.linalg.lstsq(fit_x, fit_y, rcond=None)[0]
-  test_x = features[half:].reshape(-1, features.shape[-1])
-  test_y = lagged[half:].reshape(-1, lagged.shape[-1])
-  error = ((test_x @ weights - test_y) ** 2).sum(0)
-  spread = ((test_y - test_y.mean(0)) ** 2).sum(0)
-  per_lag = lambda v: v.reshape(max_lag, -1).sum(-1)
-  return [float(1.0 - e / s) if s > 0 else 0.0
-          for e, s in zip(per_lag(error), per_lag(spread))]
+  steps, width = features.shape[1], features.shape[-1]
+  solve = np.linalg.pinv(features[:half].reshape(-1, width))  # Fit once.
+  test_x = features[half:].reshape(-1, width)
+  r2 = []
+  for k in range(1, max_lag + 1):  # One lag at a time: one-hot targets are wide.
+    lagged = targets[:, burn_in - k:burn_in - k + steps].astype(np.float64)
+    weights = solve @ lagged[:half].reshape(-1, lagged.shape[-1])
+    test_y = lagged[half:].reshape(-1, lagged.shape[-1])
+    error = ((test_x @ weights - test_y) ** 2).sum()
+    spread = ((test_y - test_y.mean(0)) ** 2).sum()
+    r2.append(float(1.0 - error / spread) if spread > 0 else 0.0)
+  return r2
 
 
 def _check(rows, steps, max_lag, burn_in, epsilon):
