@@ -69,7 +69,8 @@ def probe(model, inputs, max_lag: int = 20, burn_in: int = 100,
   rows, steps = int(inputs.shape[0]), int(inputs.shape[1])
   _check(rows, steps, max_lag, burn_in, epsilon)
   states = _trajectory(model, inputs, model.initial_state(rows))
-  size = int(_flat(states).shape[-1])
+  flat_states = _flat(states).numpy()  # [rows, T, S]
+  size = flat_states.shape[-1]
   if (rows // 2) * (steps - burn_in) <= size + 1:
     raise ConfigurationError(
         f'{rows // 2} rows × {steps - burn_in} steps after the burn-in fit the '
@@ -82,7 +83,7 @@ def probe(model, inputs, max_lag: int = 20, burn_in: int = 100,
   growth_steps = [t for t in GROWTH_STEPS if t < horizon] + [horizon]
   # log10 of the geometric mean over rows of the growth after each step.
   curve = np.cumsum(log_ratio.mean(0)) / np.log(10.0)
-  r2 = memory_curve(_flat(states).numpy(), _targets(inputs, max_classes),
+  r2 = memory_curve(flat_states, _targets(inputs, max_classes),
                     max_lag, burn_in)
   return {'lags': list(range(1, max_lag + 1)), 'r2': r2,
           'memory_capacity': float(sum(max(v, 0.0) for v in r2)),

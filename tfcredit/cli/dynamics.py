@@ -15,7 +15,6 @@ and prints the table. Exit codes: 0
 success, 2 bad configuration, 1 data failure.
 """
 
-import sys
 from typing import List, Optional, Sequence
 
 from absl import flags
@@ -58,18 +57,15 @@ def run(argv: List[str]) -> int:
   from tfcredit import dynamics  # pylint: disable=g-import-not-at-top
   from tfcredit import errors  # pylint: disable=g-import-not-at-top
 
-  try:
-    if not FLAGS.gin_file:
-      raise errors.ConfigurationError(
-          '--gin_file is required: e.g. --gin_file=testing/tiny.gin')
-    results = dynamics.measure(
-        FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.run or [],
-        sequences=FLAGS.sequences, length=FLAGS.length, data_dir=FLAGS.data_dir,
-        seed=FLAGS.seed, max_lag=FLAGS.max_lag, burn_in=FLAGS.burn_in,
-        epsilon=FLAGS.epsilon)
-  except errors.TfcreditError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return error.exit_code
+  # A TfcreditError reaches common.run, which prints its one line and exit code.
+  if not FLAGS.gin_file:
+    raise errors.ConfigurationError(
+        '--gin_file is required: e.g. --gin_file=testing/tiny.gin')
+  results = dynamics.measure(
+      FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.run or [],
+      sequences=FLAGS.sequences, length=FLAGS.length, data_dir=FLAGS.data_dir,
+      seed=FLAGS.seed, max_lag=FLAGS.max_lag, burn_in=FLAGS.burn_in,
+      epsilon=FLAGS.epsilon)
   print(tables.write_results(
       FLAGS.output_dir, 'dynamics',
       [dict(result, label=label) for label, result in results],
