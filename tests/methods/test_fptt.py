@@ -346,6 +346,8 @@ def test_embedding_rows_follow_the_dense_equations(clip_norm):
     (dict(windows=30, alpha=0.5), 'at most 20 windows'),
     (dict(windows=2, alpha=0.5, reset_gradient_state_each_epoch='no'),
      'reset_gradient_state_each_epoch'),
+    (dict(windows=2, alpha=0.5, evaluate_trained_weights=1),
+     'FPTT.evaluate_trained_weights'),
 ])
 def test_bad_settings_are_configuration_errors(kwargs, match):
   task = AddingTask(sequence_length=20)

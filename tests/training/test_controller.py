@@ -135,3 +135,37 @@ def test_calls_cover_a_stream_epoch_once_with_the_carried_state(tmp_path):
   np.testing.assert_allclose(done, np.cumsum(units), atol=1)  # int(float sums)
   assert int(progress.position) == calls.units_per_epoch // BATCH
   assert units[0] == 10 * BATCH and len(units) > 1  # Two windows of five steps.
+
+
+@pytest.mark.parametrize('trained_weights', [True, False])
+def test_fptts_trained_weights_are_evaluated_before_the_average_replaces_them(
+    tmp_path, trained_weights):
+  controller = _run(str(tmp_path), 'train.method = @FPTT', 'FPTT.windows = 2',
+                    'FPTT.alpha = 0.5',
+                    f'FPTT.evaluate_trained_weights = {trained_weights}', epochs=1)
+  model, method = controller.calls.model, controller.calls.method
+  evaluate, weights, results = controller.evaluate, [], []
+
+  def recording(split):  # The real evaluation, and the weights it saw.
+    weights.append([v.numpy().copy() for v in model.trainable_variables])
+    results.append(evaluate(split))
+    return results[-1]
+
+  controller.evaluate = recording
+  controller.run()
+  averages = [a.numpy() for a in method.running_average]
+  scalars = reporting.read_scalars(str(tmp_path / 'valid'))
+  # The epoch's own evaluation sees W̄ (the weights after the swap) ...
+  for seen, average in zip(weights[-1], averages):
+    np.testing.assert_array_equal(seen, average)
+  np.testing.assert_allclose(scalars['loss'][0][1], results[-1]['loss'], rtol=1e-6)
+  if not trained_weights:
+    assert len(weights) == 1 and 'trained_weights/loss' not in scalars
+    return
+  # ... and, asked for, one before it the trained weights, which differ from W̄.
+  assert len(weights) == 2
+  assert max(np.abs(w - a).max() for w, a in zip(weights[0], averages)) > 1e-4
+  assert scalars['trained_weights/loss'][0][0] == scalars['loss'][0][0]
+  np.testing.assert_allclose(scalars['trained_weights/loss'][0][1],
+                             results[0]['loss'], rtol=1e-6)
+  assert abs(results[0]['loss'] - results[1]['loss']) > 1e-6

@@ -115,6 +115,16 @@ class Method(windows.WindowLoop, tf.Module):
   def on_epoch_end(self) -> None:
     """After every epoch, before validation (FPTT swaps in its averages)."""
 
+  def evaluations_before_epoch_end(
+      self, evaluate: Callable[[str], Dict[str, float]]) -> Dict[str, float]:
+    """After an epoch's last call and before ``on_epoch_end``: validation
+    metrics of the weights the epoch trained, for a method whose
+    ``on_epoch_end`` replaces them (FPTT's ``evaluate_trained_weights``),
+    written beside the epoch's validation summaries. ``evaluate`` maps a split
+    to its metrics. By default none."""
+    del evaluate
+    return {}
+
   # How the trainer combines each extra metric (a scalar, or rank 1 for CONCAT)
   # over a summary interval (SUM when not listed); ``summaries`` then writes it.
   metric_reductions: Mapping[str, str] = {}

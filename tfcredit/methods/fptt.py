@@ -57,6 +57,7 @@ class FPTT(base.Method):
                beta: float = 0.5, quadratic_scale: float = 1.0,
                inner_steps: int = 1, reset_gradient_state_each_epoch: bool = True,
                window_length: Optional[int] = None,
+               evaluate_trained_weights: bool = False,
                clip_norm: Optional[float] = None, use_tf_function: bool = True,
                name: Optional[str] = None):
     """Binds the method and creates ``W̄`` and ``λ``.
@@ -77,6 +78,10 @@ class FPTT(base.Method):
       window_length: stream tasks only (required there): steps per window; a
         segment is ``windows × window_length`` steps. Must be None for episodic
         tasks, whose sequences are cut into ``windows`` near-equal windows.
+      evaluate_trained_weights: also evaluate the validation split with the
+        trained weights at every epoch end, before ``W̄`` replaces them
+        (TensorBoard ``valid/trained_weights/<metric>`` beside ``valid/<metric>``
+        of ``W̄``); one more validation pass per epoch.
       clip_norm: as in ``Method``, of each step's full gradient (window loss
         and regularizer).
       model, task, optimizer, use_tf_function, name: as in ``Method``.
@@ -95,6 +100,8 @@ class FPTT(base.Method):
     self.inner_steps = validation.positive_int('FPTT.inner_steps', inner_steps)
     self.reset_gradient_state_each_epoch = validation.boolean(
         'FPTT.reset_gradient_state_each_epoch', reset_gradient_state_each_epoch)
+    self.evaluate_trained_weights = validation.boolean(
+        'FPTT.evaluate_trained_weights', evaluate_trained_weights)
     if task.regime == task_base.STREAM:
       if window_length is None:
         raise ConfigurationError(
@@ -153,6 +160,14 @@ class FPTT(base.Method):
     """The weights become ``W̄``; ``λ`` is zeroed if so configured."""
     with self.replicas.strategy.scope():
       self._swap_fn()
+
+  def evaluations_before_epoch_end(self, evaluate):
+    """With ``evaluate_trained_weights``: the validation metrics of the weights
+    the epoch trained, as ``trained_weights/<metric>``."""
+    if not self.evaluate_trained_weights:
+      return {}
+    return {f'trained_weights/{key}': value
+            for key, value in evaluate('valid').items() if key != 'count'}
 
   def summaries(self, totals):
     values = {'distance_to_average': totals['distance_to_average']}

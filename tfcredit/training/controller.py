@@ -80,10 +80,9 @@ class Calls:
   def epoch(self, epoch: int) -> Iterator[Call]:
     """Yields the calls of ``epoch`` from ``progress.position`` on.
 
-    The method's ``on_epoch_start`` runs before the first call and its
-    ``on_epoch_end`` once the last call's ``Call`` has been handled (not when
-    the caller stops early). Each call starts where ``progress`` is when it is
-    drawn, so the caller advances ``progress`` between calls.
+    The method's ``on_epoch_start`` runs before the first call; the caller
+    ends the epoch with ``finish_epoch``. Each call starts where ``progress``
+    is when it is drawn, so the caller advances ``progress`` between calls.
     """
     self.method.on_epoch_start(epoch)
     for segment, units, fraction in self._segments(epoch):
@@ -97,7 +96,14 @@ class Calls:
                  state=self._state, units=units,
                  positions=units // self.batch_size if self.stream else 1,
                  learning_rate=rate, units_done=int(done))
+
+  def finish_epoch(self, evaluate: Evaluate) -> Dict[str, float]:
+    """After an epoch's last call, before its validation: the method's
+    evaluations of the weights it trained (``evaluations_before_epoch_end``),
+    returned, then its ``on_epoch_end`` (FPTT swaps in ``W̄`` here)."""
+    before = self.method.evaluations_before_epoch_end(evaluate)
     self.method.on_epoch_end()
+    return before
 
   def accept(self, metrics: Dict[str, np.ndarray]) -> None:
     """After a call's metrics are accepted: the task's ``after_training_call``
@@ -264,13 +270,16 @@ class Controller:
         average_loss=self.progress.average_loss)
 
   def end_epoch(self) -> Dict[str, float]:
-    """After an epoch's last call: evaluates the validation split, records it,
+    """After an epoch's last call: ends the method's epoch (``Calls.finish_epoch``,
+    recording what it evaluated), evaluates the validation split, records it,
     tells ``on_validation``, moves ``progress`` to the next epoch and writes a
     checkpoint. Returns the validation result."""
-    epoch = int(self.progress.epoch)
+    epoch, units_seen = int(self.progress.epoch), int(self.progress.units_seen)
+    before = self.calls.finish_epoch(self.evaluate)
+    if before:
+      self.reporter.record_evaluation('valid', before, units_seen, epoch)
     valid = self.evaluate('valid')
-    self.reporter.record_evaluation('valid', valid, int(self.progress.units_seen),
-                                    epoch)
+    self.reporter.record_evaluation('valid', valid, units_seen, epoch)
     self.on_validation(epoch, valid['loss'])
     self.progress.end_epoch(valid['loss'])
     self.checkpointer.save(int(self.progress.calls))
