@@ -5,10 +5,9 @@ diagonal real cell's 1 × 1) the influence of each weight on its own unit alone
 is RTRL's whole influence, so the estimate is full BPTT's (a plain
 ``GradientTape`` over the whole sequence), for per-step and terminal
 losses (and RTRL's, on the per-step stream), and the windowed updates of a stream follow full
-backpropagation from the stream's start across calls. Other cells are
-refused; a stack and an encoder are refused, or under ``approximate`` get
-Zucchet et al.'s rule, checked against ``GradientTape`` with the recurrences
-above each weight's layer stopped.
+backpropagation from the stream's start across calls. What it refuses (other
+cells; a stack and an encoder unless ``approximate``, then Zucchet et al.'s
+rule) is tested in test_elementwise_rtrl_refusals.py.
 """
 
 import functools
@@ -22,7 +21,6 @@ import pytest
 import tensorflow as tf
 
 import tfcredit
-from tfcredit.errors import ConfigurationError
 from tfcredit.methods import RTRL, ElementwiseRTRL, jit
 from tfcredit.models.lru import LRUCell
 from tfcredit.models.recurrent import RecurrentModel
@@ -292,86 +290,6 @@ def test_the_whole_batch_step_agrees():
   _close(whole_batch.estimate_gradients(segment, model.initial_state(ROWS))[0],
          estimate)
   _close(estimate, tape)
-
-
-# ------------------------------------------------------------------ refusals
-
-
-@pytest.mark.parametrize('cell', ['lstm', 'gru'])
-def test_a_recurrence_that_is_not_diagonal_is_refused_in_one_line(cell):
-  model = tiny_model(STREAM, seed=0, units=UNITS, cell=cell)
-  with pytest.raises(ConfigurationError) as raised:
-    _method(model)
-  message = str(raised.value)
-  assert '\n' not in message
-  assert 'diagonal per unit' in message
-  assert f'{cell.upper()}Cell' in message and 'RTRL' in message
-
-
-def test_a_stack_is_refused_unless_approximate_and_then_follows_the_paper():
-  """Two LRU layers: the lower layer's weights write the upper layer's units
-  within a step, so exact element-wise RTRL is impossible; refused by default.
-  With ``approximate`` each layer's influence is kept alone (Zucchet et al.):
-  the lower layer's weights get full backpropagation with the upper layer's
-  recurrence stopped, its ``C``/``D`` (which write the upper layer's units)
-  too, the upper layer and the readout full BPTT's. That differs from full
-  BPTT, so the rule is an approximation in a stack."""
-  model = _model(num_layers=2)
-  with pytest.raises(ConfigurationError, match='approximate = True') as raised:
-    _method(model)
-  assert 'one recurrent layer' in str(raised.value)
-  method = _method(model, approximate=True)
-  assert not method.exact
-  # Every weight of the lower layer reaches the upper layer's units.
-  assert set(method.approximated) == {
-      v.path for v in model.core[0].trainable_variables}
-  segment = _stream(0, 9)
-  estimate = _dense(method.estimate_gradients(segment,
-                                              model.initial_state(ROWS))[0])
-  full = _tape_gradient(model, STREAM, segment)
-  upper_stopped = _tape_gradient(model, STREAM, segment, stopped=(1,))
-  first = {id(v) for v in model.core[0].trainable_variables}
-  expected = [s if id(v) in first else f for v, s, f in
-              zip(model.trainable_variables, upper_stopped, full)]
-  _close(estimate, expected)
-  assert max(np.abs(e - f).max() for e, f in zip(estimate, full)) > 1e-4
-
-
-def test_an_encoder_is_refused_unless_approximate_and_then_gets_one_step():
-  """An input projection writes every unit: refused by default; with
-  ``approximate`` it gets the gradient through the current step only (every
-  recurrence stopped), every other weight full BPTT's."""
-  model = _model(embedding_dim=5)
-  with pytest.raises(ConfigurationError) as raised:
-    _method(model)
-  assert 'input_projection' in str(raised.value)
-  assert 'approximate = True' in str(raised.value)
-  method = _method(model, approximate=True)
-  assert set(method.approximated) == {'input_projection/kernel',
-                                      'input_projection/bias'}
-  segment = _stream(0, 8)
-  estimate = _dense(method.estimate_gradients(segment,
-                                              model.initial_state(ROWS))[0])
-  full = _tape_gradient(model, STREAM, segment)
-  one_step = _tape_gradient(model, STREAM, segment, stopped=(0,))
-  encoder = {id(v) for v in model.encoder.trainable_variables}
-  _close(estimate, [o if id(v) in encoder else f for v, o, f in
-                    zip(model.trainable_variables, one_step, full)])
-
-
-def test_bad_settings_are_refused_with_the_parameter_named():
-  model = _model()
-  with pytest.raises(ConfigurationError, match='ElementwiseRTRL.approximate'):
-    _method(model, approximate=1)
-  with pytest.raises(ConfigurationError, match='ElementwiseRTRL.batch_size'):
-    ElementwiseRTRL(model=model, task=STREAM, optimizer=built_optimizer(model))
-  with pytest.raises(ConfigurationError,
-                     match='ElementwiseRTRL.max_influence_floats'):
-    _method(model, max_influence_floats=10)
-  with pytest.raises(ConfigurationError,
-                     match="ElementwiseRTRL.jit_compile must be True, False or "
-                           "'auto', got 'yes'"):
-    _method(model, jit_compile='yes')
 
 
 # ------------------------------------------------------- checkpoints, training
