@@ -85,7 +85,7 @@ def _method(task_name, cell, checkpoint_every, truncated=True):
   adding task: ``TruncatedBPTT`` with windows of 6 (the first window runs
   forward only) or ``BPTT`` over the whole sequences. Uncompiled (a
   checkpointed pass always is; ``test_compiled_window_pass_checkpoints_too``
-  and tests/methods/test_truncated_bptt.py check XLA's)."""
+  and tests/methods/test_truncated_bptt_settings.py check XLA's)."""
   model, task, _, _ = _problem(task_name, cell)
   optimizer = built_optimizer(model, learning_rate=0.5)
   common = dict(model=model, task=task, optimizer=optimizer,
