@@ -33,8 +33,9 @@ the model must keep each layer's state (and output) unchanged.
 
 Optional: ``state_step(inputs, state, training=False) -> state``, the state
 after a ``[B, 1, ...]`` window without a loop; the forward-mode methods (RTRL,
-UORO, SnAp-1, KF-RTRL) map it over the rows for each row's Jacobian in the
-weights, and without it take the slower whole-batch Jacobian.
+UORO, SnAp-1, SnAp-2, KF-RTRL, element-wise RTRL) map it over the rows for each
+row's Jacobian in the weights, and without it take the slower whole-batch
+Jacobian.
 
 ``check_model`` refuses anything else with a ``ConfigurationError`` (exit code 2 in
 the tools) that names the missing members and the fix.
