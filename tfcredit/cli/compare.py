@@ -12,6 +12,13 @@ or one base config and a run per method (``NAME: gin bindings`` separated by ``;
       --method='truncated BPTT K=10: train.method = @TruncatedBPTT; TruncatedBPTT.window = 10' \
       --method='ARTBP L0=10: train.method = @ARTBP; ARTBP.mean_length = 10'
 
+Several seeds (``--seeds=0,1,2``): the whole comparison once per seed, in
+``<output_dir>/seed_<s>`` (each with its own ``comparison.*``), and in
+``--output_dir`` a summary over the seeds (``tfcredit.comparison_seeds``): mean
+± sample standard deviation of each run's results, each seed's value, and its
+difference from the first run on the same seed (paired), the curves as means
+with the band from the lowest to the highest seed.
+
 Each run is ``tfcredit-train`` (``python -m tfcredit.cli.train``) in its own process with ``--model_dir=<output_dir>/
 <run name>`` (running the comparison again resumes unfinished runs and reuses
 finished ones), ``--gin_bindings`` applied to every run and ``train.seed = --seed``.
@@ -35,6 +42,7 @@ from absl import flags
 
 from tfcredit.cli import common
 from tfcredit import comparison  # pylint: disable=g-bad-import-order
+from tfcredit import comparison_seeds  # pylint: disable=g-bad-import-order
 from tfcredit.errors import ConfigurationError
 from tfcredit import tables  # pylint: disable=g-bad-import-order
 
@@ -47,6 +55,9 @@ def define_flags() -> None:
   define(flags.DEFINE_multi_string, 'method', None, "Runs as 'NAME: bindings; "
          "...' on top of the --gin_file base (repeatable).")
   define(flags.DEFINE_integer, 'seed', 0, 'train.seed of every run.')
+  define(flags.DEFINE_list, 'seeds', None, 'Train the comparison once per seed '
+         '(e.g. 0,1,2), each in <output_dir>/seed_<s>, and summarise the runs '
+         'over the seeds; instead of --seed.')
   define(flags.DEFINE_string, 'data_dir', None, 'Data directory passed to every '
          'run.')
   define(flags.DEFINE_string, 'output_dir', 'runs/compare', 'Runs and results go '
@@ -73,14 +84,18 @@ def run(argv: List[str]) -> int:
   settings = settings_from_flags()
   try:
     runs = comparison.plan_runs(FLAGS.gin_file, FLAGS.method)
+    seeds = _seeds_from_flags()
     comparison.check_configs(runs, settings)
   except ConfigurationError as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   rows = []
+  trained = (comparison.train_all(runs, FLAGS.output_dir, settings) if seeds is None
+             else comparison_seeds.train_seeds(runs, FLAGS.output_dir, settings,
+                                               seeds))
   try:
-    for row in comparison.train_all(runs, FLAGS.output_dir, settings):
+    for row in trained:
       rows.append(row)
       if not row['curve']:
         print(f"warning: run {row['run']!r} has no {row['curve_name']!r} scalars "
@@ -89,10 +104,48 @@ def run(argv: List[str]) -> int:
   except comparison.RunFailed as failure:
     print(f'error: {failure}', file=sys.stderr)
     return failure.exit_code if failure.exit_code in (1, 2) else 1
-  print(tables.write_results(
-      FLAGS.output_dir, 'comparison', rows, comparison.markdown_table(rows),
-      lambda path: comparison.plot(rows, path, log_scale=FLAGS.log_scale)))
+  if seeds is None:
+    print(_write(FLAGS.output_dir, rows))
+  else:
+    _write_seeds(rows, seeds)
   return 0
+
+
+def _seeds_from_flags() -> Optional[List[int]]:
+  """``--seeds`` as integers, or None (one comparison at ``--seed``).
+
+  Raises:
+    ConfigurationError: bad ``--seeds``, or both ``--seed`` and ``--seeds``.
+  """
+  if not FLAGS.seeds:
+    return None
+  if FLAGS['seed'].present:
+    raise ConfigurationError('give --seed or --seeds, not both: --seeds=0,1,2 '
+                             'trains every run once per seed')
+  return comparison_seeds.parse_seeds(FLAGS.seeds)
+
+
+def _write(directory: str, rows: List[dict]) -> str:
+  """One seed's ``comparison.*`` into ``directory``; the line saying so."""
+  return tables.write_results(
+      directory, 'comparison', rows, comparison.markdown_table(rows),
+      lambda path: comparison.plot(rows, path, log_scale=FLAGS.log_scale))
+
+
+def _write_seeds(rows: List[dict], seeds: List[int]) -> None:
+  """Each seed's files in its directory, then the summary over the seeds."""
+  for seed in seeds:
+    print(f'seed {seed}:')
+    print(_write(comparison_seeds.seed_directory(FLAGS.output_dir, seed),
+                 [row for row in rows if row['seed'] == seed]))
+  summary = comparison_seeds.summarize(rows)
+  print(f'over seeds {", ".join(map(str, seeds))}:')
+  print(tables.write_results(
+      FLAGS.output_dir, 'comparison',
+      {'seeds': seeds, 'summary': summary, 'runs': rows},
+      comparison_seeds.markdown_table(summary),
+      lambda path: comparison_seeds.plot(summary, path,
+                                         log_scale=FLAGS.log_scale)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
