@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tfcredit import fidelity
 from tfcredit import tables
@@ -228,16 +228,27 @@ def markdown_table(rows: Sequence[Dict]) -> str:
 def plot(rows: Sequence[Dict], path: str, log_scale: bool = False) -> bool:
   """Writes the runs' curves against units trained on to ``path`` (both axes on
   a log scale with ``log_scale``); False without matplotlib."""
+
+  def draw(axis, row):
+    steps, values = zip(*row['curve'])
+    axis.plot(steps, values, marker='o', markersize=3, label=row['run'])
+
+  return curve_figure(rows, path, draw, rows[0]['curve_name'], log_scale)
+
+
+def curve_figure(rows: Sequence[Dict], path: str,
+                 draw: Callable[[Any, Dict], None], ylabel: str,
+                 log_scale: bool = False) -> bool:
+  """``draw(axis, row)`` for every row with a ``curve``, against units trained
+  on, written to ``path``; False without matplotlib."""
   pyplot = tables.pyplot()
   if pyplot is None:
     return False
   figure, axis = pyplot.subplots(figsize=(7, 4.5))
   for row in rows:
     if row['curve']:
-      steps, values = zip(*row['curve'])
-      axis.plot(steps, values, marker='o', markersize=3, label=row['run'])
-  axis.set(xlabel=f"{rows[0]['unit'] or 'units'} trained on",
-           ylabel=rows[0]['curve_name'])
+      draw(axis, row)
+  axis.set(xlabel=f"{rows[0]['unit'] or 'units'} trained on", ylabel=ylabel)
   if log_scale:
     axis.set_xscale('log')
     axis.set_yscale('log')

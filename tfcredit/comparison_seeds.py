@@ -150,20 +150,13 @@ def markdown_table(summary: Sequence[Dict]) -> str:
 def plot(summary: Sequence[Dict], path: str, log_scale: bool = False) -> bool:
   """Each run's mean curve over the seeds with its lowest-to-highest band, to
   ``path``; False without matplotlib."""
-  pyplot = tables.pyplot()
-  if pyplot is None:
-    return False
-  figure, axis = pyplot.subplots(figsize=(7, 4.5))
-  for entry in summary:
-    if entry['curve']:
-      steps, mean, low, high = zip(*entry['curve'])
-      line, = axis.plot(steps, mean, marker='o', markersize=3,
-                        label=f"{entry['run']} ({len(entry['seeds'])} seeds)")
-      axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-  axis.set(xlabel=f"{summary[0]['unit'] or 'units'} trained on",
-           ylabel=f"{summary[0]['curve_name']}: mean, band lowest to highest seed")
-  if log_scale:
-    axis.set_xscale('log')
-    axis.set_yscale('log')
-  axis.legend(fontsize='small')
-  return tables.save_figure(figure, path)
+
+  def draw(axis, entry):
+    steps, mean, low, high = zip(*entry['curve'])
+    line, = axis.plot(steps, mean, marker='o', markersize=3,
+                      label=f"{entry['run']} ({len(entry['seeds'])} seeds)")
+    axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+
+  return comparison.curve_figure(
+      summary, path, draw,
+      f"{summary[0]['curve_name']}: mean, band lowest to highest seed", log_scale)
