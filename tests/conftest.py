@@ -13,10 +13,12 @@ import os
 
 import pytest
 
-# jit_compile='auto' stays off: the suite builds hundreds of short-lived models,
-# and XLA compiles each one's window pass (seconds each on a CPU, kept in memory
-# by the process). Tests that pass jit_compile=True, and the one on 'auto'
-# itself, still compile. Subprocesses of the tests inherit it.
+# jit_compile='auto' stays off, and so do the parts tfcredit compiles by itself
+# (tfcredit.xla: the fused unroll's loops, the language models' cross-entropy):
+# the suite builds hundreds of short-lived models, and XLA compiles each one's
+# functions (seconds each on a CPU, kept in memory by the process). Tests that
+# pass jit_compile=True, and the ones on 'auto' and on the compiled parts
+# themselves, still compile. Subprocesses of the tests inherit it.
 os.environ.setdefault('TFCREDIT_AUTO_XLA', '0')
 
 Done = collections.namedtuple('Done', 'returncode stdout stderr')

@@ -15,6 +15,8 @@ import tensorflow as tf
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import BPTT, TruncatedBPTT, jit
 from tfcredit.tasks import base as task_base
+from tfcredit.models import fused
+from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
 from tfcredit.testing import TwoStateCell, assert_nests_close, max_abs_diff, tiny_model
 
@@ -130,6 +132,33 @@ def test_jit_compile_trains_the_same_updates_to_float_tolerance():
   assert max_abs_diff(plain_weights, initial) > 1e-3
 
 
+def test_the_parts_xla_compiles_by_itself_train_the_same_updates(monkeypatch):
+  """Outside the suite's ``TFCREDIT_AUTO_XLA=0``, an LSTM language model's
+  fused loops and cross-entropy run compiled (``tfcredit.xla``) inside the
+  traced window pass; the updates match those of the uncompiled parts."""
+  task = MarkovLanguageTask(vocabulary_size=6, branching=2, seed=1)
+  data = tf.constant(task.stream('train', 3))
+  segment = (data[:, :12], data[:, 1:13])
+  monkeypatch.setattr(fused, '_COMPILED', {})
+  results = []
+  for compiled in (False, True):
+    if compiled:
+      monkeypatch.delenv(jit.ENVIRONMENT, raising=False)
+    model = tiny_model(task, cell='lstm', units=5, seed=7, num_layers=2)
+    method = base._method(TruncatedBPTT, task, model, learning_rate=0.5,
+                          window=4, windows_per_call=3, clip_norm=1.0)
+    assert method.jit_compile is False  # 'auto': the parts, not the window.
+    state, metrics = method.train_segment(segment, model.initial_state(3))
+    results.append((base._snapshot(model), state, float(metrics['loss_sum'])))
+  assert {f.__name__ for f in fused._COMPILED} == {  # pylint: disable=protected-access
+      '_lstm_forward', '_lstm_backward'}
+  assert_nests_close(results[1][:2], results[0][:2], rtol=1e-4, atol=1e-5)
+  assert results[1][2] == pytest.approx(results[0][2], rel=1e-5)
+  initial = base._snapshot(tiny_model(task, cell='lstm', units=5, seed=7,
+                                      num_layers=2))
+  assert max_abs_diff(results[0][0], initial) > 1e-3
+
+
 def test_jit_compile_must_be_a_bool_or_auto():
   task = _TokenStream()
   model = tiny_model(task, cell='gru', units=4, seed=1)
@@ -142,34 +171,43 @@ def test_jit_compile_must_be_a_bool_or_auto():
 
 def test_jit_compile_auto_compiles_a_named_float32_core_on_a_cpu_only(
     monkeypatch):
-  """``'auto'`` (the default) turns XLA on for a named core in float32 on a CPU,
-  and leaves it off for a custom cell, padded sequences, mixed precision and
+  """``'auto'`` (the default) turns XLA on for a named core in float32 on a CPU
+  (a simple RNN; an LSTM or GRU only under ``unroll_implementation='keras'``,
+  since otherwise its fused loops and cross-entropy compile by themselves), and
+  leaves it off for a custom cell, padded sequences, mixed precision and
   checkpointed windows, and everywhere under ``TFCREDIT_AUTO_XLA=0`` (the
   suite's setting, tests/conftest.py); an explicit True or False is kept."""
   assert not tf.config.list_logical_devices('GPU')  # These machines have none.
   task = _TokenStream()
-  named = tiny_model(task, cell='gru', units=4, seed=1)
+  named = tiny_model(task, cell='simple_rnn', units=4, seed=1)
   monkeypatch.setenv(jit.ENVIRONMENT, '0')
   assert base._method(TruncatedBPTT, task, named, window=4).jit_compile is False
   assert base._method(TruncatedBPTT, task, named, window=4,
-                 jit_compile=True).jit_compile is True
+                      jit_compile=True).jit_compile is True
   monkeypatch.delenv(jit.ENVIRONMENT)
   assert base._method(TruncatedBPTT, task, named, window=4).jit_compile is True
   assert base._method(TruncatedBPTT, task, named, window=4,
-                 jit_compile=False).jit_compile is False
+                      jit_compile=False).jit_compile is False
   assert base._method(TruncatedBPTT, task, named, window=4,
-                 checkpoint_every=2).jit_compile is False
+                      checkpoint_every=2).jit_compile is False
   assert base._method(TruncatedBPTT, task, named, window=4, checkpoint_every=2,
-                 jit_compile=True).jit_compile is True
+                      jit_compile=True).jit_compile is True
+  for cell in ('lstm', 'gru'):
+    fusable = tiny_model(task, cell=cell, units=4, seed=1)
+    assert base._method(TruncatedBPTT, task, fusable, window=4).jit_compile is False
+    layers = tiny_model(task, cell=cell, units=4, seed=1,
+                        unroll_implementation='keras')
+    assert base._method(TruncatedBPTT, task, layers, window=4).jit_compile is True
   custom = tiny_model(task, cell=TwoStateCell(4), units=4, seed=1)
   assert base._method(TruncatedBPTT, task, custom, window=4).jit_compile is False
-  masked = tiny_model(task, cell='gru', units=4, seed=1, masked=True)
+  masked = tiny_model(task, cell='simple_rnn', units=4, seed=1, masked=True)
   assert base._method(TruncatedBPTT, task, masked, window=4).jit_compile is False
   episodic = AddingTask(sequence_length=6)
-  assert base._method(BPTT, episodic, tiny_model(episodic, seed=1)).jit_compile is True
+  assert base._method(BPTT, episodic, tiny_model(episodic, cell='simple_rnn',
+                                                 seed=1)).jit_compile is True
   keras.mixed_precision.set_global_policy('mixed_float16')
   try:
-    half = tiny_model(task, cell='gru', units=4, seed=1)
+    half = tiny_model(task, cell='simple_rnn', units=4, seed=1)
   finally:
     keras.mixed_precision.set_global_policy('float32')
   assert base._method(TruncatedBPTT, task, half, window=4).jit_compile is False

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfcredit import xla
 from tfcredit.errors import ConfigurationError
 from tfcredit.models import fused
 from tfcredit.models.recurrent import RecurrentModel
@@ -59,13 +60,19 @@ def _scales(rng):
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
-@pytest.mark.parametrize('num_layers,readout,loop', [
-    (1, 'per_step', 'unrolled'), (2, 'per_step', 'unrolled'),
-    (2, 'terminal', 'unrolled'), (2, 'per_step', 'while_loop')])
+@pytest.mark.parametrize('num_layers,readout,loop,compiled', [
+    (1, 'per_step', 'unrolled', False), (2, 'per_step', 'unrolled', False),
+    (2, 'terminal', 'unrolled', False), (2, 'per_step', 'while_loop', False),
+    (2, 'per_step', 'unrolled', True), (2, 'per_step', 'while_loop', True)])
 def test_fused_equals_the_keras_layers_with_and_without_a_scale(
-    cell, num_layers, readout, loop, monkeypatch):
+    cell, num_layers, readout, loop, compiled, monkeypatch):
+  """``compiled``: the loops compiled by XLA, as on a CPU outside the test
+  suite (which sets TFCREDIT_AUTO_XLA=0, tests/conftest.py)."""
   if loop == 'while_loop':  # The path of long windows and unknown lengths.
     monkeypatch.setattr(fused, 'STATIC_UNROLL_STEPS', 0)
+  monkeypatch.setattr(fused, '_COMPILED', {})
+  if compiled:
+    monkeypatch.delenv(xla.ENVIRONMENT, raising=False)
   reference, fast = _models(cell, num_layers, readout)
   rng = np.random.default_rng(0)
   inputs = tf.constant(rng.integers(0, VOCABULARY, size=[BATCH, STEPS]), tf.int32)
@@ -90,6 +97,12 @@ def test_fused_equals_the_keras_layers_with_and_without_a_scale(
                       gradients_by_scale['per step [T]']) > 1e-3
   assert max_abs_diff(gradients_by_scale['none'],
                       gradients_by_scale['per row [B, T]']) > 1e-3
+  # The compiled loops are the ones that ran (forward and backward); a
+  # while_loop's tensor lists cannot leave a compiled function, so long
+  # windows keep the uncompiled loops.
+  loops = {f'_{cell}_forward', f'_{cell}_backward'}
+  assert {f.__name__ for f in fused._COMPILED} == (  # pylint: disable=protected-access
+      loops if compiled and loop == 'unrolled' else set())
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])

@@ -4,10 +4,13 @@
 ``'auto'`` (their default). ``'auto'`` turns XLA on where ``tools/benchmark.py``
 shows it pays and where it is known to compile: on a CPU (no GPU visible: there
 the named LSTM and GRU layers keep their cuDNN kernels), for a named core
-(``'lstm'``, ``'gru'``, ``'simple_rnn'``: a custom cell may hold an operation XLA
-cannot compile), in float32 (the benchmark measures no other precision), on
-unpadded sequences and without ``checkpoint_every`` (neither path is measured
-under XLA). Everywhere else it stays off. XLA compiles once per window shape,
+(``'simple_rnn'``, or ``'lstm'`` and ``'gru'`` under
+``unroll_implementation='keras'``: a custom cell may hold an operation XLA
+cannot compile, and an LSTM or GRU that may take the fused unroll compiles its
+loops and its cross-entropy by itself, ``compiles_its_parts``, which is
+faster), in float32 (the benchmark measures no other precision), on unpadded
+sequences and without ``checkpoint_every`` (neither path is measured under
+XLA). Everywhere else it stays off. XLA compiles once per window shape,
 about a second for a small LSTM; results match the uncompiled pass to float
 tolerance, not bit for bit, and dropout draws other (equally random) masks
 under XLA than without it from the same seeds. docs/benchmark.md#xla-by-default.
@@ -20,22 +23,18 @@ and the compiled code stays in memory until the process ends (the test suite
 sets it in ``tests/conftest.py``; explicit ``True`` still compiles).
 """
 
-import os
 from typing import Any, Callable, Optional, Union
 
 import tensorflow as tf
 
 from tfcredit import precision
+from tfcredit import xla
 from tfcredit.errors import ConfigurationError
 from tfcredit.models import cells as cells_lib
 
 AUTO = 'auto'
-ENVIRONMENT = 'TFCREDIT_AUTO_XLA'  # '0': 'auto' never compiles.
-
-
-def allowed() -> bool:
-  """Whether ``'auto'`` may compile at all (not under ``TFCREDIT_AUTO_XLA=0``)."""
-  return os.environ.get(ENVIRONMENT, '1') != '0'
+ENVIRONMENT = xla.ENVIRONMENT  # '0': 'auto' never compiles.
+allowed = xla.allowed  # Whether 'auto' may compile at all.
 
 
 def pays(model) -> bool:
@@ -43,8 +42,18 @@ def pays(model) -> bool:
   return (allowed()
           and not tf.config.list_logical_devices('GPU')
           and getattr(model, 'cell_type', None) in cells_lib.NAMED
+          and not compiles_its_parts(model)
           and precision.compute_dtype(model) == tf.float32
           and not getattr(model, 'masked', False))
+
+
+def compiles_its_parts(model) -> bool:
+  """Whether ``model``'s LSTM or GRU core may take the fused unroll, whose loops
+  (and the language models' cross-entropy) XLA compiles by themselves
+  (``tfcredit.xla``): faster than compiling the whole window, whose large
+  products run slower under XLA than as TensorFlow's kernels."""
+  return (getattr(model, 'cell_type', None) in ('lstm', 'gru')
+          and getattr(model, 'unroll_implementation', 'auto') != 'keras')
 
 
 def resolve(parameter: str, value: Union[bool, str], model,

@@ -36,6 +36,7 @@ import keras
 import tensorflow as tf
 
 from tfcredit import precision
+from tfcredit import xla
 
 # Windows up to this many steps (known when tracing) are unrolled into the graph.
 STATIC_UNROLL_STEPS = 32
@@ -231,24 +232,28 @@ def _lstm_backward(scale, d_outputs, d_h, d_c, outputs, h, c, h0, c0, saved,
 
 @tf.custom_gradient
 def _lstm_unscaled(projected, h0, c0, recurrent_kernel):
-  outputs, h, c, saved = _lstm_forward(projected, h0, c0, recurrent_kernel)
+  outputs, h, c, saved = _loop(_lstm_forward, recurrent_kernel, projected)(
+      projected, h0, c0, recurrent_kernel)
 
   def grad(d_outputs, d_h, d_c):
     with tf.name_scope('lstm_backward'):
-      return _lstm_backward(None, d_outputs, d_h, d_c, outputs, h, c, h0, c0, saved,
-                            recurrent_kernel)
+      return _loop(_lstm_backward, recurrent_kernel, outputs)(
+          None, d_outputs, d_h, d_c, outputs, h, c, h0, c0, saved,
+          recurrent_kernel)
 
   return (outputs, h, c), grad
 
 
 @tf.custom_gradient
 def _lstm_scaled(projected, h0, c0, recurrent_kernel, scale):
-  outputs, h, c, saved = _lstm_forward(projected, h0, c0, recurrent_kernel)
+  outputs, h, c, saved = _loop(_lstm_forward, recurrent_kernel, projected)(
+      projected, h0, c0, recurrent_kernel)
 
   def grad(d_outputs, d_h, d_c):
     with tf.name_scope('lstm_backward'):
-      return _lstm_backward(scale, d_outputs, d_h, d_c, outputs, h, c, h0, c0, saved,
-                            recurrent_kernel) + (None,)
+      return _loop(_lstm_backward, recurrent_kernel, outputs)(
+          scale, d_outputs, d_h, d_c, outputs, h, c, h0, c0, saved,
+          recurrent_kernel) + (None,)
 
   return (outputs, h, c), grad
 
@@ -309,26 +314,52 @@ def _gru_backward(scale, d_outputs, d_h, outputs, h, h0, gates, candidates,
 
 @tf.custom_gradient
 def _gru_unscaled(projected, h0, recurrent_kernel, recurrent_bias):
-  outputs, h, *saved = _gru_forward(projected, h0, recurrent_kernel, recurrent_bias)
+  outputs, h, *saved = _loop(_gru_forward, recurrent_kernel, projected)(
+      projected, h0, recurrent_kernel, recurrent_bias)
 
   def grad(d_outputs, d_h):
     with tf.name_scope('gru_backward'):
-      return _gru_backward(None, d_outputs, d_h, outputs, h, h0, *saved,
-                           recurrent_kernel)
+      return _loop(_gru_backward, recurrent_kernel, outputs)(
+          None, d_outputs, d_h, outputs, h, h0, *saved, recurrent_kernel)
 
   return (outputs, h), grad
 
 
 @tf.custom_gradient
 def _gru_scaled(projected, h0, recurrent_kernel, recurrent_bias, scale):
-  outputs, h, *saved = _gru_forward(projected, h0, recurrent_kernel, recurrent_bias)
+  outputs, h, *saved = _loop(_gru_forward, recurrent_kernel, projected)(
+      projected, h0, recurrent_kernel, recurrent_bias)
 
   def grad(d_outputs, d_h):
     with tf.name_scope('gru_backward'):
-      return _gru_backward(scale, d_outputs, d_h, outputs, h, h0, *saved,
-                           recurrent_kernel) + (None,)
+      return _loop(_gru_backward, recurrent_kernel, outputs)(
+          scale, d_outputs, d_h, outputs, h, h0, *saved,
+          recurrent_kernel) + (None,)
 
   return (outputs, h), grad
+
+
+_COMPILED = {}
+
+
+def _loop(function, recurrent_kernel, sequence):
+  """``function`` (a forward or backward loop over the time-major ``sequence``),
+  compiled by XLA where ``xla.parts_compile()`` says so, for float32 weights;
+  read when the caller is traced, one compiled function per loop (XLA compiles
+  it for each window shape it meets). XLA fuses the gate arithmetic, which is
+  slow as separate kernels on a CPU. Run eagerly, only a window that ``_scan``
+  unrolls is compiled: under a tape, an eager call of a compiled
+  ``tf.while_loop`` would hand its tensor lists out of XLA, which TensorFlow
+  does not support."""
+  steps = sequence.shape[0]
+  unrolled = steps is not None and steps <= STATIC_UNROLL_STEPS
+  if (recurrent_kernel.dtype != tf.float32
+      or not (unrolled or not tf.executing_eagerly())
+      or not xla.parts_compile()):
+    return function
+  if function not in _COMPILED:
+    _COMPILED[function] = tf.function(function, jit_compile=True)
+  return _COMPILED[function]
 
 
 def _zeros_if_none(gradient, like):

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcredit import config
+from tfcredit import losses
 from tfcredit import validation
 from tfcredit.errors import ConfigurationError
 from tfcredit.tasks import base
@@ -57,8 +58,7 @@ class TokenStreamTask(base.Task):
             tf.TensorSpec([None, None], tf.int32, name='targets'))
 
   def losses(self, outputs, targets):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=targets, logits=tf.cast(outputs, tf.float32))
+    return losses.sparse_softmax_cross_entropy(targets, tf.cast(outputs, tf.float32))
 
   def metric_from_loss(self, mean_loss: float) -> float:
     if self.metric_name == 'bpc':

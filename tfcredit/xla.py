@@ -1,0 +1,35 @@
+"""Where tfcredit compiles parts of a training step with XLA by itself.
+
+On a CPU, two parts of a recurrent language model's step are several times
+faster compiled by XLA than as TensorFlow's kernels, while its large matrix
+products are faster as TensorFlow's (oneDNN) kernels than under XLA
+(docs/benchmark.md, "XLA for the parts that pay"):
+
+* the softmax cross-entropy over a large vocabulary and its gradient
+  (``tfcredit.losses``): one compiled pass instead of TensorFlow's fused kernel,
+  about 6× faster for 400 tokens of 10,000 classes;
+* the step loops of the fused LSTM/GRU unroll (``tfcredit.models.fused``),
+  where XLA fuses the gate arithmetic.
+
+``parts_compile()`` says whether they are compiled: when no GPU is visible (on a
+GPU the TensorFlow kernels are the fast ones) and unless
+``TFCREDIT_AUTO_XLA=0`` is set, which also keeps the methods' ``jit_compile=
+'auto'`` off (``tfcredit.methods.jit``). It is read when a function is traced.
+"""
+
+import os
+
+import tensorflow as tf
+
+ENVIRONMENT = 'TFCREDIT_AUTO_XLA'  # '0': tfcredit compiles nothing by itself.
+
+
+def allowed() -> bool:
+  """Whether tfcredit may compile anything by itself (not under
+  ``TFCREDIT_AUTO_XLA=0``)."""
+  return os.environ.get(ENVIRONMENT, '1') != '0'
+
+
+def parts_compile() -> bool:
+  """Whether the cross-entropy and the fused unroll's loops run compiled."""
+  return allowed() and not tf.config.list_logical_devices('GPU')
