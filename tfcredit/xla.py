@@ -12,12 +12,15 @@ products are faster as TensorFlow's (oneDNN) kernels than under XLA
   where XLA fuses the gate arithmetic.
 
 ``parts_compile()`` says whether they are compiled: when no GPU is visible (on a
-GPU the TensorFlow kernels are the fast ones) and unless
+GPU the TensorFlow kernels are the fast ones), outside ``parts(False)`` (a
+method whose windows have random lengths), and unless
 ``TFCREDIT_AUTO_XLA=0`` is set, which also keeps the methods' ``jit_compile=
 'auto'`` off (``tfcredit.methods.jit``). It is read when a function is traced.
 """
 
+import contextlib
 import os
+import threading
 
 import tensorflow as tf
 
@@ -30,6 +33,23 @@ def allowed() -> bool:
   return os.environ.get(ENVIRONMENT, '1') != '0'
 
 
+_LOCAL = threading.local()
+
+
 def parts_compile() -> bool:
   """Whether the cross-entropy and the fused unroll's loops run compiled."""
-  return allowed() and not tf.config.list_logical_devices('GPU')
+  return (getattr(_LOCAL, 'parts', True) and allowed()
+          and not tf.config.list_logical_devices('GPU'))
+
+
+@contextlib.contextmanager
+def parts(enabled: bool):
+  """Within it (while a function is traced), ``parts_compile()`` is False
+  unless ``enabled``: for a method whose windows have random lengths, each of
+  which XLA would compile anew (ARTBP)."""
+  before = getattr(_LOCAL, 'parts', True)
+  _LOCAL.parts = before and enabled
+  try:
+    yield
+  finally:
+    _LOCAL.parts = before

@@ -13,12 +13,14 @@ import pytest
 import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
-from tfcredit.methods import BPTT, TruncatedBPTT, jit
+from tfcredit import xla
+from tfcredit.methods import ARTBP, BPTT, TruncatedBPTT, jit
 from tfcredit.tasks import base as task_base
 from tfcredit.models import fused
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
 from tfcredit.tasks.synthetic import AddingTask
-from tfcredit.testing import TwoStateCell, assert_nests_close, max_abs_diff, tiny_model
+from tfcredit.testing import (TwoStateCell, assert_nests_close, built_optimizer,
+                              max_abs_diff, tiny_model)
 
 import test_truncated_bptt as base
 
@@ -124,9 +126,10 @@ def test_jit_compile_trains_the_same_updates_to_float_tolerance():
                                                 jit_metrics) = results
   assert_nests_close(jit_weights, plain_weights, rtol=1e-4, atol=1e-5)
   assert_nests_close(jit_state, plain_state, rtol=1e-4, atol=1e-5)
-  for plain, xla in zip(plain_metrics, jit_metrics):
-    assert xla['loss_sum'] == pytest.approx(plain['loss_sum'], rel=1e-5)
-    assert xla['grad_norm_sum'] == pytest.approx(plain['grad_norm_sum'], rel=1e-4)
+  for plain, compiled in zip(plain_metrics, jit_metrics):
+    assert compiled['loss_sum'] == pytest.approx(plain['loss_sum'], rel=1e-5)
+    assert compiled['grad_norm_sum'] == pytest.approx(plain['grad_norm_sum'],
+                                                      rel=1e-4)
   # Training moved the weights, so the comparison could fail.
   initial = base._snapshot(tiny_model(task, cell='lstm', units=5, seed=7))
   assert max_abs_diff(plain_weights, initial) > 1e-3
@@ -157,6 +160,24 @@ def test_the_parts_xla_compiles_by_itself_train_the_same_updates(monkeypatch):
   initial = base._snapshot(tiny_model(task, cell='lstm', units=5, seed=7,
                                       num_layers=2))
   assert max_abs_diff(results[0][0], initial) > 1e-3
+
+
+def test_artbps_random_window_lengths_keep_the_parts_uncompiled(monkeypatch):
+  """Each new window length would be a new XLA compile: ARTBP's traces take
+  the uncompiled loops and TensorFlow's cross-entropy (``COMPILED_PARTS``)."""
+  monkeypatch.delenv(jit.ENVIRONMENT, raising=False)
+  task = MarkovLanguageTask(vocabulary_size=6, branching=2, seed=1)
+  data = tf.constant(task.stream('train', 3))
+  model = tiny_model(task, cell='lstm', units=5, seed=7)
+  method = ARTBP(model=model, task=task, optimizer=built_optimizer(model),
+                 mean_length=4, windows_per_call=3, seed=3)
+  length = method.segment_length()
+  monkeypatch.setattr(fused, '_COMPILED', {})  # Building the model compiled.
+  method.train_segment((data[:, :length], data[:, 1:length + 1]),
+                       model.initial_state(3))
+  assert method.trace_counts['train_segment'] == 1
+  assert not fused._COMPILED  # pylint: disable=protected-access
+  assert xla.parts_compile()  # Outside ARTBP's trace they would compile.
 
 
 def test_jit_compile_must_be_a_bool_or_auto():

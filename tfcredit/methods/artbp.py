@@ -176,6 +176,7 @@ class ARTBP(base.Method):
   """
 
   EXAMPLE_ARGUMENTS = {'mean_length': 4, 'windows_per_call': 3, 'seed': 3}
+  COMPILED_PARTS = False  # Random window lengths: an XLA compile each.
   metric_reductions = {'max_compensation': MAX, 'window_lengths': CONCAT}
 
   def summaries(self, totals):

@@ -18,6 +18,7 @@ import tensorflow as tf
 from tfcredit import metrics as metrics_lib
 from tfcredit import precision
 from tfcredit import validation
+from tfcredit import xla
 from tfcredit.errors import ConfigurationError
 from tfcredit.methods import guard as guard_lib
 from tfcredit.methods import replicas as replicas_lib
@@ -128,6 +129,9 @@ class Method(windows.WindowLoop, tf.Module):
   # How the trainer combines each extra metric (a scalar, or rank 1 for CONCAT)
   # over a summary interval (SUM when not listed); ``summaries`` then writes it.
   metric_reductions: Mapping[str, str] = {}
+  # Whether this method's traces take the parts tfcredit compiles by itself
+  # (tfcredit.xla); False where windows have random lengths (ARTBP).
+  COMPILED_PARTS = True
 
   def summaries(self, totals: Mapping[str, Any]) -> Dict[str, Any]:
     """TensorBoard values from one interval's combined extra metrics (``totals``,
@@ -153,9 +157,10 @@ class Method(windows.WindowLoop, tf.Module):
   def _traced(self, key: str, function: Callable) -> Callable:
     def counted(*args):
       self.trace_counts[key] += 1  # Runs once per trace, never per call.
-      if key != 'train_segment':
-        return function(*args)
-      return self._guard.counting(function, *args)
+      with xla.parts(self.COMPILED_PARTS):
+        if key != 'train_segment':
+          return function(*args)
+        return self._guard.counting(function, *args)
     return counted
 
   @property
