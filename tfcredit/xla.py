@@ -19,6 +19,7 @@ method whose windows have random lengths), and unless
 """
 
 import contextlib
+import functools
 import os
 import threading
 
@@ -36,10 +37,15 @@ def allowed() -> bool:
 _LOCAL = threading.local()
 
 
+@functools.lru_cache(maxsize=None)
+def gpu_visible() -> bool:
+  """Whether TensorFlow sees a GPU (fixed once it has started; asked once)."""
+  return bool(tf.config.list_logical_devices('GPU'))
+
+
 def parts_compile() -> bool:
   """Whether the cross-entropy and the fused unroll's loops run compiled."""
-  return (getattr(_LOCAL, 'parts', True) and allowed()
-          and not tf.config.list_logical_devices('GPU'))
+  return getattr(_LOCAL, 'parts', True) and allowed() and not gpu_visible()
 
 
 @contextlib.contextmanager

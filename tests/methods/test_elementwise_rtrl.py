@@ -21,7 +21,8 @@ import pytest
 import tensorflow as tf
 
 import tfcredit
-from tfcredit.methods import RTRL, ElementwiseRTRL, jit
+from tfcredit import xla
+from tfcredit.methods import RTRL, ElementwiseRTRL
 from tfcredit.models.lru import LRUCell
 from tfcredit.models.recurrent import RecurrentModel
 from tfcredit.tasks import base as task_base
@@ -352,7 +353,7 @@ def test_the_pages_python_example_runs_and_is_exact(monkeypatch):
   the estimate is full BPTT's, and its ``train_segment`` moves the weights.
   Outside the suite's ``TFCREDIT_AUTO_XLA=0`` (tests/conftest.py), so the
   default compiles, as a user's run does."""
-  monkeypatch.delenv(jit.ENVIRONMENT, raising=False)
+  monkeypatch.delenv(xla.ENVIRONMENT, raising=False)
   page = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'methods' / (
       'elementwise_rtrl.md')
   blocks = re.findall(r'```python\n(.*?)```', page.read_text(encoding='utf-8'),

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tfcredit.errors import ConfigurationError
 from tfcredit import xla
-from tfcredit.methods import ARTBP, BPTT, TruncatedBPTT, jit
+from tfcredit.methods import ARTBP, BPTT, TruncatedBPTT
 from tfcredit.tasks import base as task_base
 from tfcredit.models import fused
 from tfcredit.tasks.language_modeling import MarkovLanguageTask
@@ -146,7 +146,7 @@ def test_the_parts_xla_compiles_by_itself_train_the_same_updates(monkeypatch):
   results = []
   for compiled in (False, True):
     if compiled:
-      monkeypatch.delenv(jit.ENVIRONMENT, raising=False)
+      monkeypatch.delenv(xla.ENVIRONMENT, raising=False)
     model = tiny_model(task, cell='lstm', units=5, seed=7, num_layers=2)
     method = base._method(TruncatedBPTT, task, model, learning_rate=0.5,
                           window=4, windows_per_call=3, clip_norm=1.0)
@@ -165,7 +165,7 @@ def test_the_parts_xla_compiles_by_itself_train_the_same_updates(monkeypatch):
 def test_artbps_random_window_lengths_keep_the_parts_uncompiled(monkeypatch):
   """Each new window length would be a new XLA compile: ARTBP's traces take
   the uncompiled loops and TensorFlow's cross-entropy (``COMPILED_PARTS``)."""
-  monkeypatch.delenv(jit.ENVIRONMENT, raising=False)
+  monkeypatch.delenv(xla.ENVIRONMENT, raising=False)
   task = MarkovLanguageTask(vocabulary_size=6, branching=2, seed=1)
   data = tf.constant(task.stream('train', 3))
   model = tiny_model(task, cell='lstm', units=5, seed=7)
@@ -201,11 +201,11 @@ def test_jit_compile_auto_compiles_a_named_float32_core_on_a_cpu_only(
   assert not tf.config.list_logical_devices('GPU')  # These machines have none.
   task = _TokenStream()
   named = tiny_model(task, cell='simple_rnn', units=4, seed=1)
-  monkeypatch.setenv(jit.ENVIRONMENT, '0')
+  monkeypatch.setenv(xla.ENVIRONMENT, '0')
   assert base._method(TruncatedBPTT, task, named, window=4).jit_compile is False
   assert base._method(TruncatedBPTT, task, named, window=4,
                       jit_compile=True).jit_compile is True
-  monkeypatch.delenv(jit.ENVIRONMENT)
+  monkeypatch.delenv(xla.ENVIRONMENT)
   assert base._method(TruncatedBPTT, task, named, window=4).jit_compile is True
   assert base._method(TruncatedBPTT, task, named, window=4,
                       jit_compile=False).jit_compile is False

@@ -33,14 +33,12 @@ from tfcredit.errors import ConfigurationError
 from tfcredit.models import cells as cells_lib
 
 AUTO = 'auto'
-ENVIRONMENT = xla.ENVIRONMENT  # '0': 'auto' never compiles.
-allowed = xla.allowed  # Whether 'auto' may compile at all.
 
 
 def pays(model) -> bool:
   """Whether ``'auto'`` compiles ``model``'s windows (module docstring)."""
-  return (allowed()
-          and not tf.config.list_logical_devices('GPU')
+  return (xla.allowed()
+          and not xla.gpu_visible()
           and getattr(model, 'cell_type', None) in cells_lib.NAMED
           and not compiles_its_parts(model)
           and precision.compute_dtype(model) == tf.float32
@@ -72,7 +70,7 @@ def resolve(parameter: str, value: Union[bool, str], model,
     return value
   if isinstance(value, str) and value == AUTO:
     if rule is not None:
-      return allowed() and rule(model)
+      return xla.allowed() and rule(model)
     return pays(model) and not checkpointed
   raise ConfigurationError(
       f"{parameter} must be True, False or '{AUTO}', got {value!r}: '{AUTO}' "
