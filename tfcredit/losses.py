@@ -5,8 +5,9 @@
 same gradient ``softmax(logits) − onehot(labels)``) to float tolerance. Where
 ``tfcredit.xla.parts_compile()`` says so (a CPU), the losses and that gradient
 are one XLA-compiled pass, kept for the backward pass as TensorFlow's fused
-kernel keeps it, about 6× faster than that kernel for 400 tokens of 10,000
-classes; elsewhere it is TensorFlow's kernel. Inside a function XLA compiles
+kernel keeps it (several times faster than that kernel over a large vocabulary:
+docs/benchmark.md, "XLA for the parts that pay"); elsewhere it is TensorFlow's
+kernel. Inside a function XLA compiles
 whole (``jit_compile=True``) the compiled pass is inlined.
 """
 

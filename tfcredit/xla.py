@@ -6,8 +6,7 @@ products are faster as TensorFlow's (oneDNN) kernels than under XLA
 (docs/benchmark.md, "XLA for the parts that pay"):
 
 * the softmax cross-entropy over a large vocabulary and its gradient
-  (``tfcredit.losses``): one compiled pass instead of TensorFlow's fused kernel,
-  about 6× faster for 400 tokens of 10,000 classes;
+  (``tfcredit.losses``): one compiled pass instead of TensorFlow's fused kernel;
 * the step loops of the fused LSTM/GRU unroll (``tfcredit.models.fused``),
   where XLA fuses the gate arithmetic.
 
