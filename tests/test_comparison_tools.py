@@ -18,9 +18,23 @@ from tfcredit.testing import tensorflow_startup_lines
 HAS_MATPLOTLIB = importlib.util.find_spec('matplotlib') is not None
 
 
+def _tables(path):
+  """Each markdown table of the file, as its rows of cells (header included)."""
+  tables_found, current = [], None
+  for line in open(path).read().splitlines():
+    if line.startswith('|'):
+      if current is None:
+        current = []
+        tables_found.append(current)
+      if not line.startswith('|--') and not line.startswith('|---'):
+        current.append([cell.strip() for cell in line.strip('|').split('|')])
+    else:
+      current = None
+  return tables_found
+
+
 def _table_rows(path):
-  lines = open(path).read().strip().splitlines()[2:]
-  return [[cell.strip() for cell in line.strip('|').split('|')] for line in lines]
+  return _tables(path)[0][1:]
 
 
 @pytest.mark.slow  # compare starts one training process per run.
@@ -59,6 +73,13 @@ def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
   # Same seed: the same initial weights, so different windows differ only in
   # training; the two runs must not be identical copies.
   assert results[0]['final'] != results[1]['final']
+  # The second table: each run's validation MSE at each evaluation, its own.
+  header, *evaluations = _tables(out / 'comparison.md')[1]
+  assert header == ['sequences', 'tbptt K=5', 'tbptt K=20']
+  assert [int(row[0]) for row in evaluations] == [32, 64]
+  for column, result in enumerate(results, start=1):
+    assert [float(row[column]) for row in evaluations] == pytest.approx(
+        [value for _, value in result['curve']], rel=1e-3)
   if HAS_MATPLOTLIB:
     assert os.path.getsize(out / 'comparison.png') > 1000
 
@@ -117,6 +138,30 @@ def test_the_comparison_table_formats_each_run():
   assert lines[0] == ('| run | final valid perplexity | best valid perplexity | '
                       'test perplexity | tokens/s | wall time | updates | tokens |')
   assert lines[2] == '| x | 12.35 | 11 | — | 1,234 | 5 s | 1,000 | 20,000 |'
+
+
+def test_the_evaluations_table_aligns_the_runs_by_units_trained_on():
+  rows = [{'run': 'a', 'metric': 'perplexity', 'unit': 'tokens',
+           'evaluations': [(1000, 512.345), (2000, 300.0)]},
+          {'run': 'b', 'metric': 'perplexity', 'unit': 'tokens',
+           'evaluations': [(1000, 600.0), (2000, 250.5), (3000, 240.0)]}]
+  assert comparison.evaluations_table(rows).splitlines() == [
+      'Validation perplexity at each evaluation, by tokens trained on:', '',
+      '| tokens | a | b |', '|---:|---:|---:|',
+      '| 1,000 | 512.3 | 600 |', '| 2,000 | 300 | 250.5 |', '| 3,000 | — | 240 |']
+  assert comparison.evaluations_table([{**rows[0], 'evaluations': []}]) == ''
+
+
+def test_a_long_evaluations_table_keeps_evenly_spaced_ones_and_the_last():
+  row = {'run': 'a', 'metric': 'mse', 'unit': 'samples',
+         'evaluations': [(step, 1.0) for step in range(1, 66)]}
+  lines = comparison.evaluations_table([row]).splitlines()
+  assert lines[0] == ('Validation mse at each evaluation, by samples trained on '
+                      '(one in 3 of the 65 evaluations, and the last; all in '
+                      'comparison.json):')
+  assert [int(line.split('|')[1]) for line in lines[4:]] == [
+      1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46, 49, 52, 55,
+      58, 61, 64, 65]
 
 
 def test_a_failed_run_ends_the_comparison_naming_it(tmp_path, run_command,

@@ -186,7 +186,7 @@ def summarize(name: str, final: Dict, wall: float, model_dir: str,
       'units_per_second': sum(rates) / len(rates) if rates else None,
       'wall_seconds': wall, 'updates': final.get('updates'),
       'units_seen': final.get('units_seen'), 'curve': points,
-      'curve_name': curve_name,
+      'curve_name': curve_name, 'evaluations': best_curve,
       'model_dir': model_dir,
   }
 
@@ -223,6 +223,33 @@ def markdown_table(rows: Sequence[Dict]) -> str:
                   f"{row['units_seen']:,}"])
   return tables.markdown_table(header, [tables.LEFT] + [tables.RIGHT] * 7,
                                cells) + '\n'
+
+
+EVALUATION_ROWS = 30  # At most this many evaluations in evaluations_table.
+
+
+def evaluations_table(rows: Sequence[Dict]) -> str:
+  """The validation metric of every run at each evaluation (the steps any run
+  evaluated at, in units trained on; '—' where a run has none), as markdown under
+  a line naming it; at most ``EVALUATION_ROWS`` evenly spaced evaluations and
+  the last (all of them are in ``comparison.json``); '' when no run has any."""
+  steps = sorted({step for row in rows for step, _ in row.get('evaluations', [])})
+  if not steps:
+    return ''
+  stride = -(-len(steps) // EVALUATION_ROWS)
+  shown = steps[::stride]
+  if shown[-1] != steps[-1]:
+    shown.append(steps[-1])
+  values = [dict(row.get('evaluations', [])) for row in rows]
+  cells = [[f'{step:,}'] + [f'{value[step]:.4g}' if step in value else '—'
+                            for value in values] for step in shown]
+  unit = rows[0]['unit'] or 'units'
+  thinned = (f' (one in {stride} of the {len(steps)} evaluations, and the '
+             'last; all in comparison.json)' if stride > 1 else '')
+  return (f"Validation {rows[0]['metric']} at each evaluation, by {unit} "
+          f'trained on{thinned}:\n\n'
+          + tables.markdown_table([unit] + [row['run'] for row in rows],
+                                  [tables.RIGHT] * (len(rows) + 1), cells) + '\n')
 
 
 def plot(rows: Sequence[Dict], path: str, log_scale: bool = False) -> bool:

@@ -127,8 +127,11 @@ def _seeds_from_flags() -> Optional[List[int]]:
 
 def _write(directory: str, rows: List[dict]) -> str:
   """One seed's ``comparison.*`` into ``directory``; the line saying so."""
+  table = comparison.markdown_table(rows)
+  evaluations = comparison.evaluations_table(rows)
   return tables.write_results(
-      directory, 'comparison', rows, comparison.markdown_table(rows),
+      directory, 'comparison', rows,
+      table + '\n' + evaluations if evaluations else table,
       lambda path: comparison.plot(rows, path, log_scale=FLAGS.log_scale))
 
 
