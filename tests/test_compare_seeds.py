@@ -22,7 +22,7 @@ HAS_MATPLOTLIB = importlib.util.find_spec('matplotlib') is not None
 def _row(run, seed, final, test, curve):
   return {'run': run, 'seed': seed, 'final': final, 'best': final - 1.0,
           'test': test, 'metric': 'perplexity', 'unit': 'tokens',
-          'curve': curve, 'curve_name': 'valid/perplexity'}
+          'curve': curve, 'curve_name': 'valid/perplexity', 'evaluations': curve}
 
 
 ROWS = [
@@ -73,6 +73,12 @@ def test_the_summary_table():
   assert lines[2] == '| tbptt | 12 ± 2.8 | 11 ± 2.8 | 14 ± 2.8 | 12 / 16 | — | — |'
   assert lines[3] == ('| artbp | 10.5 ± 2.1 | 9.5 ± 2.1 | 13.25 ± 3.2 | 11 / 15.5 | '
                       '-1 / -0.5 | -0.75 ± 0.35 |')
+  # Then each run's validation perplexity at each evaluation over the seeds:
+  # tbptt (20, 22) and (10, 14), artbp (18, 21) and (9, 12).
+  assert lines[4:] == [
+      '', 'Validation perplexity, mean ± sd over seeds 0 / 1 at each evaluation, '
+      'by tokens trained on:', '', '| tokens | tbptt | artbp |', '|---:|---:|---:|',
+      '| 100 | 21 ± 1.4 | 19.5 ± 2.1 |', '| 200 | 12 ± 2.8 | 10.5 ± 2.1 |']
 
 
 @pytest.mark.parametrize('values, message', [
@@ -132,5 +138,14 @@ def test_compare_over_seeds_trains_each_seed_and_summarises_its_own_results(
   assert k5['test']['mean'] == pytest.approx(
       (final['K5', 3]['test_mse'] + final['K5', 4]['test_mse']) / 2)
   assert '| K20 |' in open(out / 'comparison.md').read()
+  # Per evaluation, the mean over the seeds of each run's own validation MSE.
+  for entry in (k5, k20):
+    rows = {seed: json.load(open(out / f'seed_{seed}' / 'comparison.json'))
+            for seed in (3, 4)}
+    curves = [next(row['evaluations'] for row in rows[seed]
+                   if row['run'] == entry['run']) for seed in (3, 4)]
+    assert [step for step, _ in entry['evaluations']] == [32, 64]
+    assert [spread['mean'] for _, spread in entry['evaluations']] == pytest.approx(
+        [(a[1] + b[1]) / 2 for a, b in zip(*curves)])
   if HAS_MATPLOTLIB:
     assert os.path.getsize(out / 'comparison.png') > 1000

@@ -228,11 +228,14 @@ def markdown_table(rows: Sequence[Dict]) -> str:
 EVALUATION_ROWS = 30  # At most this many evaluations in evaluations_table.
 
 
-def evaluations_table(rows: Sequence[Dict]) -> str:
+def evaluations_table(rows: Sequence[Dict],
+                      formatted: Callable[[Any], str] = '{:.4g}'.format,
+                      about: str = '') -> str:
   """The validation metric of every run at each evaluation (the steps any run
   evaluated at, in units trained on; '—' where a run has none), as markdown under
-  a line naming it; at most ``EVALUATION_ROWS`` evenly spaced evaluations and
-  the last (all of them are in ``comparison.json``); '' when no run has any."""
+  a line naming it (with ``about`` after the metric); at most
+  ``EVALUATION_ROWS`` evenly spaced evaluations and the last (all of them are in
+  ``comparison.json``); '' when no run has any. ``formatted`` writes a value."""
   steps = sorted({step for row in rows for step, _ in row.get('evaluations', [])})
   if not steps:
     return ''
@@ -241,12 +244,12 @@ def evaluations_table(rows: Sequence[Dict]) -> str:
   if shown[-1] != steps[-1]:
     shown.append(steps[-1])
   values = [dict(row.get('evaluations', [])) for row in rows]
-  cells = [[f'{step:,}'] + [f'{value[step]:.4g}' if step in value else '—'
+  cells = [[f'{step:,}'] + [formatted(value[step]) if step in value else '—'
                             for value in values] for step in shown]
   unit = rows[0]['unit'] or 'units'
   thinned = (f' (one in {stride} of the {len(steps)} evaluations, and the '
              'last; all in comparison.json)' if stride > 1 else '')
-  return (f"Validation {rows[0]['metric']} at each evaluation, by {unit} "
+  return (f"Validation {rows[0]['metric']}{about} at each evaluation, by {unit} "
           f'trained on{thinned}:\n\n'
           + tables.markdown_table([unit] + [row['run'] for row in rows],
                                   [tables.RIGHT] * (len(rows) + 1), cells) + '\n')

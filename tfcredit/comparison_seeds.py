@@ -16,7 +16,7 @@ to the highest seed at each point. Used by ``tfcredit-compare``
 import dataclasses
 import os
 import statistics
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tfcredit import comparison
 from tfcredit import tables
@@ -71,15 +71,24 @@ def spread(values: Sequence[float]) -> Dict:
           'values': values}
 
 
-def band(curves: Sequence[Sequence]) -> List[List[float]]:
-  """``[[step, mean, lowest, highest]]`` at the steps every curve has."""
+def _aligned(curves: Sequence[Sequence]) -> List[Tuple[int, List[float]]]:
+  """``[(step, each curve's value)]`` at the steps every curve has."""
   if not curves or not all(curves):
     return []
   points = [dict((step, value) for step, value in curve) for curve in curves]
   common = set(points[0]).intersection(*points[1:])
-  return [[step, statistics.fmean(p[step] for p in points),
-           min(p[step] for p in points), max(p[step] for p in points)]
-          for step in sorted(common)]
+  return [(step, [p[step] for p in points]) for step in sorted(common)]
+
+
+def band(curves: Sequence[Sequence]) -> List[List[float]]:
+  """``[[step, mean, lowest, highest]]`` at the steps every curve has."""
+  return [[step, statistics.fmean(values), min(values), max(values)]
+          for step, values in _aligned(curves)]
+
+
+def evaluations(curves: Sequence[Sequence]) -> List[List]:
+  """``[[step, spread of the values]]`` at the steps every curve has."""
+  return [[step, spread(values)] for step, values in _aligned(curves)]
 
 
 def summarize(rows: Sequence[Dict]) -> List[Dict]:
@@ -101,7 +110,9 @@ def summarize(rows: Sequence[Dict]) -> List[Dict]:
     entry = {'run': name, 'seeds': seeds, 'compared': compared,
              'metric': rows[0]['metric'], 'unit': rows[0]['unit'],
              'curve_name': rows[0]['curve_name'],
-             'curve': band([by_seed[s]['curve'] for s in seeds])}
+             'curve': band([by_seed[s]['curve'] for s in seeds]),
+             'evaluations': evaluations([by_seed[s]['evaluations']
+                                         for s in seeds])}
     for field in ('final', 'best', 'test'):
       values = [by_seed[s][field] for s in seeds]
       entry[field] = None if None in values else spread(values)
@@ -143,8 +154,11 @@ def markdown_table(summary: Sequence[Dict]) -> str:
                   _per_seed(value), '—' if own else _per_seed(
                       entry['difference'], signed=True),
                   '—' if own else _mean_sd(entry['difference'])])
-  return tables.markdown_table(header, [tables.LEFT] + [tables.RIGHT] * 6,
-                               cells) + '\n'
+  table = tables.markdown_table(header, [tables.LEFT] + [tables.RIGHT] * 6,
+                                cells) + '\n'
+  over_seeds = comparison.evaluations_table(
+      summary, _mean_sd, f', mean ± sd over seeds {seeds}')
+  return table + '\n' + over_seeds if over_seeds else table
 
 
 def plot(summary: Sequence[Dict], path: str, log_scale: bool = False) -> bool:
