@@ -47,6 +47,7 @@ def test_the_summary_is_each_runs_mean_spread_and_paired_difference():
   assert artbp['difference']['mean'] == -0.75
   assert artbp['difference']['sd'] == pytest.approx(math.sqrt(0.125))
   assert tbptt['difference']['values'] == [0.0, 0.0]
+  assert artbp['best_difference']['values'] == [-1.0, -2.0]  # 8 − 9, 11 − 13
   # Mean curve with the lowest-to-highest band at each step.
   assert artbp['curve'] == [[100, 19.5, 18.0, 21.0], [200, 10.5, 9.0, 12.0]]
 
@@ -69,10 +70,13 @@ def test_the_summary_table():
       comparison_seeds.summarize(ROWS)).splitlines()
   assert lines[0] == ('| run | final valid perplexity | best valid perplexity | '
                       'test perplexity | test perplexity, seeds 0 / 1 | '
-                      '− tbptt, per seed | − tbptt, mean ± sd |')
-  assert lines[2] == '| tbptt | 12 ± 2.8 | 11 ± 2.8 | 14 ± 2.8 | 12 / 16 | — | — |'
+                      '− tbptt, per seed | − tbptt, mean ± sd | '
+                      'best valid − tbptt, per seed (mean ± sd) |')
+  assert lines[2] == ('| tbptt | 12 ± 2.8 | 11 ± 2.8 | 14 ± 2.8 | 12 / 16 | — | — '
+                      '| — |')
+  # Best validation: tbptt 9 and 13, artbp 8 and 11, so −1 and −2 seed by seed.
   assert lines[3] == ('| artbp | 10.5 ± 2.1 | 9.5 ± 2.1 | 13.25 ± 3.2 | 11 / 15.5 | '
-                      '-1 / -0.5 | -0.75 ± 0.35 |')
+                      '-1 / -0.5 | -0.75 ± 0.35 | -1 / -2 (-1.5 ± 0.71) |')
   # Then each run's validation perplexity at each evaluation over the seeds:
   # tbptt (20, 22) and (10, 14), artbp (18, 21) and (9, 12).
   assert lines[4:] == [

@@ -96,7 +96,9 @@ def summarize(rows: Sequence[Dict]) -> List[Dict]:
 
   ``compared`` names the value the differences use: the test metric when every
   row has one, else the final validation metric. ``difference`` is the run's
-  minus the first run's, seed by seed (zero for the first run itself).
+  minus the first run's, seed by seed (zero for the first run itself);
+  ``best_difference`` the same for the best validation metric (what a paper
+  reports of runs that overfit).
   """
   names = list(dict.fromkeys(row['run'] for row in rows))
   groups = {name: {row['seed']: row for row in rows if row['run'] == name}
@@ -116,8 +118,9 @@ def summarize(rows: Sequence[Dict]) -> List[Dict]:
     for field in ('final', 'best', 'test'):
       values = [by_seed[s][field] for s in seeds]
       entry[field] = None if None in values else spread(values)
-    entry['difference'] = spread([by_seed[s][compared] - first[s][compared]
-                                  for s in seeds if s in first])
+    for key, field in (('difference', compared), ('best_difference', 'best')):
+      entry[key] = spread([by_seed[s][field] - first[s][field]
+                           for s in seeds if s in first])
     summary.append(entry)
   return summary
 
@@ -144,7 +147,8 @@ def markdown_table(summary: Sequence[Dict]) -> str:
   seeds = ' / '.join(str(s) for s in first['seeds'])
   header = ['run', f'final valid {metric}', f'best valid {metric}',
             f'test {metric}', f'{compared}, seeds {seeds}',
-            f"− {first['run']}, per seed", f"− {first['run']}, mean ± sd"]
+            f"− {first['run']}, per seed", f"− {first['run']}, mean ± sd",
+            f"best valid − {first['run']}, per seed (mean ± sd)"]
   cells = []
   for entry in summary:
     value = entry[entry['compared']]
@@ -153,8 +157,11 @@ def markdown_table(summary: Sequence[Dict]) -> str:
                   _mean_sd(entry['best']), _mean_sd(entry['test']),
                   _per_seed(value), '—' if own else _per_seed(
                       entry['difference'], signed=True),
-                  '—' if own else _mean_sd(entry['difference'])])
-  table = tables.markdown_table(header, [tables.LEFT] + [tables.RIGHT] * 6,
+                  '—' if own else _mean_sd(entry['difference']),
+                  '—' if own else (
+                      f"{_per_seed(entry['best_difference'], signed=True)} "
+                      f"({_mean_sd(entry['best_difference'])})")])
+  table = tables.markdown_table(header, [tables.LEFT] + [tables.RIGHT] * 7,
                                 cells) + '\n'
   over_seeds = comparison.evaluations_table(
       summary, _mean_sd, f', mean ± sd over seeds {seeds}')
