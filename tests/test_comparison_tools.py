@@ -80,6 +80,18 @@ def test_compare_runs_each_method_and_tabulates_its_own_results(tmp_path):
   for column, result in enumerate(results, start=1):
     assert [float(row[column]) for row in evaluations] == pytest.approx(
         [value for _, value in result['curve']], rel=1e-3)
+  # --tabulate_only trains nothing and writes the same results from the runs'
+  # directories.
+  written = {path: os.path.getmtime(path) for path in out.glob('*/*')}
+  os.remove(out / 'comparison.json')
+  again = run_tool('compare.py', f'--gin_file={TINY_CONFIG}', f'--output_dir={out}',
+                   '--method=tbptt K=5: train.method = @TruncatedBPTT; '
+                   'TruncatedBPTT.window = 5',
+                   '--method=tbptt K=20: train.method = @TruncatedBPTT; '
+                   'TruncatedBPTT.window = 20', '--tabulate_only')
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert json.load(open(out / 'comparison.json')) == results
+  assert {path: os.path.getmtime(path) for path in out.glob('*/*')} == written
   if HAS_MATPLOTLIB:
     assert os.path.getsize(out / 'comparison.png') > 1000
 
@@ -162,6 +174,19 @@ def test_a_long_evaluations_table_keeps_evenly_spaced_ones_and_the_last():
   assert [int(line.split('|')[1]) for line in lines[4:]] == [
       1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46, 49, 52, 55,
       58, 61, 64, 65]
+
+
+def test_recorded_results_are_read_without_training(tmp_path):
+  with pytest.raises(comparison.RunFailed) as failure:
+    comparison.recorded('tbptt K=5', str(tmp_path))
+  assert failure.value.exit_code == 1
+  assert str(failure.value) == (
+      f"run 'tbptt K=5' has no results in {tmp_path} (no final_metrics.json): "
+      'train it first, by the same command without --tabulate_only')
+  (tmp_path / 'final_metrics.json').write_text('{"valid_mse": 0.25}')
+  assert comparison.recorded('x', str(tmp_path)) == ({'valid_mse': 0.25}, 0.0)
+  (tmp_path / comparison.WALL_TIME).write_text('{"seconds": 12.5}')
+  assert comparison.recorded('x', str(tmp_path)) == ({'valid_mse': 0.25}, 12.5)
 
 
 def test_a_failed_run_ends_the_comparison_naming_it(tmp_path, run_command,

@@ -41,6 +41,7 @@ class Settings:
     curve: the plotted curve, ``'<train|valid>/<tag>'`` of the runs' TensorBoard
       scalars; None: ``valid/<the task metric>``.
     environment: the training processes' environment; None: this process's.
+    tabulate_only: train nothing; read each run's recorded results (``recorded``).
   """
   bindings: Sequence[str] = ()
   seed: int = 0
@@ -48,14 +49,16 @@ class Settings:
   verbose: bool = False
   curve: Optional[str] = None
   environment: Optional[Dict[str, str]] = None
+  tabulate_only: bool = False
 
 
 class RunFailed(Exception):
   """A run's training process exited with an error (its output was echoed)."""
 
-  def __init__(self, name: str, exit_code: int, model_dir: str):
-    super().__init__(f'run {name!r} failed (exit {exit_code}); its output is above '
-                     f'and its directory is {model_dir}')
+  def __init__(self, name: str, exit_code: int, model_dir: str,
+               message: Optional[str] = None):
+    super().__init__(message or f'run {name!r} failed (exit {exit_code}); its '
+                     f'output is above and its directory is {model_dir}')
     self.name, self.exit_code, self.model_dir = name, exit_code, model_dir
 
 
@@ -150,10 +153,34 @@ def train(name: str, gin_files: Sequence[str], bindings: Sequence[str],
   return json.loads(last), _add_wall_time(model_dir, time.time() - start)
 
 
+WALL_TIME = 'compare_wall_seconds.json'
+
+
+def recorded(name: str, model_dir: str) -> Tuple[Dict, float]:
+  """A finished run's final metrics and the wall seconds its comparisons took,
+  read from ``model_dir`` without training.
+
+  Raises:
+    RunFailed: the run has no ``final_metrics.json`` (exit code 1).
+  """
+  path = os.path.join(model_dir, 'final_metrics.json')
+  if not os.path.exists(path):
+    raise RunFailed(name, 1, model_dir, f'run {name!r} has no results in '
+                    f'{model_dir} (no final_metrics.json): train it first, by '
+                    'the same command without --tabulate_only')
+  with open(path) as f:
+    final = json.load(f)
+  wall = os.path.join(model_dir, WALL_TIME)
+  if not os.path.exists(wall):
+    return final, 0.0
+  with open(wall) as f:
+    return final, json.load(f)['seconds']
+
+
 def _add_wall_time(model_dir: str, seconds: float) -> float:
   """Adds this invocation's seconds to the run's total (kept in the run
   directory, so a resumed or reused run reports all the time it took)."""
-  path = os.path.join(model_dir, 'compare_wall_seconds.json')
+  path = os.path.join(model_dir, WALL_TIME)
   total = seconds
   if os.path.exists(path):
     with open(path) as f:
@@ -194,14 +221,18 @@ def summarize(name: str, final: Dict, wall: float, model_dir: str,
 def train_all(runs: Sequence[Run], output_dir: str, settings: Settings
               ) -> Iterator[Dict]:
   """Trains (or resumes, or reuses) each run in turn in
-  ``<output_dir>/<slug(name)>`` and yields its ``summarize`` row.
+  ``<output_dir>/<slug(name)>`` (or, with ``settings.tabulate_only``, reads its
+  recorded results) and yields its ``summarize`` row.
 
   Raises:
     RunFailed: a run's training process failed; the later runs were not started.
   """
   for name, gin_files, bindings in runs:
     model_dir = os.path.join(output_dir, slug(name))
-    final, wall = train(name, gin_files, bindings, model_dir, settings)
+    if settings.tabulate_only:
+      final, wall = recorded(name, model_dir)
+    else:
+      final, wall = train(name, gin_files, bindings, model_dir, settings)
     if final is None:
       raise RunFailed(name, wall, model_dir)
     yield summarize(name, final, wall, model_dir, settings.curve)

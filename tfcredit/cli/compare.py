@@ -66,6 +66,9 @@ def define_flags() -> None:
          "'<train|valid>/<tag>' of the runs' TensorBoard scalars, e.g. "
          'train/average_loss_so_far; default: valid/<the task metric>.')
   define(flags.DEFINE_bool, 'log_scale', False, 'Plot both axes on a log scale.')
+  define(flags.DEFINE_bool, 'tabulate_only', False, 'Train nothing: write the '
+         'tables and curves of the runs already in --output_dir, from their '
+         'recorded results (exit 1 naming a run that has none).')
 
 
 def settings_from_flags() -> comparison.Settings:
@@ -73,7 +76,8 @@ def settings_from_flags() -> comparison.Settings:
   return comparison.Settings(
       bindings=list(FLAGS.gin_bindings), seed=FLAGS.seed, data_dir=FLAGS.data_dir,
       verbose=FLAGS.verbose, curve=FLAGS.curve,
-      environment=common.quieted_environment())
+      environment=common.quieted_environment(),
+      tabulate_only=FLAGS.tabulate_only)
 
 
 def run(argv: List[str]) -> int:
