@@ -11,16 +11,20 @@ products are faster as TensorFlow's (oneDNN) kernels than under XLA
   where XLA fuses the gate arithmetic.
 
 ``parts_compile()`` says whether they are compiled: when no GPU is visible (on a
-GPU the TensorFlow kernels are the fast ones), outside ``parts(False)`` (a
-method whose windows have random lengths), and unless
-``TFCREDIT_AUTO_XLA=0`` is set, which also keeps the methods' ``jit_compile=
-'auto'`` off (``tfcredit.methods.jit``). It is read when a function is traced.
+GPU the TensorFlow kernels are the fast ones), outside ``parts(False)`` and
+``parts(BUCKETED)``, and unless ``TFCREDIT_AUTO_XLA=0`` is set, which also
+keeps the methods' ``jit_compile='auto'`` off (``tfcredit.methods.jit``). XLA
+compiles anew for each shape it meets, so a method whose windows have random
+lengths (ARTBP) traces under ``parts(BUCKETED)``: its loops stay TensorFlow's,
+and its cross-entropy is compiled over rows padded to a few counts
+(``loss_compile()``). Both are read when a function is traced.
 """
 
 import contextlib
 import functools
 import os
 import threading
+from typing import Optional, Union
 
 import tensorflow as tf
 
@@ -34,6 +38,10 @@ def allowed() -> bool:
 
 
 _LOCAL = threading.local()
+# A ``parts`` setting between True and False: only the cross-entropy, over rows
+# padded to a few counts.
+BUCKETED = 'bucketed'
+_LEVELS = {False: 0, BUCKETED: 1, True: 2}
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,18 +50,35 @@ def gpu_visible() -> bool:
   return bool(tf.config.list_logical_devices('GPU'))
 
 
+def _setting():
+  return getattr(_LOCAL, 'parts', True)
+
+
 def parts_compile() -> bool:
-  """Whether the cross-entropy and the fused unroll's loops run compiled."""
-  return getattr(_LOCAL, 'parts', True) and allowed() and not gpu_visible()
+  """Whether the fused unroll's loops (and the cross-entropy, at each shape it
+  meets) run compiled."""
+  return _setting() is True and allowed() and not gpu_visible()
+
+
+def loss_compile() -> Optional[str]:
+  """How the cross-entropy runs: ``'shapes'`` (compiled for each shape it
+  meets), ``BUCKETED`` (compiled over rows padded to a few counts) or None
+  (TensorFlow's kernel)."""
+  if _setting() is False or not allowed() or gpu_visible():
+    return None
+  return 'shapes' if _setting() is True else BUCKETED
 
 
 @contextlib.contextmanager
-def parts(enabled: bool):
-  """Within it (while a function is traced), ``parts_compile()`` is False
-  unless ``enabled``: for a method whose windows have random lengths, each of
-  which XLA would compile anew (ARTBP)."""
-  before = getattr(_LOCAL, 'parts', True)
-  _LOCAL.parts = before and enabled
+def parts(setting: Union[bool, str]):
+  """Within it (while a function is traced), the parts compile as ``setting``
+  says (True: all of them; ``BUCKETED``: only the cross-entropy, over padded
+  rows, for a method whose windows have random lengths; False: none), or less
+  where an enclosing ``parts`` says less."""
+  if setting not in _LEVELS:
+    raise ValueError(f'parts takes True, False or {BUCKETED!r}, got {setting!r}')
+  before = _setting()
+  _LOCAL.parts = min(before, setting, key=_LEVELS.__getitem__)
   try:
     yield
   finally:

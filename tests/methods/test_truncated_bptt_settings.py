@@ -164,20 +164,31 @@ def test_the_parts_xla_compiles_by_itself_train_the_same_updates(monkeypatch):
 
 def test_artbps_random_window_lengths_keep_the_parts_uncompiled(monkeypatch):
   """Each new window length would be a new XLA compile: ARTBP's traces take
-  the uncompiled loops and TensorFlow's cross-entropy (``COMPILED_PARTS``)."""
-  monkeypatch.delenv(xla.ENVIRONMENT, raising=False)
+  the uncompiled loops, and the cross-entropy over rows padded to a few counts
+  (``COMPILED_PARTS``), which trains the same updates as TensorFlow's."""
   task = MarkovLanguageTask(vocabulary_size=6, branching=2, seed=1)
   data = tf.constant(task.stream('train', 3))
-  model = tiny_model(task, cell='lstm', units=5, seed=7)
-  method = ARTBP(model=model, task=task, optimizer=built_optimizer(model),
-                 mean_length=4, windows_per_call=3, seed=3)
-  length = method.segment_length()
-  monkeypatch.setattr(fused, '_COMPILED', {})  # Building the model compiled.
-  method.train_segment((data[:, :length], data[:, 1:length + 1]),
-                       model.initial_state(3))
-  assert method.trace_counts['train_segment'] == 1
-  assert not fused._COMPILED  # pylint: disable=protected-access
+  results = []
+  for compiled in (False, True):
+    if compiled:
+      monkeypatch.delenv(xla.ENVIRONMENT, raising=False)
+    model = tiny_model(task, cell='lstm', units=5, seed=7)
+    method = ARTBP(model=model, task=task, optimizer=built_optimizer(model),
+                   mean_length=4, windows_per_call=3, seed=3)
+    length = method.segment_length()
+    monkeypatch.setattr(fused, '_COMPILED', {})  # Building the model compiled.
+    _, metrics = method.train_segment((data[:, :length], data[:, 1:length + 1]),
+                                      model.initial_state(3))
+    assert method.trace_counts['train_segment'] == 1
+    assert not fused._COMPILED  # pylint: disable=protected-access
+    results.append((base._snapshot(model), float(metrics['loss_sum'])))
   assert xla.parts_compile()  # Outside ARTBP's trace they would compile.
+  # pylint: disable-next=protected-access
+  assert method._traced('probe', xla.loss_compile)() == xla.BUCKETED
+  assert_nests_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+  assert results[1][1] == pytest.approx(results[0][1], rel=1e-5)
+  initial = base._snapshot(tiny_model(task, cell='lstm', units=5, seed=7))
+  assert max_abs_diff(results[0][0], initial) > 1e-3
 
 
 def test_jit_compile_must_be_a_bool_or_auto():

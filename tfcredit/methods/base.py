@@ -129,8 +129,8 @@ class Method(windows.WindowLoop, tf.Module):
   # How the trainer combines each extra metric (a scalar, or rank 1 for CONCAT)
   # over a summary interval (SUM when not listed); ``summaries`` then writes it.
   metric_reductions: Mapping[str, str] = {}
-  # Whether this method's traces take the parts tfcredit compiles by itself
-  # (tfcredit.xla); False where windows have random lengths (ARTBP).
+  # Which parts tfcredit compiles by itself this method's traces take
+  # (tfcredit.xla.parts): xla.BUCKETED where windows have random lengths (ARTBP).
   COMPILED_PARTS = True
 
   def summaries(self, totals: Mapping[str, Any]) -> Dict[str, Any]:
