@@ -6,9 +6,10 @@ the syntax of ``fidelity.Variant``). Each run is ``tfcredit-train`` in its own
 process in ``<output_dir>/<slug(name)>`` (``train``), with the bindings every run
 shares and ``train.seed`` (``Settings``): the same seed gives every run the same
 initial weights and data order, and running the comparison again resumes
-unfinished runs and reuses finished ones. ``summarize`` reads a run's results back
-(``final_metrics.json``, its TensorBoard scalars); ``markdown_table`` and ``plot``
-are the table and the curves. Used by ``tfcredit-compare``
+unfinished runs and reuses finished ones (``recorded`` reads a finished run's
+results without training). ``summarize`` reads a run's results back
+(``final_metrics.json``, its TensorBoard scalars); ``markdown_table``,
+``evaluations_table`` and ``plot`` are the tables and the curves. Used by ``tfcredit-compare``
 (``tfcredit/cli/compare.py``).
 """
 

@@ -16,8 +16,9 @@ Several seeds (``--seeds=0,1,2``): the whole comparison once per seed, in
 ``<output_dir>/seed_<s>`` (each with its own ``comparison.*``), and in
 ``--output_dir`` a summary over the seeds (``tfcredit.comparison_seeds``): mean
 ± sample standard deviation of each run's results, each seed's value, and its
-difference from the first run on the same seed (paired), the curves as means
-with the band from the lowest to the highest seed.
+difference from the first run on the same seed (paired, in the test and in the
+best validation metric), the validation metric at each evaluation, and the
+curves, as means with the band from the lowest to the highest seed.
 
 Each run is ``tfcredit-train`` (``python -m tfcredit.cli.train``) in its own process with ``--model_dir=<output_dir>/
 <run name>`` (running the comparison again resumes unfinished runs and reuses
@@ -27,9 +28,11 @@ validation metric by default, or any training scalar such as
 ``train/average_loss_so_far``; ``--log_scale`` for curves over decades). Writes
 ``comparison.md`` (final and best validation metric, throughput, wall time,
 parameter updates, units trained on; wall time summed over every invocation that
-ran the run), ``comparison.json`` and, with matplotlib
-(``pip install 'tfcredit[plots]'``), ``comparison.png`` into ``--output_dir``.
-Exit codes: 0 success, 2 bad configuration, 1 a run failed. The logic is the
+ran the run; then each run's validation metric at every evaluation),
+``comparison.json`` and, with matplotlib (``pip install 'tfcredit[plots]'``),
+``comparison.png`` into ``--output_dir``. ``--tabulate_only`` writes them for
+runs already trained, without training. Exit codes: 0 success, 2 bad
+configuration, 1 a run failed (or, with ``--tabulate_only``, has no results). The logic is the
 library module ``tfcredit.comparison``; this command turns its flags into a
 ``comparison.Settings``, prints and writes the files.
 """
