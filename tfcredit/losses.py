@@ -68,8 +68,7 @@ def _bucketed(labels, logits):
   flat_labels = tf.reshape(labels, [-1])
   rows = tf.shape(flat_labels, out_type=tf.int64)[0]
   padding = bucket(rows) - rows
-  flat_logits = tf.reshape(logits, tf.stack([rows, tf.shape(
-      logits, out_type=tf.int64)[-1]]))
+  flat_logits = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
   losses = _compiled(tf.pad(flat_logits, [[0, padding], [0, 0]]),
                      tf.pad(flat_labels, [[0, padding]]))
   result = tf.reshape(losses[:rows], shape)
